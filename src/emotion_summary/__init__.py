@@ -1,0 +1,7 @@
+"""emotion-summary: LongEmotion Emotion Summary with a QLoRA fine-tuned Qwen2-7B-Instruct.
+
+Light modules (records, atomic_io, prompt, submission, metrics, converters) import no torch, so
+checking or scoring a file is instant; the model and trainer live in modules that import it.
+"""
+
+__version__ = "0.1.0"

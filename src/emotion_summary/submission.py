@@ -1,0 +1,152 @@
+"""The leaderboard's submission format, and a checker that is instant (no torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emotion_summary.atomic_io import atomic_write_jsonl
+from emotion_summary.prompt import detect_language
+from emotion_summary.records import GOLD_FIELDS, Record, RecordError, read_records
+
+SUBMISSION_FILE = "Emotion_Summary_Result.jsonl"
+# Singular "cause" and capital "C" are the leaderboard's spelling.
+SUBMISSION_KEYS = {
+    "causes": "predicted_cause",
+    "symptoms": "predicted_symptoms",
+    "treatment_process": "predicted_treatment_process",
+    "characteristics_of_illness": "predicted_illness_Characteristics",
+    "treatment_effect": "predicted_treatment_effect",
+}
+FIELD_OF_KEY = {v: k for k, v in SUBMISSION_KEYS.items()}
+
+
+def submission_row(record_id: int, fields: dict[str, str]) -> dict:
+    return {"id": record_id, **{SUBMISSION_KEYS[f]: fields[f] for f in GOLD_FIELDS}}
+
+
+def write_submission(path: str | os.PathLike, rows_by_id: dict[int, dict[str, str]],
+                     order: list[int]) -> Path:
+    """Write one line per id in `order` (the input order), exactly the six keys, atomically."""
+    missing = [i for i in order if i not in rows_by_id]
+    if missing:
+        raise ValueError(f"no prediction for ids {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    return atomic_write_jsonl(path, (submission_row(i, rows_by_id[i]) for i in order))
+
+
+def read_predictions(path: str | os.PathLike) -> dict[int, dict[str, str]]:
+    """A submission file as {id: {field: text}} in our field names; errors name the line and key."""
+    report = check_submission(path)
+    if report.errors:
+        raise RecordError(path, "", None, "; ".join(report.errors[:5]))
+    out = {}
+    for row in _rows(Path(path)):
+        out[row[1]["id"]] = {FIELD_OF_KEY[k]: v for k, v in row[1].items() if k in FIELD_OF_KEY}
+    return out
+
+
+def _rows(path: Path):
+    text = path.read_bytes().decode("utf-8")
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield n, json.loads(line)
+
+
+@dataclass
+class SubmissionReport:
+    path: str
+    n_rows: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def render(self) -> str:
+        lines = [f"{self.path}: {self.n_rows} rows, {len(self.errors)} errors, {len(self.warnings)} warnings"]
+        lines += [f"  ERROR   {e}" for e in self.errors[:50]]
+        lines += [f"  WARNING {w}" for w in self.warnings[:50]]
+        lines.append("OK: ready to submit" if self.ok else "NOT READY: fix the errors above")
+        return "\n".join(lines)
+
+
+def _check_row(path: Path, n: int, row, seen: dict, report: SubmissionReport) -> None:
+    at = f"{path}:line {n}"
+    if not isinstance(row, dict):
+        report.errors.append(f"{at}: expected a JSON object")
+        return
+    rid = row.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, int):
+        report.errors.append(f"{at}: field 'id': expected an integer, got {json.dumps(rid)}")
+    elif rid in seen:
+        report.errors.append(f"{at}: field 'id': duplicate id {rid} (first at line {seen[rid]})")
+    else:
+        seen[rid] = n
+    expected = {"id", *SUBMISSION_KEYS.values()}
+    for key in sorted(expected - row.keys()):
+        report.errors.append(f"{at}: field '{key}': is missing")
+    for key in sorted(row.keys() - expected):
+        report.errors.append(f"{at}: field '{key}': unexpected key (the leaderboard takes exactly "
+                             f"{', '.join(sorted(expected))})")
+    for key in SUBMISSION_KEYS.values():
+        if key in row and (not isinstance(row[key], str) or not row[key].strip()):
+            report.errors.append(f"{at}: field '{key}': must be a non-empty string")
+
+
+def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None = None) -> SubmissionReport:
+    """Check ids (complete, unique, integer), keys (exact), values (non-empty strings) and language."""
+    path = Path(path)
+    report = SubmissionReport(str(path))
+    if not path.is_file():
+        report.errors.append(f"{path}: no such file")
+        return report
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        report.errors.append(f"{path}: not valid UTF-8 (byte {e.start})")
+        return report
+    seen: dict[int, int] = {}
+    rows: dict[int, dict] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        report.n_rows += 1
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            report.errors.append(f"{path}:line {n}: invalid JSON ({e.msg})")
+            continue
+        _check_row(path, n, row, seen, report)
+        if isinstance(row, dict) and isinstance(row.get("id"), int):
+            rows[row["id"]] = row
+    if report.n_rows == 0:
+        report.errors.append(f"{path}: file is empty")
+    if inputs is not None:
+        _check_against_inputs(read_records(inputs), rows, report)
+    return report
+
+
+def _check_against_inputs(records: list[Record], rows: dict[int, dict], report: SubmissionReport) -> None:
+    want = [r.id for r in records]
+    missing = [i for i in want if i not in rows]
+    extra = sorted(set(rows) - set(want))
+    if missing:
+        report.errors.append(f"{len(missing)} input ids have no prediction: {missing[:20]}")
+    if extra:
+        report.errors.append(f"{len(extra)} predicted ids are not in the inputs: {extra[:20]}")
+    mismatched = []
+    for r in records:
+        row = rows.get(r.id)
+        if row is None:
+            continue
+        said = " ".join(str(row.get(k, "")) for k in SUBMISSION_KEYS.values())
+        if said.strip() and detect_language(said) != detect_language(" ".join(r.consultation_process)):
+            mismatched.append(r.id)
+    if mismatched:
+        report.warnings.append(
+            f"{len(mismatched)} predictions are not in the language of their report (ids {mismatched[:10]}): "
+            "a public solution answered English reports in Chinese and scored ~0 ROUGE; set the prompt "
+            "language (--language en) or check the model.")
