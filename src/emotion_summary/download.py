@@ -1,0 +1,189 @@
+"""Fetch the public data: LongEmotion's ES files from the Hugging Face Hub, PsyQA's sample from GitHub.
+
+Every file is validated (ES files with `read_records`, PsyQA with the converter) before it is
+written, atomically, under `out_dir`; a bad or partial download never lands there.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from emotion_summary.atomic_io import atomic_write_bytes
+from emotion_summary.cli import UserError
+from emotion_summary.records import read_records
+
+HF_REPO = "LongEmotion/LongEmotion"
+PSYQA_URL = "https://raw.githubusercontent.com/thu-coai/PsyQA/main/PsyQA_example.json"
+FULL_PSYQA_NOTE = (
+    "The full PsyQA (22K questions, 56K answers) is not public: request it from thu-coai "
+    "(https://github.com/thu-coai/PsyQA) by signing their user agreement; it is licensed for "
+    "non-commercial research only. Convert it like the sample: "
+    "python scripts/download_and_convert_psyqa.py --input PsyQA_full.json --output data/psyqa/psyqa_es.jsonl"
+)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    name: str
+    subdir: str  # under out_dir
+    kind: str  # "es" or "psyqa": how it is validated
+    hf_paths: tuple[str, ...] = ()  # candidate paths inside the HF dataset repo, tried in order
+    url: str | None = None
+    required: bool = True  # for --from_dir: a missing optional file is skipped with a note
+
+
+def _hf_candidates(name: str) -> tuple[str, ...]:
+    # The dataset card lists "Emotion Summary/<name>"; the others cover a re-organised repo.
+    return (f"Emotion Summary/{name}", f"Emotion_Summary/{name}", name, f"data/{name}")
+
+
+FILES = (
+    DataFile("Emotion_Summary.jsonl", "longemotion", "es", _hf_candidates("Emotion_Summary.jsonl")),
+    DataFile("Emotion_Summary_origin.jsonl", "longemotion", "es",
+             _hf_candidates("Emotion_Summary_origin.jsonl"), required=False),
+    DataFile("Emotion_Summary_example.jsonl", "longemotion", "es", required=False),  # --from_dir only
+    DataFile("PsyQA_example.json", "psyqa", "psyqa", url=PSYQA_URL),
+)
+
+
+class NotInRepo(Exception):
+    """The dataset repo has no file at this path (as opposed to a network or permission failure)."""
+
+
+def _hf_download(repo_path: str, cache_dir: str | None) -> str:
+    from huggingface_hub import errors, hf_hub_download
+
+    # LocalEntryNotFoundError (offline, not cached) is also an EntryNotFoundError: not a missing file.
+    remote_missing = getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
+    try:
+        return hf_hub_download(HF_REPO, repo_path, repo_type="dataset", cache_dir=cache_dir)
+    except remote_missing as e:
+        if isinstance(e, errors.LocalEntryNotFoundError):
+            raise
+        raise NotInRepo(repo_path) from None
+
+
+def fetch_from_hub(f: DataFile, cache_dir: str | None = None) -> Path:
+    """Download `f` from the HF dataset, trying each candidate path; say which ones failed."""
+    failed = []
+    for repo_path in f.hf_paths:
+        try:
+            return Path(_hf_download(repo_path, cache_dir))
+        except NotInRepo:
+            failed.append(repo_path)
+        except Exception as e:
+            first_line = (str(e).splitlines() or [""])[0]
+            raise UserError(f"downloading {HF_REPO}/{repo_path} from the Hugging Face Hub failed: "
+                            f"{type(e).__name__}: {first_line}") from None
+    raise UserError(f"{f.name}: not found in the dataset {HF_REPO}; tried {', '.join(failed)}. "
+                    f"Download it by hand and use --from_dir.")
+
+
+def _url_download(url: str, dest: Path) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=60) as resp, open(dest, "wb") as out:
+        shutil.copyfileobj(resp, out)
+
+
+def fetch_url(f: DataFile, tmp_dir: Path) -> Path:
+    dest = tmp_dir / f.name
+    try:
+        _url_download(f.url, dest)
+    except OSError as e:
+        raise UserError(f"downloading {f.url} failed: {getattr(e, 'reason', e)}") from None
+    return dest
+
+
+def validate(f: DataFile, path: Path) -> str:
+    """Raise RecordError naming the file, line/item and field; else a one-line description."""
+    if f.kind == "psyqa":
+        from emotion_summary.psyqa import convert_items, load_psyqa
+
+        items = load_psyqa(path)
+        convert_items(items, path)
+        return f"{len(items)} PsyQA questions"
+    records = read_records(path)
+    gold = sum(r.has_gold for r in records)
+    return f"{len(records)} records, {gold} with gold fields"
+
+
+def install(f: DataFile, path: Path, out_dir: Path) -> Path:
+    """Validate `path`, then copy it atomically to out_dir/subdir/name."""
+    what = validate(f, path)
+    dest = atomic_write_bytes(out_dir / f.subdir / f.name, path.read_bytes())
+    print(f"{dest}: {what}")
+    return dest
+
+
+def find_local(f: DataFile, from_dir: Path) -> Path | None:
+    """`from_dir/name`, `from_dir/<subdir>/name`, or the first match anywhere below from_dir."""
+    for p in (from_dir / f.name, from_dir / f.subdir / f.name):
+        if p.is_file():
+            return p
+    return next(iter(sorted(from_dir.rglob(f.name))), None)
+
+
+def _copy_local(from_dir: Path, out_dir: Path) -> list[Path]:
+    if not from_dir.is_dir():
+        raise UserError(f"{from_dir}: no such directory")
+    done, missing = [], []
+    for f in FILES:
+        src = find_local(f, from_dir)
+        if src is None and f.required:
+            missing.append(f.name)
+        elif src is None:
+            print(f"{f.name}: not in {from_dir}; skipped (optional)")
+        if src is None:
+            continue
+        if src.resolve() != (out_dir / f.subdir / f.name).resolve():
+            done.append(install(f, src, out_dir))
+    if missing:
+        raise UserError(f"{from_dir}: missing {', '.join(missing)} (copied the others: {len(done)})")
+    return done
+
+
+def _download(out_dir: Path, cache_dir: str | None) -> list[Path]:
+    done = []
+    with tempfile.TemporaryDirectory(prefix=".download.", dir=out_dir) as tmp:
+        for f in FILES:
+            if f.hf_paths:
+                done.append(install(f, fetch_from_hub(f, cache_dir), out_dir))
+            elif f.url:
+                done.append(install(f, fetch_url(f, Path(tmp)), out_dir))
+    return done
+
+
+def download_data(out_dir: str = "data", from_dir: str | None = None, cache_dir: str | None = None) -> None:
+    """Fetch LongEmotion's ES files (Hugging Face) and PsyQA's public sample (GitHub) into out_dir.
+
+    Args:
+        out_dir: where to write longemotion/ and psyqa/ (relative to the current directory).
+        from_dir: copy (and validate) local copies from this folder instead of downloading.
+        cache_dir: Hugging Face cache folder (default: the hub's own, ~/.cache/huggingface).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = _copy_local(Path(from_dir), out) if from_dir else _download(out, cache_dir)
+    print(f"{len(done)} files in {out}/")
+    _warn_overlap(out / "longemotion")
+    print(FULL_PSYQA_NOTE)
+
+
+def _warn_overlap(folder: Path) -> None:
+    """Labelled LongEmotion files may hold the very reports the leaderboard scores: say so."""
+    scored = folder / "Emotion_Summary.jsonl"
+    if not scored.is_file():
+        return
+    test = {r.fingerprint() for r in read_records(scored)}
+    for name in ("Emotion_Summary_origin.jsonl", "Emotion_Summary_example.jsonl"):
+        if (folder / name).is_file():
+            shared = sum(r.fingerprint() in test for r in read_records(folder / name))
+            if shared:
+                print(f"WARNING: {shared} reports in {name} are also in Emotion_Summary.jsonl, the set "
+                      "the leaderboard scores; training on them leaks the test set (the trainer's "
+                      "leakage guard refuses to evaluate on them).", file=sys.stderr)
