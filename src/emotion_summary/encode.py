@@ -1,0 +1,44 @@
+"""Records to token ids with the tokenizer's chat template; the prompt is trimmed, never the answer."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from emotion_summary.loss import build_labels
+from emotion_summary.prompt import PromptSpec, answer_text, build_prompt
+from emotion_summary.records import Record
+
+# Chat-template tokens around the two turns (<|im_start|>system\n … <|im_start|>assistant\n) ≈ 12.
+TEMPLATE_MARGIN = 16
+
+
+def token_counter(tokenizer) -> Callable[[str], int]:
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def prompt_token_ids(tokenizer, spec: PromptSpec, record: Record,
+                     max_prompt_tokens: int | None = None) -> tuple[list[int], int]:
+    """(ids of system + user turns + the assistant header, tokens trimmed from the report)."""
+    budget = None if max_prompt_tokens is None else max_prompt_tokens - TEMPLATE_MARGIN
+    while True:
+        prompt = build_prompt(spec, record, budget, token_counter(tokenizer))
+        ids = list(tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False))
+        if max_prompt_tokens is None or len(ids) <= max_prompt_tokens:
+            return ids, prompt.trimmed_tokens
+        budget -= len(ids) - max_prompt_tokens  # the template cost more than the margin; rare
+
+
+def answer_token_ids(tokenizer, fields: dict[str, str]) -> list[int]:
+    """The assistant turn's content and its end-of-turn token, as the chat template renders it."""
+    return tokenizer.encode(answer_text(fields), add_special_tokens=False) + [tokenizer.eos_token_id]
+
+
+def encode_example(tokenizer, spec: PromptSpec, record: Record, max_seq_len: int) -> dict:
+    answer = answer_token_ids(tokenizer, record.gold())
+    if len(answer) >= max_seq_len // 2:
+        raise ValueError(f"record {record.id}: the gold answer alone is {len(answer)} tokens; "
+                         f"max_seq_len={max_seq_len} is too small for it")
+    prompt, trimmed = prompt_token_ids(tokenizer, spec, record, max_seq_len - len(answer))
+    input_ids, labels = build_labels(prompt, answer)
+    return {"id": record.id, "input_ids": input_ids, "labels": labels, "trimmed_tokens": trimmed}

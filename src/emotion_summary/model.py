@@ -1,0 +1,318 @@
+"""Qwen2EmotionSummaryModel: Qwen2-7B-Instruct in 4-bit NF4 with LoRA, trained on the answer only.
+
+Everything that decides how a checkpoint was built (quantisation, LoRA, prompt) is read back from
+the `train_config.json` and `prompt.json` saved beside it; inference never restates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from emotion_summary.config import TrainConfig
+from emotion_summary.encode import prompt_token_ids
+from emotion_summary.loss import answer_only_loss
+from emotion_summary.prompt import PromptSpec, parse_answer
+from emotion_summary.records import Record
+
+
+class ModelError(ValueError):
+    pass
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype(name: str = "auto") -> torch.dtype:
+    """bf16 where the GPU has it; fp16 on older GPUs (T4, V100, RTX 20xx); fp32 on CPU."""
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name != "auto":
+        return table[name]
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def attn_implementation(name: str = "auto") -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """'tiny' is the locally built random tiny Qwen2 (cpu-smoke); anything else goes to the hub loader."""
+    if name_or_path == "tiny":
+        from emotion_summary.architectures import build_tiny_qwen2
+
+        return str(build_tiny_qwen2())
+    return name_or_path
+
+
+def quantization_config(quantization: str, dtype: torch.dtype, lm_head_4bit: bool = False):
+    if quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        # [] quantises the LM head too (0.55B params: 1.1 GB in bf16, 0.3 GB in NF4); None keeps
+        # transformers' default of leaving it in 16-bit.
+        llm_int8_skip_modules=[] if lm_head_4bit else None,
+    )
+
+
+def disable_cpu_weight_repacking(model) -> int:
+    """bitsandbytes 0.49-0.50 on CPUs with AVX512-BF16 repacks 4-bit weights in place the first time
+    a layer runs in eval mode without grad; the next training step then fails with 'a view of a leaf
+    Variable that requires grad is being used in an in-place operation'. Turn that repacking off."""
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def load_base_model(name_or_path: str, quantization: str = "nf4", dtype_name: str = "auto",
+                    attn: str = "auto", lm_head_4bit: bool = False):
+    """The base model (4-bit or 16-bit) and its tokenizer, placed on the GPU when there is one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    dtype = compute_dtype(dtype_name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=dtype,
+        quantization_config=quantization_config(quantization, dtype, lm_head_4bit),
+        attn_implementation=attn_implementation(attn),
+        device_map={"": 0} if torch.cuda.is_available() else "cpu",
+    )
+    disable_cpu_weight_repacking(model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def tile_mlp(model, tile_tokens: int) -> int:
+    """Run each MLP over the sequence in tiles, each its own checkpoint: the 3 x L x 18944
+    intermediate activations of a recomputed layer (3.7 GB at 32K) then exist one tile at a time."""
+    from torch.utils.checkpoint import checkpoint
+
+    if tile_tokens <= 0:
+        return 0
+    n = 0
+    for module in model.modules():
+        if type(module).__name__.endswith("MLP") and hasattr(module, "down_proj"):
+            whole = module.forward
+
+            def tiled(x, _whole=whole):
+                if x.shape[1] <= tile_tokens:
+                    return _whole(x)
+                parts = [checkpoint(_whole, chunk, use_reentrant=False) if torch.is_grad_enabled()
+                         else _whole(chunk) for chunk in x.split(tile_tokens, dim=1)]
+                return torch.cat(parts, dim=1)
+
+            module.forward = tiled
+            n += 1
+    return n
+
+
+def keep_embedding_on_cpu(model) -> None:
+    """Keep the 152,064 x 3,584 input embedding (1.1 GB in bf16) in CPU RAM: ids go down, rows come up."""
+    embed = model.get_input_embeddings()
+    target = next(p.device for p in model.lm_head.parameters())
+    embed.to("cpu")
+    embed.register_forward_pre_hook(lambda mod, args: (args[0].to("cpu"),))
+    embed.register_forward_hook(lambda mod, args, out: out.to(target, non_blocking=True))
+
+
+def apply_liger_kernels(setting: str) -> bool:
+    if setting == "off" or not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None:
+        return False
+    from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+
+    # Our loss already skips most logits; Liger's fused CE would compute them over the whole sequence.
+    apply_liger_kernel_to_qwen2(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False)
+    return True
+
+
+def enable_checkpointing(model) -> None:
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target, bias="none", task_type="CAUSAL_LM")
+
+
+class Qwen2EmotionSummaryModel:
+    """A Qwen2 causal LM with a LoRA adapter, its tokenizer, its prompt and its training config."""
+
+    def __init__(self, model, tokenizer, prompt: PromptSpec, config: TrainConfig):
+        self.model, self.tokenizer, self.prompt, self.config = model, tokenizer, prompt, config
+
+    # ---- building -----------------------------------------------------------------------------
+    @classmethod
+    def for_training(cls, cfg: TrainConfig) -> "Qwen2EmotionSummaryModel":
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        apply_liger_kernels(cfg.liger_kernels)
+        base, tokenizer = load_base_model(cfg.model_name_or_path, cfg.quantization, cfg.compute_dtype,
+                                          cfg.attn_implementation, cfg.lm_head_4bit)
+        if cfg.quantization == "nf4":
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+        if cfg.gradient_checkpointing:
+            # Non-reentrant: works with frozen inputs under PEFT; the input hook avoids
+            # "element 0 of tensors does not require grad" with the reentrant variant.
+            enable_checkpointing(base)
+            base.enable_input_require_grads()
+        base.config.use_cache = False
+        tile_mlp(base, cfg.mlp_tile_tokens)
+        if cfg.embedding_on_cpu and torch.cuda.is_available():
+            keep_embedding_on_cpu(base)
+        model = get_peft_model(base, lora_config(cfg))
+        return cls(model, tokenizer, PromptSpec(language=cfg.language), cfg)
+
+    @classmethod
+    def load(cls, model_path: str | Path, quantization: str | None = None) -> "Qwen2EmotionSummaryModel":
+        """An adapter directory (base model and quantisation read from its train_config.json) or a
+        merged model directory (16-bit unless `quantization='nf4'`); both carry prompt.json."""
+        path = Path(model_path)
+        if not path.is_dir():
+            raise ModelError(f"{path}: no such model directory")
+        prompt = PromptSpec.load(path)
+        if (path / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            cfg = TrainConfig.load(path)
+            base, tokenizer = load_base_model(cfg.model_name_or_path, quantization or cfg.quantization,
+                                              cfg.compute_dtype, cfg.attn_implementation, cfg.lm_head_4bit)
+            _check_adapter_base(path, cfg.model_name_or_path)
+            model = PeftModel.from_pretrained(base, str(path))
+        elif (path / "config.json").is_file():
+            cfg = TrainConfig.load(path)
+            model, tokenizer = load_base_model(str(path), quantization or "none", cfg.compute_dtype,
+                                               cfg.attn_implementation)
+        else:
+            raise ModelError(f"{path}: neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
+        model.eval()
+        return cls(model, tokenizer, prompt, cfg)
+
+    def load_adapter(self, adapter_dir: str | Path) -> None:
+        """Load trained LoRA weights into this model (same base model required)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        adapter_dir = Path(adapter_dir)
+        _check_adapter_base(adapter_dir, self.config.model_name_or_path)
+        set_peft_model_state_dict(self.model, load_file(str(adapter_dir / "adapter_model.safetensors")))
+
+    # ---- training -----------------------------------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Answer-only loss; the LM head runs at the supervised positions alone."""
+        causal_lm = self.model.get_base_model()
+        dev = device()
+        offload = self.config.offload_activations and dev.type == "cuda"
+        ctx = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload else contextlib.nullcontext()
+        with ctx:
+            hidden = causal_lm.model(input_ids=batch["input_ids"].to(dev),
+                                     attention_mask=batch["attention_mask"].to(dev)).last_hidden_state
+            return answer_only_loss(hidden, causal_lm.lm_head, batch["labels"].to(dev))
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Adapter weights, tokenizer, prompt.json and train_config.json: all inference needs."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(out))
+        self.tokenizer.save_pretrained(str(out))
+        self.prompt.save(out)
+        self.config.save(out)
+        return out
+
+    # ---- inference ----------------------------------------------------------------------------
+    def max_prompt_tokens(self, max_new_tokens: int) -> int:
+        return self.config.max_seq_len - max_new_tokens
+
+    @torch.no_grad()
+    def generate(self, records: list[Record], max_new_tokens: int = 512, batch_size: int = 4) -> list[str]:
+        """Greedy replies, in the order given (callers sort by length so batches pad little)."""
+        self.model.eval()
+        out: list[str] = []
+        for start in range(0, len(records), batch_size):
+            out += self._generate_batch(records[start: start + batch_size], max_new_tokens)
+        return out
+
+    def _generate_batch(self, records: list[Record], max_new_tokens: int) -> list[str]:
+        prompts = [prompt_token_ids(self.tokenizer, self.prompt, r, self.max_prompt_tokens(max_new_tokens))[0]
+                   for r in records]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device())
+        attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device())
+        stop = [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+        gen = self.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                                  do_sample=False, pad_token_id=pad, eos_token_id=stop, use_cache=True)
+        return self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+
+    def summarise(self, record: Record, max_new_tokens: int = 512) -> dict[str, str]:
+        return parse_answer(self.generate([record], max_new_tokens, 1)[0]).fields
+
+    # ---- export -------------------------------------------------------------------------------
+    def merge_and_save(self, out_dir: str | Path, adapter_dir: str | Path) -> Path:
+        """Merge the adapter into the 16-bit base (never the 4-bit one: merging into NF4 weights
+        rounds the LoRA update away) and save a standalone model for vLLM or plain transformers."""
+        from peft import PeftModel
+
+        cfg = self.config
+        base, tokenizer = load_base_model(cfg.model_name_or_path, "none", cfg.compute_dtype,
+                                          cfg.attn_implementation)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        out = Path(out_dir)
+        merged.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        self.prompt.save(out)
+        cfg.save(out)
+        return out
+
+
+def _check_adapter_base(adapter_dir: Path, base_name: str) -> None:
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
+        raise ModelError(f"{adapter_dir}: no adapter_config.json")
+    trained_on = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    expected = resolve_model_path(base_name)
+    if trained_on and Path(trained_on).name != Path(expected).name and trained_on != expected:
+        raise ModelError(f"{adapter_dir}: adapter was trained on {trained_on!r}, not on {expected!r}")
+
+
+def merge_adapter(adapter_dir: str, out_dir: str) -> str:
+    """Merge a trained LoRA adapter into its 16-bit base model and save it standalone.
+
+    Args:
+        adapter_dir: directory written by the trainer (adapter_config.json, train_config.json, prompt.json).
+        out_dir: where the merged model goes (serve it with vLLM or load it with --model_path).
+    """
+    cfg = TrainConfig.load(adapter_dir)
+    wrapper = Qwen2EmotionSummaryModel(None, None, PromptSpec.load(adapter_dir), cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return str(wrapper.merge_and_save(out_dir, adapter_dir))

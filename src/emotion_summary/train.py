@@ -1,0 +1,418 @@
+"""The QLoRA trainer: answer-only loss, cosine schedule, checkpoints that resume exactly, Ctrl-C safe.
+
+Layout of a run directory (`--output_dir`):
+  train_config.json          resolved config, written before the first step
+  checkpoints/step-N/        adapter, optimizer, scheduler, RNG and trainer state (last two kept)
+  log.jsonl, loss.png        per-step train loss and validation loss
+  adapter_model.safetensors  final adapter, with adapter_config.json, tokenizer, prompt.json,
+  data_fingerprints.json     fingerprints of the training inputs (the leakage guard reads them),
+  versions.json, COMPLETE    library versions; the marker that the run finished
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+
+from emotion_summary.atomic_io import append_jsonl, atomic_write_json, read_jsonl_tolerant
+from emotion_summary.cli import UserError
+from emotion_summary.config import TrainConfig, detect_vram_gb, resolve_config, validate
+from emotion_summary.records import Record, read_records
+
+COMPLETE_MARKER = "COMPLETE"
+SAMPLES = Path(__file__).parent / "resources" / "samples"
+SMOKE_DATA = [SAMPLES / "es_sample_en.jsonl", SAMPLES / "es_sample_zh.jsonl"]
+KEEP_CHECKPOINTS = 2
+
+
+def _as_list(value) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [p for p in str(value).split(",") if p]
+
+
+def load_data(cfg: TrainConfig) -> tuple[list[Record], list[Record]]:
+    """Training and validation records; every training record must carry the five gold fields."""
+    paths = cfg.train_data or [str(p) for p in SMOKE_DATA]
+    train = [r for p in paths for r in read_records(p, require_gold=True)]
+    evals = [r for p in cfg.eval_data for r in read_records(p, require_gold=True)]
+    if cfg.folds:
+        from emotion_summary.folds import split_folds
+
+        train, held = split_folds(train, folds=cfg.folds, fold=cfg.fold, seed=cfg.seed)
+        evals += held
+    if not train:
+        raise UserError("no training records left after the fold split")
+    return train, evals
+
+
+def describe_sources(records: list[Record]) -> str:
+    counts = Counter(
+        r.source + (f" (labelled by {r.label_source.get('model', '?')})" if r.label_source else "")
+        for r in records)
+    return ", ".join(f"{n} {src}" for src, n in counts.most_common())
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "emotion-summary"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class Checkpoints:
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir / "checkpoints"
+
+    def latest(self) -> Path | None:
+        done = [p for p in self.dir.glob("step-*") if (p / "state.json").is_file()]
+        return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+    def save(self, wrapper, optimizer, scheduler, state: dict) -> Path:
+        import torch
+
+        final = self.dir / f"step-{state['step']}"
+        tmp = self.dir / f".step-{state['step']}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        wrapper.model.save_pretrained(str(tmp))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        atomic_write_json(tmp / "state.json", state)  # written last: its presence marks a whole checkpoint
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(self.dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def restore(self, path: Path, wrapper, optimizer, scheduler) -> dict:
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(wrapper.model, load_file(str(path / "adapter_model.safetensors")))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        return json.loads((path / "state.json").read_text())
+
+
+def _rng_state() -> dict:
+    import random
+
+    import torch
+
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import torch
+
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled example indices cut into batches; a pure function of (seed, epoch), so resume replays it."""
+    import torch
+
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    return [order[i: i + batch_size] for i in range(0, n_examples, batch_size)]
+
+
+def make_optimizer(cfg: TrainConfig, params):
+    import torch
+
+    if cfg.optimizer == "paged_adamw_8bit" and torch.cuda.is_available():
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def plot_losses(log_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl_tolerant(log_path)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (answer tokens)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out_png.with_name(out_png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out_png)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, train_records: list[Record], eval_records: list[Record]):
+        self.cfg, self.run_dir = cfg, Path(cfg.output_dir)
+        self.train_records, self.eval_records = train_records, eval_records
+        self.checkpoints = Checkpoints(self.run_dir)
+        self.log_path = self.run_dir / "log.jsonl"
+
+    def prepare(self) -> None:
+        import torch
+        from transformers import get_cosine_schedule_with_warmup
+
+        from emotion_summary.model import Qwen2EmotionSummaryModel
+
+        torch.manual_seed(self.cfg.seed)
+        self.wrapper = Qwen2EmotionSummaryModel.for_training(self.cfg)
+        self.train_examples = self._encode(self.train_records, "training")
+        self.eval_examples = self._encode(self.eval_records, "validation")
+        per_epoch = math.ceil(math.ceil(len(self.train_examples) / self.cfg.batch_size) / self.cfg.grad_accum)
+        self.total_steps = self.cfg.max_steps or per_epoch * self.cfg.epochs
+        params = [p for p in self.wrapper.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.cfg, params)
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, int(self.cfg.warmup_ratio * self.total_steps), self.total_steps)
+
+    def _encode(self, records: list[Record], what: str) -> list[dict]:
+        from emotion_summary.encode import encode_example
+
+        out = [encode_example(self.wrapper.tokenizer, self.wrapper.prompt, r, self.cfg.max_seq_len)
+               for r in records]
+        trimmed = [e["id"] for e in out if e["trimmed_tokens"]]
+        if records:
+            lengths = sorted(len(e["input_ids"]) for e in out)
+            print(f"{what}: {len(out)} records ({describe_sources(records)}); tokens median "
+                  f"{lengths[len(lengths) // 2]}, max {lengths[-1]}; {len(trimmed)} trimmed to "
+                  f"max_seq_len={self.cfg.max_seq_len}{f' (ids {trimmed[:10]})' if trimmed else ''}")
+        return out
+
+    def _batch(self, indices: list[int], examples: list[dict]):
+        from emotion_summary.loss import collate
+
+        return collate([examples[i] for i in indices], self.wrapper.tokenizer.pad_token_id)
+
+    def validation_loss(self) -> float | None:
+        import torch
+
+        if not self.eval_examples:
+            return None
+        self.wrapper.model.eval()
+        losses = []
+        with torch.no_grad():
+            for start in range(0, len(self.eval_examples), self.cfg.batch_size):
+                idx = list(range(start, min(start + self.cfg.batch_size, len(self.eval_examples))))
+                losses.append(self.wrapper.loss(self._batch(idx, self.eval_examples)).item())
+        self.wrapper.model.train()
+        return sum(losses) / len(losses)
+
+    def micro_batches(self, start_step: int):
+        """(step, micro-batch indices) from optimizer step `start_step` on, epochs concatenated."""
+        step, pending = 0, []
+        for epoch in range(10**9):
+            for batch in epoch_batches(len(self.train_examples), self.cfg.batch_size, self.cfg.seed, epoch):
+                pending.append(batch)
+                if len(pending) == self.cfg.grad_accum:
+                    if step >= start_step:
+                        yield step, pending
+                    step, pending = step + 1, []
+                if step >= self.total_steps:
+                    return
+            if pending:  # an epoch's tail shorter than grad_accum still makes one step
+                if step >= start_step:
+                    yield step, pending
+                step, pending = step + 1, []
+            if step >= self.total_steps:
+                return
+
+    def run(self, stop_after_step: int | None = None) -> Path:
+        """Train to the end (or, for tests, stop after `stop_after_step` as if interrupted)."""
+        import torch
+        from tqdm import tqdm
+
+        start = 0
+        latest = self.checkpoints.latest() if self.cfg.resume else None
+        if latest is not None:
+            start = self.checkpoints.restore(latest, self.wrapper, self.optimizer, self.scheduler)["step"]
+            print(f"resumed from {latest} at step {start}")
+        self.wrapper.model.train()
+        done = start
+        bar = tqdm(total=self.total_steps, initial=start, desc="training", unit="step")
+        try:
+            for step, micro in self.micro_batches(start):
+                loss = self._optimizer_step(micro)
+                done = step + 1
+                row = {"step": done, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "time": time.time()}
+                if done % self.cfg.eval_every == 0 or done == self.total_steps:
+                    val = self.validation_loss()
+                    if val is not None:
+                        row["val_loss"] = val
+                append_jsonl(self.log_path, row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if done % self.cfg.save_every == 0 or done == self.total_steps:
+                    self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, {"step": done})
+                if stop_after_step is not None and done >= stop_after_step:
+                    return self.run_dir
+        except KeyboardInterrupt:
+            if done > start:
+                path = self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, {"step": done})
+                print(f"\ninterrupted: saved {path}; continue with --resume", file=sys.stderr)
+            raise SystemExit(130)
+        finally:
+            bar.close()
+        return self.finish()
+
+    def _optimizer_step(self, micro: list[list[int]]) -> float:
+        import torch
+
+        total = 0.0
+        for indices in micro:
+            loss = self.wrapper.loss(self._batch(indices, self.train_examples)) / len(micro)
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"the loss became {loss.item()} (NaN/inf). Qwen2 overflows in fp16 on GPUs without "
+                    "bf16 (T4, V100, RTX 20xx): rerun with --compute_dtype fp32, or lower --learning_rate.")
+            loss.backward()
+            total += loss.item()
+        params = [p for p in self.wrapper.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def finish(self) -> Path:
+        self.wrapper.save(self.run_dir)
+        from emotion_summary.folds import save_fingerprints
+
+        save_fingerprints(self.run_dir, self.train_records)
+        atomic_write_json(self.run_dir / "versions.json", library_versions())
+        plot_losses(self.log_path, self.run_dir / "loss.png")
+        (self.run_dir / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        print(f"done: adapter, config and loss plot in {self.run_dir}")
+        return self.run_dir
+
+
+def check_run_dir(cfg: TrainConfig) -> None:
+    """Never overwrite: a finished run stays finished; an unfinished one resumes only with its config."""
+    run_dir = Path(cfg.output_dir)
+    if (run_dir / COMPLETE_MARKER).is_file():
+        raise UserError(f"{run_dir} holds a finished run; choose another --output_dir")
+    saved = run_dir / "train_config.json"
+    if saved.is_file():
+        if not cfg.resume:
+            raise UserError(f"{run_dir} holds an unfinished run; add --resume to continue it, "
+                            "or choose another --output_dir")
+        diffs = TrainConfig.load(run_dir).differences(cfg)
+        if diffs:
+            raise UserError(f"cannot resume {run_dir} with another config: " + "; ".join(diffs))
+
+
+def train(
+    preset: str = "auto",
+    train_data: str | None = None,
+    eval_data: str | None = None,
+    output_dir: str | None = None,
+    resume: bool = False,
+    folds: int | None = None,
+    fold: int | None = None,
+    language: str | None = None,
+    model_name_or_path: str | None = None,
+    quantization: str | None = None,
+    compute_dtype: str | None = None,
+    max_seq_len: int | None = None,
+    batch_size: int | None = None,
+    grad_accum: int | None = None,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    learning_rate: float | None = None,
+    lora_r: int | None = None,
+    lora_alpha: int | None = None,
+    lora_dropout: float | None = None,
+    offload_activations: bool | None = None,
+    mlp_tile_tokens: int | None = None,
+    embedding_on_cpu: bool | None = None,
+    lm_head_4bit: bool | None = None,
+    optimizer: str | None = None,
+    eval_every: int | None = None,
+    save_every: int | None = None,
+    seed: int | None = None,
+    _stop_after_step: int | None = None,
+) -> str:
+    """Fine-tune Qwen2-7B-Instruct with QLoRA on labelled ES records. Unset options take the preset's value.
+
+    Args:
+        preset: 8gb, 12gb, 24gb, cpu-smoke, or auto (by the GPU's memory; cpu-smoke without a GPU).
+        train_data: labelled ES file(s), comma-separated (JSONL or JSON array; all five gold fields).
+            cpu-smoke defaults to the project's own sample reports.
+        eval_data: labelled file(s) for the validation loss, comma-separated.
+        output_dir: run directory (default model/qwen2-es-PRESET); never overwritten.
+        resume: continue the unfinished run in output_dir from its last checkpoint.
+        folds: hold out one of this many folds (by id) of train_data for validation.
+        fold: which fold to hold out (0-based).
+        language: summary language in the prompt: en, zh or auto (the report's language).
+        model_name_or_path: base model (hub name or local directory); 'tiny' builds a random tiny Qwen2.
+        quantization: nf4 (QLoRA) or none (16-bit LoRA).
+        compute_dtype: auto, bf16, fp16 or fp32 (auto: bf16 where supported, fp16 older GPUs, fp32 CPU).
+        max_seq_len: tokens per example (prompt + answer); longer reports are trimmed in the middle.
+        batch_size: examples per micro-batch.
+        grad_accum: micro-batches per optimizer step.
+        epochs: passes over the training data.
+        max_steps: stop after this many optimizer steps (0: all epochs).
+        learning_rate: peak learning rate (cosine schedule with warm-up).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: dropout on the LoRA input.
+        offload_activations: keep checkpointed activations in CPU RAM (GPU only).
+        mlp_tile_tokens: run the MLP in tiles of this many tokens (0: off).
+        embedding_on_cpu: keep the input embedding in CPU RAM (GPU only).
+        lm_head_4bit: quantise the LM head to NF4 too.
+        optimizer: paged_adamw_8bit (GPU) or adamw.
+        eval_every: optimizer steps between validation losses.
+        save_every: optimizer steps between checkpoints.
+        seed: seed for data order, dropout and initialisation.
+    """
+    overrides = {k: v for k, v in locals().items() if k not in ("preset", "_stop_after_step")}
+    overrides["train_data"] = _as_list(train_data)
+    overrides["eval_data"] = _as_list(eval_data)
+    vram = detect_vram_gb()
+    try:
+        cfg = resolve_config(preset, vram, **overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if output_dir is None:
+        cfg.output_dir = f"model/qwen2-es-{cfg.preset}"
+    problems = validate(cfg, vram)
+    if problems:
+        raise UserError("the config has problems:\n  - " + "\n  - ".join(problems))
+    check_run_dir(cfg)
+    train_records, eval_records = load_data(cfg)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    cfg.save(cfg.output_dir)
+    trainer = Trainer(cfg, train_records, eval_records)
+    trainer.prepare()
+    return str(trainer.run(stop_after_step=_stop_after_step))

@@ -1,0 +1,65 @@
+"""The model wrapper on a tiny random Qwen2: 4-bit loading, the bitsandbytes CPU trap, MLP tiling."""
+
+import pytest
+import torch
+
+from emotion_summary.config import resolve_config
+from emotion_summary.model import Qwen2EmotionSummaryModel, disable_cpu_weight_repacking, tile_mlp
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def wrapper():
+    return Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke"))
+
+
+def test_loads_in_4bit_with_lora_on_every_linear_projection(wrapper):
+    import bitsandbytes as bnb
+
+    base = wrapper.model.get_base_model()
+    proj = base.model.layers[0].mlp.up_proj
+    assert isinstance(proj.base_layer, bnb.nn.Linear4bit)
+    assert proj.base_layer.weight.quant_type == "nf4"
+    targets = {n.split(".")[-1] for n, m in base.named_modules() if hasattr(m, "lora_A")}
+    assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_train_evaluate_train_again_with_4bit_weights_on_cpu(wrapper):
+    """bitsandbytes 0.49-0.50 repacks 4-bit weights in place in eval on AVX512-BF16 CPUs; the next
+    training step then failed with 'a view of a leaf Variable ... in-place'."""
+    from emotion_summary.encode import encode_example
+    from emotion_summary.loss import collate
+    from emotion_summary.train import SMOKE_DATA
+    from emotion_summary.records import read_records
+
+    rec = read_records(SMOKE_DATA[0])[0]
+    ex = encode_example(wrapper.tokenizer, wrapper.prompt, rec, 1024)
+    batch = collate([ex], wrapper.tokenizer.pad_token_id)
+    wrapper.model.train()
+    wrapper.loss(batch).backward()
+    wrapper.model.eval()
+    with torch.no_grad():
+        wrapper.loss(batch)
+        wrapper.generate([rec], max_new_tokens=2)
+    wrapper.model.train()
+    wrapper.loss(batch).backward()  # raised RuntimeError before the fix
+    assert disable_cpu_weight_repacking(wrapper.model) == 14  # 7 projections x 2 layers
+
+
+def test_tiled_mlp_gives_the_same_outputs_and_gradients():
+    from transformers import Qwen2Config
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP
+
+    torch.manual_seed(0)
+    mlp = Qwen2MLP(Qwen2Config(hidden_size=16, intermediate_size=40))
+    x = torch.randn(2, 37, 16, requires_grad=True)
+    y = mlp(x)
+    y.square().sum().backward()
+    want_out, want_grad = y.detach(), x.grad.clone()
+    x.grad = None
+    assert tile_mlp(mlp, 8) == 1
+    y2 = mlp(x)
+    y2.square().sum().backward()
+    assert torch.allclose(y2, want_out, atol=1e-6)
+    assert torch.allclose(x.grad, want_grad, atol=1e-6)

@@ -1,0 +1,124 @@
+"""Training on a tiny random Qwen2 (real tokenizer, bitsandbytes NF4 on CPU): seconds per run."""
+
+import json
+
+import pytest
+import torch
+
+from emotion_summary.cli import UserError
+from emotion_summary.config import resolve_config, validate
+from emotion_summary.presets import PRESETS
+from emotion_summary.train import train
+
+pytestmark = pytest.mark.slow
+SMOKE = dict(preset="cpu-smoke", max_steps=4, save_every=2, eval_every=2)
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_loads_and_validates(name, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}")
+    cfg = resolve_config(name, train_data=str(data))
+    vram = None if name == "cpu-smoke" else cfg.min_vram_gb + 0.5
+    assert validate(cfg, vram) == []
+    assert cfg.max_seq_len >= 1024 and cfg.preset == name
+
+
+def test_auto_preset_follows_gpu_memory():
+    assert resolve_config("auto", None).preset == "cpu-smoke"
+    assert resolve_config("auto", 8.0).preset == "8gb"
+    assert resolve_config("auto", 16.0).preset == "12gb"
+    assert resolve_config("auto", 80.0).preset == "24gb"
+
+
+def test_config_problems_are_reported_all_at_once():
+    cfg = resolve_config("24gb", lora_r=0, quantization="int3", train_data="missing.jsonl")
+    problems = validate(cfg, vram_gb=8.0)
+    text = "\n".join(problems)
+    for needle in ("lora_r", "quantization", "missing.jsonl", "needs 22.0 GB"):
+        assert needle in text
+    assert len(problems) >= 4
+
+
+def test_cli_reports_config_problems_before_loading_a_model(tmp_path):
+    with pytest.raises(UserError, match="lora_r.*\n.*learning_rate"):
+        train(preset="cpu-smoke", lora_r=-1, learning_rate=-1.0, output_dir=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_refuses_unlabelled_records_naming_file_line_and_field(tmp_path):
+    data = tmp_path / "unlabelled.jsonl"
+    data.write_text(json.dumps({"id": 1, "case_description": ["a"], "consultation_process": ["b"],
+                                "experience_and_reflection": "c"}) + "\n")
+    with pytest.raises(Exception, match=r"unlabelled.jsonl:line 1: field 'causes'"):
+        train(preset="cpu-smoke", train_data=str(data), output_dir=str(tmp_path / "r"))
+
+
+def test_training_moves_lora_weights_and_leaves_base_weights(tmp_path):
+    from emotion_summary.train import Trainer, load_data
+
+    cfg = resolve_config("cpu-smoke", max_steps=2, output_dir=str(tmp_path / "r"))
+    trainer = Trainer(cfg, *load_data(cfg))
+    trainer.prepare()
+    named = dict(trainer.wrapper.model.named_parameters())
+    lora_before = {k: v.detach().clone() for k, v in named.items() if "lora_" in k}
+    base_before = {k: v.detach().clone() for k, v in named.items() if "lora_" not in k}
+    trainer.run()
+    after = dict(trainer.wrapper.model.named_parameters())
+    assert lora_before and base_before
+    moved = [k for k in lora_before if not torch.equal(lora_before[k], after[k])]
+    assert len(moved) == len(lora_before)
+    assert all(torch.equal(base_before[k], after[k]) for k in base_before)
+    for name in ("adapter_model.safetensors", "train_config.json", "prompt.json", "loss.png",
+                 "data_fingerprints.json", "versions.json", "COMPLETE"):
+        assert (tmp_path / "r" / name).is_file(), name
+
+
+def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path):
+    whole = tmp_path / "whole"
+    train(**SMOKE, output_dir=str(whole))
+    split = tmp_path / "split"
+    train(**SMOKE, output_dir=str(split), _stop_after_step=2)
+    assert not (split / "COMPLETE").exists() and len(losses(split)) == 2
+    train(**SMOKE, output_dir=str(split), resume=True)
+    assert (split / "COMPLETE").exists()
+    assert losses(split) == pytest.approx(losses(whole), abs=1e-6)
+
+
+def test_run_directories_are_never_overwritten(tmp_path):
+    run = tmp_path / "r"
+    train(**SMOKE, output_dir=str(run), _stop_after_step=2)
+    with pytest.raises(UserError, match="unfinished run; add --resume"):
+        train(**SMOKE, output_dir=str(run))
+    with pytest.raises(UserError, match="another config: lora_r"):
+        train(**SMOKE, output_dir=str(run), resume=True, lora_r=8)
+    train(**SMOKE, output_dir=str(run), resume=True)
+    with pytest.raises(UserError, match="finished run"):
+        train(**SMOKE, output_dir=str(run), resume=True)
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
+    from emotion_summary import train as train_module
+
+    calls = {"n": 0}
+    real_step = train_module.Trainer._optimizer_step
+
+    def interrupted_on_third(self, micro):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, micro)
+
+    monkeypatch.setattr(train_module.Trainer, "_optimizer_step", interrupted_on_third)
+    run = tmp_path / "r"
+    with pytest.raises(SystemExit) as exit_info:
+        train(**{**SMOKE, "save_every": 10}, output_dir=str(run))
+    assert exit_info.value.code == 130
+    assert (run / "checkpoints" / "step-2" / "state.json").is_file()
+    monkeypatch.setattr(train_module.Trainer, "_optimizer_step", real_step)
+    train(**{**SMOKE, "save_every": 10}, output_dir=str(run), resume=True)
+    assert len(losses(run)) == 4 and (run / "COMPLETE").is_file()
