@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -291,6 +292,9 @@ class Qwen2EmotionSummaryModel:
         tokenizer.save_pretrained(str(out))
         self.prompt.save(out)
         cfg.save(out)
+        fingerprints = Path(adapter_dir) / "data_fingerprints.json"
+        if fingerprints.is_file():  # the leakage guard must keep working on the merged model
+            shutil.copy(fingerprints, out / fingerprints.name)
         return out
 
 
