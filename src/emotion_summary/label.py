@@ -1,0 +1,245 @@
+"""Label unlabelled ES records with a teacher model behind an OpenAI-compatible endpoint.
+
+Each record is asked with the shared prompt; the reply must parse into five non-empty fields (in the
+requested language when it is en or zh), else the teacher is re-asked, saying what was wrong. Labelled
+records are appended to the output as they arrive, so a killed run resumes where it stopped; records
+that never give a usable reply go to `<output stem>.rejects.jsonl` with the reason, never filled in.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+from tqdm import tqdm
+
+from emotion_summary.atomic_io import append_jsonl, atomic_write_jsonl, read_jsonl_tolerant
+from emotion_summary.cli import UserError
+from emotion_summary.client import ChatClient, EndpointError
+from emotion_summary.prompt import PromptSpec, build_prompt, detect_language, parse_answer
+from emotion_summary.records import GOLD_FIELDS, Record, read_records, record_from_dict
+
+LANGUAGES = ("en", "zh", "auto")
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
+RETRY_MESSAGE = ("Your reply could not be used: {reason}. Answer again with only one JSON object with "
+                 "exactly these keys: {keys}; every value a non-empty paragraph{language}.")
+# A 4xx other than 429 is about this request (e.g. the report is too long for the teacher's context):
+# reject the record. Anything else (network, 429/5xx after the client's retries) stops the run.
+_REQUEST_ERROR = re.compile(r"^HTTP 4(?!29)\d\d ")
+
+
+@dataclass
+class Outcome:
+    record: Record
+    fields: dict[str, str] | None  # None: rejected
+    reason: str = ""
+    attempts: int = 0
+    last_reply: str = ""
+
+
+def rejects_path(output: str | Path) -> Path:
+    return Path(output).with_suffix(".rejects.jsonl")
+
+
+def reply_problem(reply: str, language: str) -> str | None:
+    """Why a teacher reply is unusable, or None when all five fields are there (in `language`)."""
+    parsed = parse_answer(reply)
+    if len(parsed.missing) == len(GOLD_FIELDS):
+        return "no JSON object with the five fields"
+    if parsed.missing:
+        return f"missing or empty: {', '.join(parsed.missing)}"
+    if language in LANGUAGE_NAMES:
+        wrong = [k for k, v in parsed.fields.items() if detect_language(v) != language]
+        if wrong:
+            return f"not in {LANGUAGE_NAMES[language]}: {', '.join(wrong)}"
+    return None
+
+
+def _retry_turns(reply: str, reason: str, language: str) -> list[dict]:
+    rule = f", written in {LANGUAGE_NAMES[language]}" if language in LANGUAGE_NAMES else ""
+    text = RETRY_MESSAGE.format(reason=reason, keys=", ".join(GOLD_FIELDS), language=rule)
+    return [{"role": "assistant", "content": reply}, {"role": "user", "content": text}]
+
+
+def label_one(client: ChatClient, spec: PromptSpec, record: Record, max_retries: int,
+              max_tokens: int) -> Outcome:
+    """Ask, check, re-ask up to `max_retries` times; an EndpointError other than a 4xx propagates."""
+    first = build_prompt(spec, record).messages
+    messages, reply, reason = first, "", ""
+    for attempt in range(1, max_retries + 2):
+        try:
+            reply = client.chat(messages, max_tokens=max_tokens)
+        except EndpointError as e:
+            if not _REQUEST_ERROR.match(str(e)):
+                raise
+            return Outcome(record, None, f"endpoint refused the request: {e}", attempt)
+        reason = reply_problem(reply, spec.language)
+        if reason is None:
+            return Outcome(record, parse_answer(reply).fields, attempts=attempt)
+        messages = first + _retry_turns(reply, reason, spec.language)
+    return Outcome(record, None, reason, max_retries + 1, reply)
+
+
+def _public_endpoint(url: str) -> str:
+    """The endpoint without user:password@ or a query string, fit to store in every record."""
+    parts = urlsplit(url)
+    host = f"{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _repair_torn_tail(path: Path) -> list[dict]:
+    """Rows of a resumable output; rewrite it without a torn last line so appends start clean."""
+    rows = read_jsonl_tolerant(path)
+    if path.exists():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) != len(rows) or (text and not text.endswith("\n")):
+            atomic_write_jsonl(path, rows)
+            print(f"{path}: dropped {len(lines) - len(rows)} unreadable line(s) left by a killed run",
+                  file=sys.stderr)
+    return rows
+
+
+def done_ids(output: Path) -> set[int]:
+    """Ids already labelled in `output` (a RecordError names the line of a row that is not a record)."""
+    rows = _repair_torn_tail(output)
+    return {rec.id for n, row in enumerate(rows, 1) if (rec := record_from_dict(row, output, f"line {n}")).has_gold}
+
+
+def _finish_rejects(path: Path, labelled: set[int]) -> int:
+    """Keep the latest reason per id, drop ids labelled since; return how many remain."""
+    latest = {row["id"]: row for row in read_jsonl_tolerant(path) if isinstance(row, dict) and "id" in row}
+    keep = [row for rid, row in latest.items() if rid not in labelled]
+    if keep:
+        atomic_write_jsonl(path, keep)
+    elif path.exists():
+        path.unlink()
+    return len(keep)
+
+
+@dataclass
+class _Run:
+    output: Path
+    rejects: Path
+    label_source: dict
+    labelled: int = 0
+    rejected: int = 0
+
+    def record(self, outcome: Outcome) -> None:
+        if outcome.fields is not None:
+            append_jsonl(self.output, outcome.record.with_gold(outcome.fields, self.label_source).to_dict())
+            self.labelled += 1
+            return
+        append_jsonl(self.rejects, {"id": outcome.record.id, "reason": outcome.reason,
+                                    "attempts": outcome.attempts, "last_reply": outcome.last_reply[:2000],
+                                    **self.label_source})
+        self.rejected += 1
+
+
+def _run_pool(todo: list[Record], work, concurrency: int, on_result) -> None:
+    """Run `work` on every record, handing each result to `on_result` in this thread as it arrives.
+    The first endpoint failure cancels what has not started, keeps what finishes, then is raised."""
+    failure = None
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(work, r) for r in todo]
+        try:
+            for fut in tqdm(as_completed(futures), total=len(futures), desc="labelling", unit="report"):
+                if fut.cancelled():
+                    continue
+                try:
+                    on_result(fut.result())
+                except EndpointError as e:
+                    failure = failure or e
+                    for f in futures:
+                        f.cancel()
+        finally:
+            for f in futures:  # Ctrl-C: don't keep sending requests whose answers nobody writes
+                f.cancel()
+    if failure is not None:
+        raise failure
+
+
+def label_file(input: str | Path, output: str | Path, client: ChatClient, language: str = "auto",
+               concurrency: int = 4, max_retries: int = 2, max_tokens: int = 1024, limit: int = 0) -> dict:
+    """Label `input` into `output` (resumable); returns the counts printed by the CLI."""
+    records = read_records(input)
+    output = Path(output)
+    if output.exists() and output.resolve() == Path(input).resolve():
+        raise UserError(f"{output}: --output must differ from --input")
+    done = done_ids(output)
+    copied = [r for r in records if r.has_gold and r.id not in done]
+    for r in copied:  # labelled inputs pass through, so the output is the whole training set
+        append_jsonl(output, r.to_dict())
+    todo = [r for r in records if not r.has_gold and r.id not in done]
+    todo = todo[:limit] if limit > 0 else todo
+    spec = PromptSpec(language=language)
+    run = _Run(output, rejects_path(output), {
+        "model": client.model, "endpoint": _public_endpoint(client.endpoint),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "prompt_version": spec.version})
+    try:
+        _run_pool(todo, lambda r: label_one(client, spec, r, max_retries, max_tokens), concurrency, run.record)
+    except EndpointError as e:
+        raise EndpointError(f"{e}; {run.labelled} records were labelled before it failed. Rerun the "
+                            f"same command to resume.") from None
+    finally:
+        remaining = _finish_rejects(run.rejects, _ids_in(output))
+    return {"labelled": run.labelled, "skipped_done": len(done & {r.id for r in records}),
+            "copied_with_gold": len(copied), "rejected": run.rejected, "rejects_file_entries": remaining,
+            "left_for_later": len([r for r in records if not r.has_gold and r.id not in done]) - len(todo)}
+
+
+def _ids_in(output: Path) -> set[int]:
+    return {row["id"] for row in read_jsonl_tolerant(output) if isinstance(row, dict) and "id" in row}
+
+
+def label_source_counts(records: Iterable[Record]) -> dict[str, int]:
+    """How many records have gold from which source: '<source> (dataset gold)',
+    '<source> (teacher: <model>)' or '<source> (unlabelled)'."""
+    def key(r: Record) -> str:
+        if not r.has_gold:
+            return f"{r.source} (unlabelled)"
+        if r.label_source:
+            return f"{r.source} (teacher: {r.label_source.get('model', '?')})"
+        return f"{r.source} (dataset gold)"
+
+    return dict(sorted(Counter(key(r) for r in records).items()))
+
+
+def label_with_teacher(input: str, output: str, endpoint: str, model: str, language: str = "auto",
+                       concurrency: int = 4, requests_per_minute: float = 0.0,
+                       api_key_env: str = "OPENAI_API_KEY", max_retries: int = 2, max_tokens: int = 1024,
+                       limit: int = 0, timeout_s: float = 120.0) -> None:
+    """Write the five summary fields for unlabelled ES records with a teacher model (resumable).
+
+    Args:
+        input: ES records (JSONL or JSON array); records that already have gold are copied through.
+        output: labelled records (JSONL), appended as they arrive; a rerun skips ids already in it.
+        endpoint: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (vLLM) or a hosted API.
+        model: model name the endpoint serves.
+        language: language of the summaries: en, zh, or auto (the report's own language).
+        concurrency: requests in flight at once.
+        requests_per_minute: client-side rate limit; 0 for none.
+        api_key_env: environment variable holding the API key (sent as a Bearer token when set).
+        max_retries: times to re-ask the teacher after an unusable reply before rejecting the record.
+        max_tokens: reply length limit per request.
+        limit: label at most this many records in this run; 0 for all.
+        timeout_s: seconds to wait for one reply.
+    """
+    if language not in LANGUAGES:
+        raise UserError(f"--language must be one of {', '.join(LANGUAGES)}, got {language!r}")
+    if concurrency < 1 or max_retries < 0 or requests_per_minute < 0:
+        raise UserError("--concurrency must be >= 1, --max_retries and --requests_per_minute >= 0")
+    client = ChatClient(endpoint, model, api_key_env=api_key_env, timeout_s=timeout_s,
+                        requests_per_minute=requests_per_minute)
+    counts = label_file(input, output, client, language, concurrency, max_retries, max_tokens, limit)
+    print(f"labelled {counts['labelled']}, skipped {counts['skipped_done']} already in {output}, "
+          f"copied {counts['copied_with_gold']} that had gold, rejected {counts['rejected']}"
+          + (f" (see {rejects_path(output)})" if counts["rejected"] else "")
+          + (f", {counts['left_for_later']} left for a later run (--limit)" if counts["left_for_later"] else ""))
