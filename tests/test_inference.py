@@ -1,0 +1,221 @@
+"""Inference: backends as plain callables, resume from the side file, tolerant parsing, the openai
+backend against a local fake server, and the extractive run on the official inputs."""
+
+import json
+import sys
+import time
+import types
+
+import pytest
+
+from emotion_summary.atomic_io import read_jsonl_tolerant
+from emotion_summary.cli import UserError
+from emotion_summary.client import EndpointError
+from emotion_summary.inference import assemble, infer, predict, side_file_for
+from emotion_summary.prompt import PromptSpec, answer_text
+from emotion_summary.records import GOLD_FIELDS, read_records
+from emotion_summary.submission import SUBMISSION_KEYS, check_submission, read_predictions
+
+try:  # tests/ may or may not be a package
+    from tests.chat_server import FakeChatServer, unused_endpoint
+except ImportError:
+    from chat_server import FakeChatServer, unused_endpoint
+
+
+@pytest.fixture
+def gold_file(fixtures):
+    return fixtures / "es_eval_gold.jsonl"
+
+
+@pytest.fixture
+def records(gold_file):
+    return read_records(gold_file)
+
+
+def fields_for(rid: int) -> dict[str, str]:
+    return {f: f"{f} of report {rid}" for f in GOLD_FIELDS}
+
+
+class FakeGenerator:
+    """Stands in for Qwen2EmotionSummaryModel.generate: records every batch it is given."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, batch):
+        self.batches.append([r.id for r in batch])
+        return [answer_text(fields_for(r.id)) for r in batch]
+
+
+def test_predict_appends_every_raw_text_and_resume_redoes_nothing(tmp_path, records):
+    side = tmp_path / "out.jsonl.raw.jsonl"
+    gen = FakeGenerator()
+    raws = predict(records[:2], gen, side, "hf", batch_size=1)
+    assert sorted(raws) == [11, 12]
+    assert [r["backend"] for r in read_jsonl_tolerant(side)] == ["hf", "hf"]
+    gen2 = FakeGenerator()
+    raws = predict(records, gen2, side, "hf", batch_size=4)
+    assert gen2.batches == [[13]]  # only the unfinished id
+    assert sorted(raws) == [11, 12, 13]
+
+
+def test_predict_sorts_by_length_and_survives_a_torn_last_line(tmp_path, records):
+    side = tmp_path / "raw.jsonl"
+    side.write_text(json.dumps({"id": 11, "raw": "{}", "backend": "hf"}) + "\n" + '{"id": 12, "ra')
+    gen = FakeGenerator()
+    predict(records, gen, side, "hf", batch_size=8)
+    lengths = {r.id: len(json.dumps(r.inputs(), ensure_ascii=False)) for r in records}
+    assert gen.batches == [sorted([12, 13], key=lambda i: lengths[i])]
+
+
+def test_rows_of_another_backend_are_not_reused(tmp_path, records):
+    side = tmp_path / "raw.jsonl"
+    predict(records, FakeGenerator(), side, "extractive")
+    gen = FakeGenerator()
+    predict(records, gen, side, "hf", batch_size=8)
+    assert len(gen.batches[0]) == 3
+
+
+def test_missing_fields_are_filled_from_the_baseline_and_counted(records):
+    raws = {11: answer_text(fields_for(11)),
+            12: '{"causes": "divorce", "symptoms": ""}',  # two given (one empty), three absent
+            13: "I cannot answer that."}  # no JSON at all
+    out = assemble(records, raws)
+    assert out.fields[11] == fields_for(11)
+    assert out.filled == {12: ["symptoms", "treatment_process", "characteristics_of_illness",
+                               "treatment_effect"], 13: list(GOLD_FIELDS)}
+    assert out.not_json == [13]
+    assert all(v.strip() for fields in out.fields.values() for v in fields.values())  # no id dropped
+
+
+def test_infer_writes_a_valid_submission_in_input_order_and_reports_fills(tmp_path, gold_file, capsys):
+    out = tmp_path / "sub" / "Emotion_Summary_Result.jsonl"
+    infer(input=str(gold_file), output=str(out), backend="extractive")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [11, 12, 13]
+    assert all(set(r) == {"id", *SUBMISSION_KEYS.values()} for r in rows)
+    assert check_submission(out, gold_file).ok
+    assert side_file_for(out).is_file()
+    assert "ready to submit" in capsys.readouterr().out
+
+
+def fake_model_module(generate_log: list):
+    """A stand-in for emotion_summary.model with the wrapper's contract (load, prompt, generate)."""
+
+    class FakeWrapper:
+        def __init__(self):
+            self.prompt = PromptSpec()
+
+        @classmethod
+        def load(cls, model_path):
+            return cls()
+
+        def generate(self, records, max_new_tokens, batch_size):
+            generate_log.append((self.prompt.language, max_new_tokens, [r.id for r in records]))
+            return [answer_text(fields_for(r.id)) if r.id != 12 else '{"causes": "x"' for r in records]
+
+    return types.SimpleNamespace(Qwen2EmotionSummaryModel=FakeWrapper)
+
+
+def test_hf_backend_wiring_with_a_fake_wrapper(tmp_path, gold_file, monkeypatch, capsys):
+    log = []
+    monkeypatch.setitem(sys.modules, "emotion_summary.model", fake_model_module(log))
+    out = tmp_path / "sub.jsonl"
+    infer(input=str(gold_file), output=str(out), model_path=str(tmp_path), backend="hf", batch_size=2,
+          max_new_tokens=64, language="en")
+    assert [entry[:2] for entry in log] == [("en", 64), ("en", 64)]
+    assert sorted(i for entry in log for i in entry[2]) == [11, 12, 13]
+    preds = read_predictions(out)
+    assert preds[11] == fields_for(11)
+    assert preds[12]["causes"] == "x"  # cut-off JSON read key by key; the rest from the baseline
+    assert "4 fields in 1 reports were missing" in capsys.readouterr().out
+    log.clear()
+    infer(input=str(gold_file), output=str(out), model_path=str(tmp_path), backend="hf")
+    assert log == []  # resumed: nothing generated, no model call
+
+
+def test_leakage_guard_is_called_when_folds_exists(tmp_path, gold_file, monkeypatch):
+    calls = []
+
+    def guard(records, model_path, allow_leakage):
+        calls.append((len(records), model_path, allow_leakage))
+        raise UserError("LEAKAGE: refused")
+
+    monkeypatch.setitem(sys.modules, "emotion_summary.folds", types.SimpleNamespace(guard_leakage=guard))
+    with pytest.raises(UserError, match="LEAKAGE"):
+        infer(input=str(gold_file), output=str(tmp_path / "o.jsonl"), model_path=str(tmp_path),
+              backend="hf", allow_leakage="false")
+    assert calls == [(3, str(tmp_path), False)]
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_bad_options_are_user_errors(tmp_path, gold_file):
+    with pytest.raises(UserError, match="--model_path"):
+        infer(input=str(gold_file), backend="hf")
+    with pytest.raises(UserError, match="--endpoint"):
+        infer(input=str(gold_file), backend="openai")
+    with pytest.raises(UserError, match="--backend"):
+        infer(input=str(gold_file), backend="vllm")
+
+
+# ---------------------------------------------------------------- openai backend, local server
+
+
+def openai_reply(messages):
+    assert messages[0]["role"] == "system" and "# Report" in messages[1]["content"]
+    return "```json\n" + answer_text(fields_for(0)) + "\n```"
+
+
+def test_openai_backend_and_resume_resends_nothing(tmp_path, gold_file):
+    out = tmp_path / "sub.jsonl"
+    with FakeChatServer(openai_reply) as server:
+        infer(input=str(gold_file), output=str(out), backend="openai", endpoint=server.endpoint,
+              model="es-qwen2", concurrency=3)
+        assert len(server.requests) == 3
+        assert {r["model"] for r in server.requests} == {"es-qwen2"}
+        out.unlink()
+        infer(input=str(gold_file), output=str(out), backend="openai", endpoint=server.endpoint,
+              model="es-qwen2", concurrency=3)
+        assert len(server.requests) == 3  # resumed from the side file
+    assert read_predictions(out)[12] == fields_for(0)
+
+
+def test_openai_backend_uses_prompt_json_of_model_path(tmp_path, gold_file):
+    PromptSpec(system="CUSTOM SYSTEM", language="zh").save(tmp_path)
+    with FakeChatServer(openai_reply) as server:
+        infer(input=str(gold_file), output=str(tmp_path / "o.jsonl"), backend="openai", model_path=str(tmp_path),
+              endpoint=server.endpoint, model="m", concurrency=1)
+    first = server.requests[0]["messages"]
+    assert first[0]["content"] == "CUSTOM SYSTEM" and "请用中文" in first[1]["content"]
+
+
+def test_unreachable_endpoint_is_a_clear_error_and_writes_nothing(tmp_path, gold_file):
+    out = tmp_path / "sub.jsonl"
+    with pytest.raises(EndpointError, match=r"cannot reach http://127\.0\.0\.1:\d+/v1/chat/completions.*resume"):
+        infer(input=str(gold_file), output=str(out), backend="openai", endpoint=unused_endpoint(), model="m",
+              max_retries=0)
+    assert not out.exists()
+
+
+def test_timeout_keeps_finished_reports_for_the_rerun(tmp_path, gold_file):
+    out = tmp_path / "sub.jsonl"
+    with FakeChatServer(openai_reply, delay_s=1.0) as server:
+        started = time.monotonic()
+        with pytest.raises(EndpointError, match="timed out"):
+            infer(input=str(gold_file), output=str(out), backend="openai", endpoint=server.endpoint, model="m",
+                  timeout_s=0.2, max_retries=0, concurrency=1)
+        assert time.monotonic() - started < 1.5
+    assert not out.exists()
+    assert read_jsonl_tolerant(side_file_for(out)) == []
+
+
+@pytest.mark.shared
+def test_extractive_submission_on_the_official_inputs_passes_the_checker(tmp_path, shared_data):
+    inputs = shared_data / "longemotion" / "Emotion_Summary.jsonl"
+    out = tmp_path / "Emotion_Summary_Result.jsonl"
+    started = time.monotonic()
+    infer(input=str(inputs), output=str(out), backend="extractive")
+    assert time.monotonic() - started < 20
+    report = check_submission(out, inputs)
+    assert report.ok and not report.warnings, report.render()
+    assert report.n_rows == 150
