@@ -107,11 +107,11 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_step = train_module.Trainer._optimizer_step
 
-    def interrupted_on_third(self, micro):
+    def interrupted_on_third(self, micro, n_micro):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_step(self, micro)
+        return real_step(self, micro, n_micro)
 
     monkeypatch.setattr(train_module.Trainer, "_optimizer_step", interrupted_on_third)
     run = tmp_path / "r"
@@ -122,3 +122,21 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.Trainer, "_optimizer_step", real_step)
     train(**{**SMOKE, "save_every": 10}, output_dir=str(run), resume=True)
     assert len(losses(run)) == 4 and (run / "COMPLETE").is_file()
+
+
+def test_two_processes_compute_the_same_update_as_one_with_grad_accum(tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo on CPU; NCCL on GPUs, as under `accelerate launch`) with
+    grad_accum 1 takes the same steps as one process with grad_accum 2 (dropout off: no RNG)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    args = ["--preset", "cpu-smoke", "--max_steps", "3", "--lora_dropout", "0.0"]
+    script = str(ROOT / "scripts" / "train_qwen2.py")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", "29533", script, *args, "--output_dir", str(tmp_path / "two")],
+                   check=True, capture_output=True, timeout=300)
+    train(**{**SMOKE, "max_steps": 3, "lora_dropout": 0.0, "grad_accum": 2}, output_dir=str(tmp_path / "one"))
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+    assert (tmp_path / "two" / "COMPLETE").is_file()

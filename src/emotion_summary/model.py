@@ -27,7 +27,10 @@ class ModelError(ValueError):
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: its own GPU under `accelerate launch`/`torchrun`, else GPU 0 or the CPU."""
+    from emotion_summary.distributed import local_rank
+
+    return torch.device(f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
 
 
 def compute_dtype(name: str = "auto") -> torch.dtype:
@@ -97,7 +100,7 @@ def load_base_model(name_or_path: str, quantization: str = "nf4", dtype_name: st
         dtype=dtype,
         quantization_config=quantization_config(quantization, dtype, lm_head_4bit),
         attn_implementation=attn_implementation(attn),
-        device_map={"": 0} if torch.cuda.is_available() else "cpu",
+        device_map={"": device().index} if torch.cuda.is_available() else "cpu",
     )
     disable_cpu_weight_repacking(model)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -20,6 +20,7 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
+from emotion_summary import distributed as dist
 from emotion_summary.atomic_io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from emotion_summary.cli import UserError
 from emotion_summary.config import TrainConfig, detect_vram_gb, resolve_config, validate
@@ -80,20 +81,29 @@ class Checkpoints:
         return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
     def save(self, wrapper, optimizer, scheduler, state: dict) -> Path:
+        """Every process writes its RNG state; the main one writes the rest (all ranks hold the same
+        LoRA weights and optimizer state, since gradients are averaged) and publishes it by rename."""
         import torch
 
         final = self.dir / f"step-{state['step']}"
         tmp = self.dir / f".step-{state['step']}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        wrapper.model.save_pretrained(str(tmp))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        atomic_write_json(tmp / "state.json", state)  # written last: its presence marks a whole checkpoint
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(self.dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+        if dist.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        torch.save(_rng_state(), tmp / f"rng-{dist.rank()}.pt")
+        dist.barrier()
+        if dist.is_main():
+            wrapper.model.save_pretrained(str(tmp))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            atomic_write_json(tmp / "state.json", state)  # written last: marks a whole checkpoint
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            steps = sorted(self.dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+            for old in steps[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
         return final
 
     def restore(self, path: Path, wrapper, optimizer, scheduler) -> dict:
@@ -104,7 +114,9 @@ class Checkpoints:
         set_peft_model_state_dict(wrapper.model, load_file(str(path / "adapter_model.safetensors")))
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        rng = path / f"rng-{dist.rank()}.pt"
+        if rng.is_file():  # resumed with fewer processes than saved: the extra ranks' states go unused
+            _set_rng_state(torch.load(rng, weights_only=False))
         return json.loads((path / "state.json").read_text())
 
 
@@ -186,11 +198,14 @@ class Trainer:
 
         from emotion_summary.model import Qwen2EmotionSummaryModel
 
-        torch.manual_seed(self.cfg.seed)
+        dist.init()
+        torch.manual_seed(self.cfg.seed)  # the same LoRA initialisation in every process
         self.wrapper = Qwen2EmotionSummaryModel.for_training(self.cfg)
+        if dist.world_size() > 1:
+            torch.manual_seed(self.cfg.seed + dist.rank())  # but each its own dropout masks
         self.train_examples = self._encode(self.train_records, "training")
         self.eval_examples = self._encode(self.eval_records, "validation")
-        per_epoch = math.ceil(math.ceil(len(self.train_examples) / self.cfg.batch_size) / self.cfg.grad_accum)
+        per_epoch = math.ceil(math.ceil(len(self.train_examples) / self.cfg.batch_size) / self.micro_per_step)
         self.total_steps = self.cfg.max_steps or per_epoch * self.cfg.epochs
         params = [p for p in self.wrapper.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.cfg, params)
@@ -229,13 +244,22 @@ class Trainer:
         self.wrapper.model.train()
         return sum(losses) / len(losses)
 
+    @property
+    def micro_per_step(self) -> int:
+        """Micro-batches per optimizer step over all processes (each process takes every world-th)."""
+        return self.cfg.grad_accum * dist.world_size()
+
     def micro_batches(self, start_step: int):
-        """(step, micro-batch indices) from optimizer step `start_step` on, epochs concatenated."""
+        """(step, this process's micro-batches, the step's micro-batch count over all processes)."""
+        for step, micro in self._all_micro_batches(start_step):
+            yield step, micro[dist.rank():: dist.world_size()], len(micro)
+
+    def _all_micro_batches(self, start_step: int):
         step, pending = 0, []
         for epoch in range(10**9):
             for batch in epoch_batches(len(self.train_examples), self.cfg.batch_size, self.cfg.seed, epoch):
                 pending.append(batch)
-                if len(pending) == self.cfg.grad_accum:
+                if len(pending) == self.micro_per_step:
                     if step >= start_step:
                         yield step, pending
                     step, pending = step + 1, []
@@ -262,15 +286,16 @@ class Trainer:
         done = start
         bar = tqdm(total=self.total_steps, initial=start, desc="training", unit="step")
         try:
-            for step, micro in self.micro_batches(start):
-                loss = self._optimizer_step(micro)
+            for step, micro, n_micro in self.micro_batches(start):
+                loss = self._optimizer_step(micro, n_micro)
                 done = step + 1
                 row = {"step": done, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "time": time.time()}
                 if done % self.cfg.eval_every == 0 or done == self.total_steps:
                     val = self.validation_loss()
                     if val is not None:
                         row["val_loss"] = val
-                append_jsonl(self.log_path, row)
+                if dist.is_main():
+                    append_jsonl(self.log_path, row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if done % self.cfg.save_every == 0 or done == self.total_steps:
@@ -286,12 +311,12 @@ class Trainer:
             bar.close()
         return self.finish()
 
-    def _optimizer_step(self, micro: list[list[int]]) -> float:
+    def _optimizer_step(self, micro: list[list[int]], n_micro: int) -> float:
         import torch
 
         total = 0.0
         for indices in micro:
-            loss = self.wrapper.loss(self._batch(indices, self.train_examples)) / len(micro)
+            loss = self.wrapper.loss(self._batch(indices, self.train_examples)) / n_micro
             if not torch.isfinite(loss):
                 raise UserError(
                     f"the loss became {loss.item()} (NaN/inf). Qwen2 overflows in fp16 on GPUs without "
@@ -299,13 +324,17 @@ class Trainer:
             loss.backward()
             total += loss.item()
         params = [p for p in self.wrapper.model.parameters() if p.requires_grad]
+        dist.sum_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total
+        return dist.total(total)
 
     def finish(self) -> Path:
+        dist.barrier()
+        if not dist.is_main():
+            return self.run_dir
         self.wrapper.save(self.run_dir)
         from emotion_summary.folds import save_fingerprints
 
@@ -409,10 +438,13 @@ def train(
     problems = validate(cfg, vram)
     if problems:
         raise UserError("the config has problems:\n  - " + "\n  - ".join(problems))
+    dist.init()
     check_run_dir(cfg)
     train_records, eval_records = load_data(cfg)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    cfg.save(cfg.output_dir)
+    dist.barrier()  # every process has checked the run directory before the main one writes to it
+    if dist.is_main():
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        cfg.save(cfg.output_dir)
     trainer = Trainer(cfg, train_records, eval_records)
     trainer.prepare()
     return str(trainer.run(stop_after_step=_stop_after_step))

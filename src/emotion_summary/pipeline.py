@@ -1,0 +1,78 @@
+"""The main job: train -> predict -> check the submission -> score it, in one command.
+
+With no GPU it runs the cpu-smoke preset end to end on the project's sample reports: a tiny random
+Qwen2, a held-out fold to predict (never the training reports), a real submission file and a score
+report. On a GPU the same command trains the preset that fits and predicts the file you name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emotion_summary.cli import UserError
+from emotion_summary.config import TrainConfig
+from emotion_summary.records import write_records
+from emotion_summary.submission import SUBMISSION_FILE
+
+
+def _train_or_reuse(preset: str, output_dir: str | None, train_options: dict) -> Path:
+    from emotion_summary.config import detect_vram_gb, resolve_config
+    from emotion_summary.train import COMPLETE_MARKER, train
+
+    name = resolve_config(preset, detect_vram_gb()).preset
+    run_dir = Path(output_dir or f"model/qwen2-es-{name}")
+    if (run_dir / COMPLETE_MARKER).is_file():
+        print(f"reusing the finished run in {run_dir} (choose another --output_dir to train again)")
+        return run_dir
+    resume = (run_dir / "train_config.json").is_file()
+    return Path(train(preset=preset, output_dir=str(run_dir), resume=resume, **train_options))
+
+
+def _heldout_inputs(run_dir: Path, out_dir: Path) -> Path:
+    """The validation fold the run held out, written as an inputs+gold file to predict and score."""
+    from emotion_summary.train import load_data
+
+    cfg = TrainConfig.load(run_dir)
+    if not cfg.folds:
+        raise UserError("give --predict_input FILE (the run held out no fold to predict)")
+    _, heldout = load_data(cfg)
+    return write_records(out_dir / "heldout_fold.jsonl", heldout)
+
+
+def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str | None = None,
+             output_dir: str | None = None, submission_dir: str | None = None,
+             bertscore: bool = False, allow_leakage: bool = False, **train_options) -> str:
+    """Train (or reuse/resume the run), write a submission, check it and score it.
+
+    Args:
+        preset: 8gb, 12gb, 24gb, cpu-smoke or auto (by GPU memory; cpu-smoke without a GPU).
+        predict_input: ES inputs to predict (e.g. data/Emotion_Summary.jsonl); default: the held-out fold.
+        gold: labelled file to score against; default: predict_input when it carries gold fields.
+        output_dir: training run directory (default model/qwen2-es-PRESET); reused when finished.
+        submission_dir: where Emotion_Summary_Result.jsonl goes (default submissions/PRESET).
+        bertscore: also compute BERTScore (needs its model locally; ROUGE is always reported).
+        allow_leakage: predict reports that were in the training data (scores then mean little).
+        **train_options: any option of scripts/train_qwen2.py (--train_data, --max_steps, --lora_r ...).
+    """
+    from emotion_summary.evaluate import evaluate
+    from emotion_summary.inference import infer
+
+    run_dir = _train_or_reuse(preset, output_dir, train_options)
+    cfg = TrainConfig.load(run_dir)
+    out_dir = Path(submission_dir or f"submissions/{cfg.preset}")
+    inputs = Path(predict_input) if predict_input else _heldout_inputs(run_dir, out_dir)
+    submission = out_dir / SUBMISSION_FILE
+    infer(input=str(inputs), output=str(submission), model_path=str(run_dir), backend="hf",
+          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, allow_leakage=allow_leakage)
+    gold_file = gold or (str(inputs) if _has_gold(inputs) else None)
+    if gold_file is None:
+        print(f"no gold fields for {inputs}: submission written to {submission}, not scored")
+        return str(submission)
+    evaluate(pred=str(submission), gold=gold_file, out_dir=str(out_dir / "scores"), bertscore=bertscore)
+    return str(submission)
+
+
+def _has_gold(path: Path) -> bool:
+    from emotion_summary.records import read_records
+
+    return all(r.has_gold for r in read_records(path))
