@@ -180,7 +180,7 @@ def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:
             atomic_write_bytes(out / "prompt_tokens_hist.png", histogram_png(summary["records"]))]
 
 
-def stats(inputs: str, *more_inputs: str, out_dir: str = "eval/stats", language: str = "auto",
+def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language: str = "auto",
           tokenizer_cache: str | None = None) -> None:
     """Token lengths of ES files (Qwen2 tokenizer): mean/median/p90/max and what fits each preset.
 
