@@ -1,0 +1,133 @@
+"""ROUGE (jieba + rouge-chinese) edge cases and the memory cap; BERTScore with a tiny random BERT."""
+
+import string
+import time
+import tracemalloc
+
+import pytest
+
+from emotion_summary import metrics
+from emotion_summary.metrics import BertScoreUnavailable, bertscore_f1, rouge_report, rouge_scores, tokenize
+from emotion_summary.records import GOLD_FIELDS
+
+
+def test_tokenize_lowercases_and_drops_punctuation():
+    assert tokenize("The Client, anxious!  Sleeps badly.") == ["the", "client", "anxious", "sleeps", "badly"]
+    assert tokenize("焦虑，失眠。") == ["焦虑", "失眠"]
+
+
+@pytest.mark.parametrize("text", ["Night shifts that began in spring.", "考试前失眠、心慌、担心。"])
+def test_self_score_is_one(text):
+    assert rouge_scores(text, text) == pytest.approx({"rouge-1": 1.0, "rouge-2": 1.0, "rouge-l": 1.0})
+
+
+@pytest.mark.parametrize("hyp,ref", [("", "a reference text"), ("a hypothesis", ""), ("...!", "text"), ("", "")])
+def test_empty_side_scores_zero_without_exception(hyp, ref):
+    assert rouge_scores(hyp, ref) == {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
+
+
+def test_partial_overlap_is_between_zero_and_one():
+    s = rouge_scores("the client could not sleep", "the client slept badly")
+    assert 0 < s["rouge-1"] < 1 and 0 <= s["rouge-2"] < 1
+
+
+def test_long_texts_are_capped_before_rouge_l():
+    words = [f"w{i % 997}" for i in range(60_000)]
+    long_text = " ".join(words)
+    assert len(tokenize(long_text)) == metrics.MAX_TOKENS
+    tracemalloc.start()
+    started = time.monotonic()
+    scores = rouge_scores(long_text, " ".join(reversed(words)), max_tokens=300)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 40e6  # 301^2 LCS cells ~ 11 MB; uncapped 60,000^2 would be ~450 GB
+    assert time.monotonic() - started < 10
+    assert 0 < scores["rouge-1"] <= 1
+
+
+def test_rouge_report_means_per_field_and_overall():
+    golds = {1: {f: f"{f} text one" for f in GOLD_FIELDS}, 2: {f: f"{f} text two" for f in GOLD_FIELDS}}
+    preds = {1: dict(golds[1]), 2: {f: "" for f in GOLD_FIELDS}, 3: {f: "ignored" for f in GOLD_FIELDS}}
+    report = rouge_report(preds, golds, progress=False)
+    assert report["per_field"]["causes"]["rouge-1"] == pytest.approx(0.5)
+    assert report["mean"]["rouge-l"] == pytest.approx(0.5)
+    assert set(report["per_id"]) == {1, 2}
+
+
+# ---------------------------------------------------------------- BERTScore
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer random BERT and a 60-token vocabulary, saved like a downloaded model folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase,
+             "the", "client", "felt", "anxious", "work", "stress", "sleep", "poor", "family", "therapy",
+             *"焦虑失眠心慌担心考试"]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizer(str(path / "vocab.txt"), model_max_length=64).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    return str(path)
+
+
+def test_bertscore_with_a_local_tiny_model(tiny_bert):
+    cands = ["the client felt anxious", "", "poor sleep", "焦虑失眠"]
+    refs = ["the client felt anxious", "the client felt anxious", "family therapy", "焦虑失眠"]
+    result = bertscore_f1(cands, refs, "en", model=tiny_bert, num_layers=2)
+    assert result.f1[0] == pytest.approx(1.0, abs=1e-4)
+    assert result.f1[1] == 0.0  # empty candidate: placeholder, scored 0
+    assert result.f1[2] < 1.0
+    assert result.f1[3] == pytest.approx(1.0, abs=1e-4)
+    assert (result.model, result.num_layers, result.rescaled) == (tiny_bert, 2, False)
+
+
+def test_bertscore_baseline_is_found_by_model_name_for_a_local_copy(tmp_path):
+    assert metrics._baseline(str(tmp_path / "roberta-large"), "en").endswith("en/roberta-large.tsv")
+    assert metrics._baseline("bert-base-chinese", "zh").endswith("zh/bert-base-chinese.tsv")
+    assert metrics._baseline(str(tmp_path / "my-bert"), "en") is None
+
+
+def test_bertscore_offline_says_how_to_get_the_model(monkeypatch):
+    monkeypatch.setattr(metrics, "_hub_cached", lambda repo: False)
+    monkeypatch.setattr(metrics, "_hub_reachable", lambda timeout_s=3.0: False)
+    with pytest.raises(BertScoreUnavailable, match="roberta-large.*--bertscore_model"):
+        bertscore_f1(["a"], ["b"], "en")
+    with pytest.raises(BertScoreUnavailable, match="does not exist"):
+        bertscore_f1(["a"], ["b"], "en", model="/no/such/model")
+
+
+def test_light_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, emotion_summary.metrics, emotion_summary.evaluate, emotion_summary.extractive, "
+            "emotion_summary.judge, emotion_summary.check, emotion_summary.inference; "
+            "emotion_summary.metrics.rouge_scores('a b', 'a b'); "
+            "print(sorted(m for m in ('torch', 'transformers', 'emotion_summary.model', 'emotion_summary.train') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_evaluate_reports_bertscore_per_field_with_a_local_model(tiny_bert, tmp_path, fixtures):
+    import json
+
+    from emotion_summary.evaluate import evaluate
+    from emotion_summary.records import read_records
+    from emotion_summary.submission import write_submission
+
+    records = read_records(fixtures / "es_eval_gold.jsonl")
+    sub = tmp_path / "gold.jsonl"
+    write_submission(sub, {r.id: r.gold() for r in records}, [r.id for r in records])
+    evaluate(pred=str(sub), gold=str(fixtures / "es_eval_gold.jsonl"), out_dir=str(tmp_path),
+             bertscore_model=tiny_bert, bertscore_num_layers=2)
+    bert = json.loads((tmp_path / "gold.json").read_text())["systems"][0]["bertscore"]
+    assert bert["mean"] == pytest.approx(1.0, abs=1e-4)
+    assert sorted(m["lang"] for m in bert["models"]) == ["en", "zh"]
+    assert "## BERTScore F1" in (tmp_path / "gold.md").read_text()
