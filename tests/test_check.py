@@ -1,0 +1,92 @@
+"""scripts/check_submission.py and the checker behind it: one test per error class."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emotion_summary.records import read_records
+from emotion_summary.submission import SUBMISSION_KEYS, check_submission, submission_row
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def inputs(fixtures):
+    return fixtures / "es_eval_gold.jsonl"
+
+
+@pytest.fixture
+def good_rows(inputs):
+    return [submission_row(r.id, r.gold()) for r in read_records(inputs)]
+
+
+def write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def test_a_good_submission_is_ok(tmp_path, inputs, good_rows):
+    report = check_submission(write(tmp_path / "s.jsonl", good_rows), inputs)
+    assert report.ok and not report.warnings and report.n_rows == 3
+
+
+def test_missing_id(tmp_path, inputs, good_rows):
+    report = check_submission(write(tmp_path / "s.jsonl", good_rows[:2]), inputs)
+    assert report.errors == ["1 input ids have no prediction: [13]"]
+
+
+def test_duplicate_id(tmp_path, inputs, good_rows):
+    report = check_submission(write(tmp_path / "s.jsonl", [*good_rows, good_rows[0]]), inputs)
+    assert report.errors == [f"{tmp_path / 's.jsonl'}:line 4: field 'id': duplicate id 11 (first at line 1)"]
+
+
+def test_wrong_key(tmp_path, good_rows):
+    row = dict(good_rows[0])
+    row["predicted_causes"] = row.pop("predicted_cause")
+    errors = check_submission(write(tmp_path / "s.jsonl", [row, *good_rows[1:]])).errors
+    assert any("field 'predicted_cause': is missing" in e for e in errors)
+    assert any("field 'predicted_causes': unexpected key" in e for e in errors)
+
+
+@pytest.mark.parametrize("value", ["", "   ", None, 3])
+def test_empty_or_non_string_value(tmp_path, good_rows, value):
+    row = {**good_rows[1], "predicted_treatment_effect": value}
+    errors = check_submission(write(tmp_path / "s.jsonl", [good_rows[0], row])).errors
+    assert errors == [f"{tmp_path / 's.jsonl'}:line 2: field 'predicted_treatment_effect': must be a non-empty string"]
+
+
+@pytest.mark.parametrize("bad_id", ["11", 11.0, True, None])
+def test_non_integer_id(tmp_path, good_rows, bad_id):
+    errors = check_submission(write(tmp_path / "s.jsonl", [{**good_rows[0], "id": bad_id}])).errors
+    assert len(errors) == 1 and "line 1: field 'id': expected an integer" in errors[0]
+
+
+def test_invalid_json_line(tmp_path, good_rows):
+    errors = check_submission(write(tmp_path / "s.jsonl", [good_rows[0], '{"id": 12, "predicted_c'])).errors
+    assert errors == [f"{tmp_path / 's.jsonl'}:line 2: invalid JSON (Unterminated string starting at)"]
+
+
+def test_language_mismatch_is_a_warning(tmp_path, inputs, good_rows):
+    chinese = {**good_rows[0], **{k: "来访者因工作压力出现焦虑和失眠。" for k in SUBMISSION_KEYS.values()}}
+    report = check_submission(write(tmp_path / "s.jsonl", [chinese, *good_rows[1:]]), inputs)
+    assert report.ok
+    assert len(report.warnings) == 1 and "ids [11]" in report.warnings[0] and "--language en" in report.warnings[0]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "scripts/check_submission.py", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_cli_exit_codes(tmp_path, inputs, good_rows):
+    ok = run_cli(write(tmp_path / "ok.jsonl", good_rows), "--inputs", inputs)
+    assert ok.returncode == 0 and "OK: ready to submit" in ok.stdout
+    bad = run_cli(write(tmp_path / "bad.jsonl", good_rows[:1]), "--inputs", inputs)
+    assert bad.returncode == 1 and "NOT READY" in bad.stdout and "[12, 13]" in bad.stdout
+    broken_inputs = write(tmp_path / "inputs.jsonl", ['{"id": 1}'])
+    err = run_cli(tmp_path / "ok.jsonl", "--inputs", broken_inputs)
+    assert err.returncode == 2 and err.stderr.startswith("error: ") and "line 1" in err.stderr
