@@ -1,6 +1,7 @@
 """Inference: backends as plain callables, resume from the side file, tolerant parsing, the openai
 backend against a local fake server, and the extractive run on the official inputs."""
 
+import dataclasses
 import json
 import sys
 import time
@@ -61,19 +62,26 @@ def test_predict_appends_every_raw_text_and_resume_redoes_nothing(tmp_path, reco
 
 def test_predict_sorts_by_length_and_survives_a_torn_last_line(tmp_path, records):
     side = tmp_path / "raw.jsonl"
-    side.write_text(json.dumps({"id": 11, "raw": "{}", "backend": "hf"}) + "\n" + '{"id": 12, "ra')
+    row = {"id": 11, "raw": "{}", "backend": "hf", "model": "", "fingerprint": records[0].fingerprint()}
+    side.write_text(json.dumps(row) + "\n" + '{"id": 12, "ra')
     gen = FakeGenerator()
     predict(records, gen, side, "hf", batch_size=8)
     lengths = {r.id: len(json.dumps(r.inputs(), ensure_ascii=False)) for r in records}
     assert gen.batches == [sorted([12, 13], key=lambda i: lengths[i])]
 
 
-def test_rows_of_another_backend_are_not_reused(tmp_path, records):
+def test_rows_of_another_backend_model_or_report_are_not_reused(tmp_path, records, capsys):
     side = tmp_path / "raw.jsonl"
-    predict(records, FakeGenerator(), side, "extractive")
+    predict(records, FakeGenerator(), side, "hf", "adapter-v1")
+    for backend, model in [("extractive", "adapter-v1"), ("hf", "adapter-v2")]:
+        gen = FakeGenerator()
+        predict(records, gen, side, backend, model, batch_size=8)
+        assert len(gen.batches[0]) == 3
+    edited = [dataclasses.replace(records[0], experience_and_reflection="A different report."), *records[1:]]
     gen = FakeGenerator()
-    predict(records, gen, side, "hf", batch_size=8)
-    assert len(gen.batches[0]) == 3
+    predict(edited, gen, side, "hf", "adapter-v1", batch_size=8)
+    assert gen.batches == [[11]]
+    assert "are not reused" in capsys.readouterr().out
 
 
 def test_missing_fields_are_filled_from_the_baseline_and_counted(records):
