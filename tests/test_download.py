@@ -95,6 +95,20 @@ def test_network_path_reports_every_candidate_tried(monkeypatch, tmp_path):
         download.download_data(out_dir=str(tmp_path / "data"))
 
 
+def test_optional_file_missing_from_hub_is_skipped(monkeypatch, local_copies, tmp_path, capsys):
+    def only_inputs(repo_path, cache_dir):
+        if repo_path == "Emotion Summary/Emotion_Summary.jsonl":
+            return str(local_copies / "longemotion" / "Emotion_Summary.jsonl")
+        raise download.NotInRepo(repo_path)
+
+    monkeypatch.setattr(download, "_hf_download", only_inputs)
+    monkeypatch.setattr(download, "_url_download",
+                        lambda url, dest: shutil.copy(local_copies / "psyqa" / "PsyQA_example.json", dest))
+    download.download_data(out_dir=str(tmp_path / "data"))
+    assert "Emotion_Summary_origin.jsonl: not found" in capsys.readouterr().err
+    assert (tmp_path / "data" / "psyqa" / "PsyQA_example.json").is_file()
+
+
 def test_network_failure_is_one_line(monkeypatch, tmp_path):
     def offline(repo_path, cache_dir):
         raise ConnectionError("no route to host\nmore detail")

@@ -67,8 +67,9 @@ def _hf_download(repo_path: str, cache_dir: str | None) -> str:
         raise NotInRepo(repo_path) from None
 
 
-def fetch_from_hub(f: DataFile, cache_dir: str | None = None) -> Path:
-    """Download `f` from the HF dataset, trying each candidate path; say which ones failed."""
+def fetch_from_hub(f: DataFile, cache_dir: str | None = None) -> Path | None:
+    """Download `f` from the HF dataset, trying each candidate path; say which ones failed.
+    None when an optional file is at none of them."""
     failed = []
     for repo_path in f.hf_paths:
         try:
@@ -79,8 +80,11 @@ def fetch_from_hub(f: DataFile, cache_dir: str | None = None) -> Path:
             first_line = (str(e).splitlines() or [""])[0]
             raise UserError(f"downloading {HF_REPO}/{repo_path} from the Hugging Face Hub failed: "
                             f"{type(e).__name__}: {first_line}") from None
-    raise UserError(f"{f.name}: not found in the dataset {HF_REPO}; tried {', '.join(failed)}. "
-                    f"Download it by hand and use --from_dir.")
+    message = f"{f.name}: not found in the dataset {HF_REPO}; tried {', '.join(failed)}"
+    if not f.required:
+        print(f"{message}; skipped (optional)", file=sys.stderr)
+        return None
+    raise UserError(f"{message}. Download it by hand and use --from_dir.")
 
 
 def _url_download(url: str, dest: Path) -> None:
@@ -151,10 +155,9 @@ def _download(out_dir: Path, cache_dir: str | None) -> list[Path]:
     done = []
     with tempfile.TemporaryDirectory(prefix=".download.", dir=out_dir) as tmp:
         for f in FILES:
-            if f.hf_paths:
-                done.append(install(f, fetch_from_hub(f, cache_dir), out_dir))
-            elif f.url:
-                done.append(install(f, fetch_url(f, Path(tmp)), out_dir))
+            path = fetch_from_hub(f, cache_dir) if f.hf_paths else fetch_url(f, Path(tmp)) if f.url else None
+            if path is not None:
+                done.append(install(f, path, out_dir))
     return done
 
 
