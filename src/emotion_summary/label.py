@@ -109,8 +109,8 @@ def _repair_torn_tail(path: Path) -> list[dict]:
 
 def done_ids(output: Path) -> set[int]:
     """Ids already labelled in `output` (a RecordError names the line of a row that is not a record)."""
-    rows = _repair_torn_tail(output)
-    return {rec.id for n, row in enumerate(rows, 1) if (rec := record_from_dict(row, output, f"line {n}")).has_gold}
+    records = [record_from_dict(row, output, f"line {n}") for n, row in enumerate(_repair_torn_tail(output), 1)]
+    return {r.id for r in records if r.has_gold}
 
 
 def _finish_rejects(path: Path, labelled: set[int]) -> int:
@@ -174,6 +174,7 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
     if output.exists() and output.resolve() == Path(input).resolve():
         raise UserError(f"{output}: --output must differ from --input")
     done = done_ids(output)
+    _repair_torn_tail(rejects_path(output))
     copied = [r for r in records if r.has_gold and r.id not in done]
     for r in copied:  # labelled inputs pass through, so the output is the whole training set
         append_jsonl(output, r.to_dict())
