@@ -227,3 +227,19 @@ def test_extractive_submission_on_the_official_inputs_passes_the_checker(tmp_pat
     report = check_submission(out, inputs)
     assert report.ok and not report.warnings, report.render()
     assert report.n_rows == 150
+
+
+def test_a_retrained_model_in_the_same_directory_is_not_reused(tmp_path, gold_file, monkeypatch):
+    log = []
+    monkeypatch.setitem(sys.modules, "emotion_summary.model", fake_model_module(log))
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    weights = model_dir / "adapter_model.safetensors"
+    weights.write_bytes(b"v1")
+    args = dict(input=str(gold_file), output=str(tmp_path / "o.jsonl"), model_path=str(model_dir), backend="hf")
+    infer(**args)
+    infer(**args)
+    assert len(log) == 1  # one batch of three; the second run reused them
+    weights.write_bytes(b"v2, retrained")
+    infer(**args)
+    assert len(log) == 2

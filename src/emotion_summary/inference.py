@@ -10,6 +10,8 @@ filled with the extractive baseline's text for that field and counted as a warni
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import threading
 import time
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
@@ -220,10 +222,21 @@ def _make_backend(backend, model_path, endpoint, model, language, max_new_tokens
     return openai_backend(client, load_spec(model_path, language), max_new_tokens)
 
 
+def _weights_stamp(model_path: Path) -> str:
+    """Changes when the weights are rewritten (a retrained run in the same directory)."""
+    files = sorted(model_path.glob("*.safetensors")) + sorted(model_path.glob("*.bin"))
+    stat = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(stat).encode()).hexdigest()[:12]
+
+
 def _model_id(backend: str, model_path: str | None, model: str | None) -> str:
     """What produced a raw text, so a rerun with another model does not reuse it."""
-    path = str(Path(model_path).resolve()) if model_path else ""
-    return {"hf": path, "openai": f"{model}@{path}" if path else str(model), "extractive": "extractive"}[backend]
+    if backend == "extractive":
+        return "extractive"
+    path = Path(model_path).resolve() if model_path else None
+    if backend == "hf":
+        return f"{path}#{_weights_stamp(path)}"
+    return f"{model}@{path}" if path else str(model)
 
 
 def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = None, backend: str = "hf",
