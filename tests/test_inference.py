@@ -138,8 +138,10 @@ def test_hf_backend_wiring_with_a_fake_wrapper(tmp_path, gold_file, monkeypatch,
     assert preds[12]["causes"] == "x"  # cut-off JSON read key by key; the rest from the baseline
     assert "4 fields in 1 reports were missing" in capsys.readouterr().out
     log.clear()
-    infer(input=str(gold_file), output=str(out), model_path=str(tmp_path), backend="hf")
+    infer(input=str(gold_file), output=str(out), model_path=str(tmp_path), backend="hf", language="en")
     assert log == []  # resumed: nothing generated, no model call
+    infer(input=str(gold_file), output=str(out), model_path=str(tmp_path), backend="hf", language="zh")
+    assert [entry[0] for entry in log] == ["zh"]  # another answer language: generated again
 
 
 def test_leakage_guard_is_called_when_folds_exists(tmp_path, gold_file, monkeypatch):
@@ -160,6 +162,8 @@ def test_leakage_guard_is_called_when_folds_exists(tmp_path, gold_file, monkeypa
 def test_bad_options_are_user_errors(tmp_path, gold_file):
     with pytest.raises(UserError, match="--model_path"):
         infer(input=str(gold_file), backend="hf")
+    with pytest.raises(UserError, match="no-such-dir"):
+        infer(input=str(gold_file), backend="hf", model_path=str(tmp_path / "no-such-dir"))
     with pytest.raises(UserError, match="--endpoint"):
         infer(input=str(gold_file), backend="openai")
     with pytest.raises(UserError, match="--backend"):

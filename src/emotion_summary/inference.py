@@ -192,8 +192,9 @@ def _check_options(backend: str, model_path: str | None, endpoint: str | None, m
                    language: str | None) -> None:
     if backend not in BACKENDS:
         raise UserError(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "hf" and not model_path:
-        raise UserError("--backend hf needs --model_path (an adapter or merged model directory)")
+    if backend == "hf" and not (model_path and Path(model_path).is_dir()):
+        raise UserError(f"--backend hf needs --model_path, an adapter or merged model directory "
+                        f"(got {model_path!r})")
     if backend == "openai" and not (endpoint and model):
         raise UserError("--backend openai needs --endpoint URL and --model NAME (the served model)")
     if language not in (None, "auto", "en", "zh"):
@@ -229,14 +230,13 @@ def _weights_stamp(model_path: Path) -> str:
     return hashlib.sha256(json.dumps(stat).encode()).hexdigest()[:12]
 
 
-def _model_id(backend: str, model_path: str | None, model: str | None) -> str:
-    """What produced a raw text, so a rerun with another model does not reuse it."""
+def _model_id(backend: str, model_path: str | None, model: str | None, language: str | None) -> str:
+    """What produced a raw text, so a rerun with another model or answer language does not reuse it."""
     if backend == "extractive":
         return "extractive"
     path = Path(model_path).resolve() if model_path else None
-    if backend == "hf":
-        return f"{path}#{_weights_stamp(path)}"
-    return f"{model}@{path}" if path else str(model)
+    made_by = f"{path}#{_weights_stamp(path)}" if backend == "hf" else f"{model}@{path or ''}"
+    return f"{made_by}|{language}" if language else made_by
 
 
 def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = None, backend: str = "hf",
@@ -271,8 +271,8 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
                                            int(max_new_tokens), float(timeout_s), int(max_retries)))
     side = side_file_for(output)
     batch = {"hf": int(batch_size), "openai": 1, "extractive": 64}[backend]
-    raws = predict(records, generate, side, backend, _model_id(backend, model_path, model), batch_size=batch,
-                   concurrency=int(concurrency) if backend == "openai" else 1)
+    raws = predict(records, generate, side, backend, _model_id(backend, model_path, model, language),
+                   batch_size=batch, concurrency=int(concurrency) if backend == "openai" else 1)
     result = assemble(records, raws)
     write_submission(output, result.fields, [r.id for r in records])
     print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
