@@ -49,12 +49,18 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 
 
 def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
-    """Read a side file of a resumable run; a torn last line (the run was killed) is dropped."""
+    """Rows of a resumable run's append-only file. A killed run can leave a torn last line: it is cut
+    off the file, so the next append starts on a fresh line; other unreadable lines are skipped."""
     path = Path(path)
     if not path.exists():
         return []
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        keep = raw.rfind(b"\n") + 1
+        os.truncate(path, keep)
+        raw = raw[:keep]
     rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in raw.decode("utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         try:

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 
 
 class EndpointError(RuntimeError):
-    pass
+    """`status` is the HTTP status of the final failure, None for connection errors and timeouts."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -60,20 +64,22 @@ class ChatClient:
         """The assistant's reply text; raises EndpointError after the retries are spent."""
         payload = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                    "temperature": temperature}
-        last = None
+        last, status = None, None
         for attempt in range(self.max_retries + 1):
             self._wait_for_rate_limit()
             try:
                 body = self._post(payload)
                 return body["choices"][0]["message"]["content"] or ""
             except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code} from {self.url}: {e.read()[:200].decode('utf-8', 'replace')}"
+                last, status = f"HTTP {e.code} from {self.url}: {e.read()[:200].decode('utf-8', 'replace')}", e.code
                 if e.code != 429 and e.code < 500:
-                    raise EndpointError(last) from None
+                    raise EndpointError(last, status) from None
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+                status = None
                 last = f"cannot reach {self.url}: {getattr(e, 'reason', e)}"
             except (KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
+                status = None
                 last = f"unexpected reply from {self.url}: {e!r}"
             if attempt < self.max_retries:
                 time.sleep(self.backoff_s * 2 ** attempt)
-        raise EndpointError(f"{last} (gave up after {self.max_retries + 1} tries)")
+        raise EndpointError(f"{last} (gave up after {self.max_retries + 1} tries)", status)

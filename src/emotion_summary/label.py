@@ -8,8 +8,6 @@ that never give a usable reply go to `<output stem>.rejects.jsonl` with the reas
 
 from __future__ import annotations
 
-import re
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -32,7 +30,6 @@ RETRY_MESSAGE = ("Your reply could not be used: {reason}. Answer again with only
                  "exactly these keys: {keys}; every value a non-empty paragraph{language}.")
 # A 4xx other than 429 is about this request (e.g. the report is too long for the teacher's context):
 # reject the record. Anything else (network, 429/5xx after the client's retries) stops the run.
-_REQUEST_ERROR = re.compile(r"^HTTP 4(?!29)\d\d ")
 
 
 @dataclass
@@ -77,7 +74,7 @@ def label_one(client: ChatClient, spec: PromptSpec, record: Record, max_retries:
         try:
             reply = client.chat(messages, max_tokens=max_tokens)
         except EndpointError as e:
-            if not _REQUEST_ERROR.match(str(e)):
+            if e.status is None or not 400 <= e.status < 500 or e.status == 429:
                 raise
             return Outcome(record, None, f"endpoint refused the request: {e}", attempt)
         reason = reply_problem(reply, spec.language)
@@ -94,22 +91,9 @@ def _public_endpoint(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _repair_torn_tail(path: Path) -> list[dict]:
-    """Rows of a resumable output; rewrite it without a torn last line so appends start clean."""
-    rows = read_jsonl_tolerant(path)
-    if path.exists():
-        text = path.read_text(encoding="utf-8", errors="replace")
-        lines = [line for line in text.splitlines() if line.strip()]
-        if len(lines) != len(rows) or (text and not text.endswith("\n")):
-            atomic_write_jsonl(path, rows)
-            print(f"{path}: dropped {len(lines) - len(rows)} unreadable line(s) left by a killed run",
-                  file=sys.stderr)
-    return rows
-
-
 def done_ids(output: Path) -> set[int]:
     """Ids already labelled in `output` (a RecordError names the line of a row that is not a record)."""
-    records = [record_from_dict(row, output, f"line {n}") for n, row in enumerate(_repair_torn_tail(output), 1)]
+    records = [record_from_dict(row, output, f"line {n}") for n, row in enumerate(read_jsonl_tolerant(output), 1)]
     return {r.id for r in records if r.has_gold}
 
 
@@ -174,7 +158,7 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
     if output.exists() and output.resolve() == Path(input).resolve():
         raise UserError(f"{output}: --output must differ from --input")
     done = done_ids(output)
-    _repair_torn_tail(rejects_path(output))
+    read_jsonl_tolerant(rejects_path(output))
     copied = [r for r in records if r.has_gold and r.id not in done]
     for r in copied:  # labelled inputs pass through, so the output is the whole training set
         append_jsonl(output, r.to_dict())

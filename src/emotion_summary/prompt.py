@@ -80,11 +80,11 @@ def detect_language(text: str) -> Literal["en", "zh"]:
 
 
 def report_sections(record: Record) -> list[tuple[str, str]]:
-    """(heading, text) for every paragraph of the report, in order."""
+    """(heading, text) for every non-empty paragraph of the report, in order."""
     secs = [("Case description", s) for s in record.case_description]
     secs += [("Consultation process", s) for s in record.consultation_process]
     secs.append(("Experience and reflection", record.experience_and_reflection))
-    return secs
+    return [(h, t) for h, t in secs if t.strip()]
 
 
 def _render_report(sections: list[tuple[str, str]]) -> str:

@@ -16,7 +16,6 @@ import math
 import shutil
 import sys
 import time
-from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
@@ -56,10 +55,9 @@ def load_data(cfg: TrainConfig) -> tuple[list[Record], list[Record]]:
 
 
 def describe_sources(records: list[Record]) -> str:
-    counts = Counter(
-        r.source + (f" (labelled by {r.label_source.get('model', '?')})" if r.label_source else "")
-        for r in records)
-    return ", ".join(f"{n} {src}" for src, n in counts.most_common())
+    from emotion_summary.label import label_source_counts
+
+    return ", ".join(f"{n} {src}" for src, n in label_source_counts(records).items())
 
 
 def library_versions() -> dict[str, str]:
@@ -274,7 +272,6 @@ class Trainer:
 
     def run(self, stop_after_step: int | None = None) -> Path:
         """Train to the end (or, for tests, stop after `stop_after_step` as if interrupted)."""
-        import torch
         from tqdm import tqdm
 
         start = 0
