@@ -37,3 +37,13 @@ def test_hf_backend_writes_a_valid_submission_and_resumes_without_loading(tmp_pa
     out.unlink()
     infer(input=str(inputs), output=str(out), model_path=str(tiny_adapter), backend="hf")
     assert loads == [] and check_submission(out, inputs).ok
+
+
+def test_a_folder_without_a_model_is_a_user_error(tmp_path, fixtures):
+    from emotion_summary.cli import UserError
+    from emotion_summary.prompt import PromptSpec
+
+    PromptSpec().save(tmp_path)
+    with pytest.raises(UserError, match="neither a LoRA adapter"):
+        infer(input=str(fixtures / "es_eval_gold.jsonl"), output=str(tmp_path / "o.jsonl"), model_path=str(tmp_path),
+              backend="hf")

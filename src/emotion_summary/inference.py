@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import threading
 import time
@@ -152,11 +153,14 @@ def assemble(records: Sequence[Record], raws: dict[int, str]) -> Assembled:
 
 def hf_backend(model_path: str, max_new_tokens: int, language: str | None) -> GenerateFn:
     try:
-        from emotion_summary.model import Qwen2EmotionSummaryModel
+        wrapper = importlib.import_module("emotion_summary.model")
     except ModuleNotFoundError as e:
         raise UserError(f"the hf backend needs emotion_summary.model and torch/transformers "
                         f"(pip install -e .[train]): {e}") from None
-    model = Qwen2EmotionSummaryModel.load(model_path)
+    try:
+        model = wrapper.Qwen2EmotionSummaryModel.load(model_path)
+    except getattr(wrapper, "ModelError", ()) as e:  # e.g. a folder that holds no model
+        raise UserError(str(e)) from None
     if language:
         model.prompt = dataclasses.replace(model.prompt, language=language)
     return lambda batch: model.generate(batch, max_new_tokens=max_new_tokens, batch_size=len(batch))
