@@ -16,12 +16,14 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stats.py"
 class CharTokenizer:
     """One token per character: makes the expected numbers easy to compute by hand."""
 
-    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        assert tokenize and add_generation_prompt
-        return {"input_ids": [0] * sum(len(m["content"]) for m in messages)}
+    eos_token_id = 1
 
-    def __call__(self, text, add_special_tokens):
-        return {"input_ids": [0] * len(text)}
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt, return_dict):
+        assert tokenize and add_generation_prompt and not return_dict
+        return [0] * sum(len(m["content"]) for m in messages)
+
+    def encode(self, text, add_special_tokens):
+        return [0] * len(text)
 
 
 def test_percentile_matches_numpy_linear():

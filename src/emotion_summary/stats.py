@@ -22,12 +22,12 @@ from tqdm import tqdm
 from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from emotion_summary.cli import UserError
 from emotion_summary.presets import PRESETS
-from emotion_summary.prompt import PromptSpec, answer_text, build_prompt
+from emotion_summary.encode import answer_token_ids, prompt_token_ids
+from emotion_summary.prompt import PromptSpec
 from emotion_summary.records import Record, read_records
 
 WINDOWS = (4096, 8192, 16384, 32768)
 DEFAULT_NEW_TOKENS = PRESETS["24gb"]["max_new_tokens"]  # the budget used for the 4K..32K table
-END_OF_TURN = "<|im_end|>"
 COUNTED = (
     "prompt = build_prompt(PromptSpec(language=...), record) through Qwen2's chat template with the "
     "assistant header (add_generation_prompt=True), untrimmed",
@@ -36,20 +36,12 @@ COUNTED = (
 )
 
 
-def _ids(encoded) -> list[int]:
-    # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True); 4.x a list
-    return encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-
-
 def prompt_tokens(tokenizer, spec: PromptSpec, record: Record) -> int:
-    messages = build_prompt(spec, record).messages
-    return len(_ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)))
+    return len(prompt_token_ids(tokenizer, spec, record)[0])
 
 
 def answer_tokens(tokenizer, record: Record) -> int | None:
-    if not record.has_gold:
-        return None
-    return len(_ids(tokenizer(answer_text(record.gold()) + END_OF_TURN, add_special_tokens=False)))
+    return len(answer_token_ids(tokenizer, record.gold())) if record.has_gold else None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
