@@ -19,7 +19,7 @@ from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1,
                                      rouge_report)
 from emotion_summary.prompt import detect_language
-from emotion_summary.records import GOLD_FIELDS, Record, RecordError, read_records
+from emotion_summary.records import GOLD_FIELDS, Record, read_records
 from emotion_summary.submission import read_predictions
 
 SHORT = {"causes": "causes", "symptoms": "symptoms", "treatment_process": "process",
@@ -30,13 +30,7 @@ METRIC_TITLES = {"rouge-1": "ROUGE-1 F1", "rouge-2": "ROUGE-2 F1", "rouge-l": "R
 
 def read_gold(path: str | Path) -> list[Record]:
     """ES records that carry all five gold fields; an inputs-only file is a clear error."""
-    try:
-        return read_records(path, require_gold=True)
-    except RecordError as e:
-        if e.field in GOLD_FIELDS and "gold field is missing" in str(e):
-            raise RecordError(e.path, e.where, e.field, "gold field is missing or empty; --gold must be a "
-                              "labelled ES file (e.g. Emotion_Summary_example.jsonl), not the inputs") from None
-        raise
+    return read_records(path, require_gold=True)
 
 
 def load_predictions(path: str | Path, gold: Sequence[Record]) -> dict[int, dict[str, str]]:

@@ -182,9 +182,9 @@ def read_records(path: str | os.PathLike, require_gold: bool = False) -> list[Re
             missing = [f for f in GOLD_FIELDS if not getattr(rec, f)]
             if missing:
                 raise RecordError(path, where, missing[0],
-                                  "gold field is missing or empty; training needs all five "
-                                  f"({', '.join(GOLD_FIELDS)}). Label the file first "
-                                  "(scripts/label_with_teacher.py).")
+                                  "gold field is missing or empty; this needs a labelled ES file with "
+                                  f"all five ({', '.join(GOLD_FIELDS)}), not bare inputs. Label "
+                                  "inputs with scripts/label_with_teacher.py.")
         records.append(rec)
     return records
 

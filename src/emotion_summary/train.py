@@ -22,6 +22,7 @@ from pathlib import Path
 from emotion_summary import distributed as dist
 from emotion_summary.atomic_io import append_jsonl, atomic_write_json, read_jsonl_tolerant
 from emotion_summary.cli import UserError
+from emotion_summary.cli_args import as_bool
 from emotion_summary.config import TrainConfig, detect_vram_gb, resolve_config, validate
 from emotion_summary.records import Record, read_records
 
@@ -423,6 +424,9 @@ def train(
         seed: seed for data order, dropout and initialisation.
     """
     overrides = {k: v for k, v in locals().items() if k not in ("preset", "_stop_after_step")}
+    for flag in ("resume", "offload_activations", "embedding_on_cpu", "lm_head_4bit"):
+        if overrides[flag] is not None:  # fire hands `--resume false` over as the string 'false'
+            overrides[flag] = as_bool(overrides[flag], flag)
     overrides["train_data"] = _as_list(train_data)
     overrides["eval_data"] = _as_list(eval_data)
     vram = detect_vram_gb()
