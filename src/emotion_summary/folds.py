@@ -46,6 +46,26 @@ def split_folds(records: Sequence[Record], folds: int = 5, fold: int = 0,
     return train, heldout
 
 
+def write_fold(input: str, out_dir: str = "data/folds", folds: int = 5, fold: int = 0) -> tuple[str, str]:
+    """Write fold `fold` of `input` as FOLD-train.jsonl and FOLD-heldout.jsonl (the trainer's
+    `--folds N --fold k` holds out exactly the same records).
+
+    Args:
+        input: ES records file (JSONL or JSON array).
+        out_dir: where the two files go.
+        folds: number of folds.
+        fold: the fold to hold out (0-based).
+    """
+    from emotion_summary.records import read_records, write_records
+
+    train, heldout = split_folds(read_records(input), int(folds), int(fold))
+    stem = f"{Path(input).stem}.fold{fold}of{folds}"
+    out = Path(out_dir)
+    paths = (write_records(out / f"{stem}-train.jsonl", train), write_records(out / f"{stem}-heldout.jsonl", heldout))
+    print(f"{len(train)} training and {len(heldout)} held-out records: {paths[0]}, {paths[1]}")
+    return str(paths[0]), str(paths[1])
+
+
 def save_fingerprints(run_dir: str | Path, records: Sequence[Record]) -> Path:
     """Write run_dir/data_fingerprints.json: what the model in this run was trained on."""
     rows = [{"id": r.id, "source": r.source, "fingerprint": r.fingerprint()} for r in records]

@@ -48,7 +48,7 @@ def load_data(cfg: TrainConfig) -> tuple[list[Record], list[Record]]:
     if cfg.folds:
         from emotion_summary.folds import split_folds
 
-        train, held = split_folds(train, folds=cfg.folds, fold=cfg.fold, seed=cfg.seed)
+        train, held = split_folds(train, folds=cfg.folds, fold=cfg.fold)  # same folds as write_fold
         evals += held
     if not train:
         raise UserError("no training records left after the fold split")
