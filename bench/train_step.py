@@ -1,0 +1,459 @@
+"""Peak memory and tokens/s of one QLoRA training step: ours against a plain transformers+peft step.
+
+"ours":  the wrapper's `loss()` (LM head at the ~200 answer positions only) with the preset's memory
+         levers (offload_activations, mlp_tile_tokens, embedding_on_cpu, lm_head_4bit, Liger kernels).
+"plain": the same 4-bit LoRA model (same loader, gradient checkpointing on) with the levers off, and
+         the textbook step `model(input_ids, labels=labels).loss`, which computes full fp32 logits.
+
+Each (variant, sequence length) runs in a fresh subprocess, so its peak memory is its own. Batches are
+synthetic: random token ids, the last `answer_tokens` positions supervised, the rest masked (-100).
+One warm-up step (it also allocates the optimizer state), then `steps` timed steps, each forward +
+backward + optimizer step. Peak memory covers the warm-up too.
+
+Memory: on a GPU torch.cuda.max_memory_reserved / max_memory_allocated, plus the CUDA context
+(measured as mem_get_info's used memory right after the context is created, before any tensor).
+`--vram_gb N` caps the caching allocator at N GB minus that context
+(torch.cuda.set_per_process_memory_fraction), as on an N GB card; "fits" = peak reserved + context
+(or the larger non-allocator use measured after the step) < N GB, and an out-of-memory error reads
+"does not fit" instead of crashing. On the CPU: peak RSS (ru_maxrss, lifetime of the subprocess), RSS
+after the model and optimizer are built, and the peak RSS of the steps alone (VmHWM reset after load).
+
+  python bench/train_step.py --arch tiny --seq_lens 2048,8192 --hidden_size 256
+  python bench/train_step.py --arch qwen2-7b --preset 8gb --vram_gb 8 --seq_lens 8192
+  python bench/train_step.py --arch qwen2-7b --preset 12gb --vram_gb 12 --find_max true
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import (GB, append_rows, as_int_list, bench_cache_dir, gb, gpu_info, host_info,
+                     markdown_table, read_status_kb, reset_peak_rss)
+
+from emotion_summary.cli import UserError, run
+
+VARIANTS = ("ours", "plain")
+LEVERS = ("offload_activations", "mlp_tile_tokens", "embedding_on_cpu", "lm_head_4bit", "liger_kernels")
+PLAIN_LEVERS = {"offload_activations": False, "mlp_tile_tokens": 0, "embedding_on_cpu": False,
+                "lm_head_4bit": False, "liger_kernels": "off"}
+FIRST_SPECIAL_ID = 151643  # random ids stay below Qwen2's special tokens
+
+
+# ---- the parent: plan, spawn, report ---------------------------------------------------------------
+def train_step(
+    arch: str = "tiny",
+    preset: str | None = None,
+    seq_lens: str = "4096",
+    steps: int = 1,
+    batch_size: int | None = None,
+    answer_tokens: int = 200,
+    variants: str = "ours,plain",
+    vram_gb: float | None = None,
+    find_max: bool = False,
+    find_max_start: int = 4096,
+    find_max_limit: int = 131072,
+    find_max_step: int = 1024,
+    hidden_size: int | None = None,
+    intermediate_size: int | None = None,
+    num_hidden_layers: int | None = None,
+    model_dir: str | None = None,
+    out: str | None = None,
+    seed: int = 0,
+    timeout_s: int = 3600,
+) -> None:
+    """Peak memory and tokens/s of a QLoRA training step, ours against plain, one subprocess each.
+
+    Args:
+        arch: qwen2-7b (random weights of the real shape, GPU only) or tiny (2 layers, hidden 64, real vocab).
+        preset: 8gb, 12gb, 24gb or cpu-smoke: its memory levers and batch size (default: cpu-smoke for
+            tiny, 24gb for qwen2-7b).
+        seq_lens: comma-separated tokens per sequence, e.g. 4096,8192.
+        steps: timed steps after one warm-up step.
+        batch_size: sequences per step (default: the preset's).
+        answer_tokens: supervised positions at the end of each sequence (the rest are masked).
+        variants: comma-separated: ours, plain.
+        vram_gb: cap the GPU at this many GB (1e9 bytes) and report whether each run fits (GPU only).
+        find_max: instead of --seq_lens, search the longest length that fits under --vram_gb (GPU only).
+        find_max_start: first length tried; doubled while it fits, then bisected.
+        find_max_limit: longest length tried.
+        find_max_step: resolution of the bisection, in tokens.
+        hidden_size: override the architecture's hidden size (e.g. 256 for the CPU logits ratio).
+        intermediate_size: override the MLP width (default with --hidden_size: 2.75 x hidden).
+        num_hidden_layers: override the number of layers.
+        model_dir: an existing model directory to load instead of building one from --arch.
+        out: append the JSON lines to this file (fsynced, one append per line).
+        seed: seed of the synthetic batches and the LoRA initialisation.
+        timeout_s: wall-clock limit per subprocess.
+    """
+    import torch  # no CUDA context here: torch.cuda.is_available() creates none
+
+    from emotion_summary.presets import PRESETS
+
+    if arch not in ("qwen2-7b", "tiny"):
+        raise UserError(f"--arch: qwen2-7b or tiny, got {arch!r}")
+    preset = preset or ("cpu-smoke" if arch == "tiny" else "24gb")
+    if preset not in PRESETS:
+        raise UserError(f"--preset: one of {', '.join(PRESETS)}, got {preset!r}")
+    chosen = [v.strip() for v in (variants if isinstance(variants, (list, tuple)) else str(variants).split(","))]
+    if not chosen or any(v not in VARIANTS for v in chosen):
+        raise UserError(f"--variants: comma-separated from {', '.join(VARIANTS)}, got {variants!r}")
+    cuda = torch.cuda.is_available()
+    if arch == "qwen2-7b" and not cuda and not model_dir:
+        raise UserError("--arch qwen2-7b needs a CUDA GPU (7.6B random parameters); use --arch tiny on CPU")
+    if (find_max or vram_gb) and not cuda:
+        raise UserError("--vram_gb and --find_max need a CUDA GPU")
+    if find_max and not vram_gb:
+        raise UserError("--find_max needs --vram_gb")
+    if steps < 0 or answer_tokens <= 0:
+        raise UserError("--steps must be >= 0 and --answer_tokens > 0")
+
+    overrides = {k: v for k, v in {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
+                                   "num_hidden_layers": num_hidden_layers}.items() if v}
+    if hidden_size and not intermediate_size:
+        overrides["intermediate_size"] = int(hidden_size * 2.75)
+    model_path = model_dir or ensure_model_dir(arch, overrides, timeout_s)
+    host = host_info()
+    base = {"arch": arch, "arch_overrides": overrides, "preset": preset, "model_name_or_path": model_path,
+            "steps": steps, "batch_size": batch_size or PRESETS[preset]["batch_size"],
+            "answer_tokens": answer_tokens, "vram_gb": vram_gb, "seed": seed}
+
+    rows: list[dict] = []
+    for variant in chosen:
+        if find_max:
+            spec = {**base, "variant": variant, "steps": 0,
+                    "find_max": {"start": find_max_start, "limit": find_max_limit, "step": find_max_step}}
+            rows += run_worker(spec, host, timeout_s, out)
+        else:
+            for seq_len in as_int_list(seq_lens, "seq_lens"):
+                rows += run_worker({**base, "variant": variant, "seq_len": seq_len}, host, timeout_s, out)
+    print(report(rows, find_max))
+
+
+def ensure_model_dir(arch: str, overrides: dict, timeout_s: int) -> str:
+    """'tiny' as the project builds it, else a random-weight model of the (overridden) shape saved once
+    under the bench cache and loaded through the real from_pretrained path. Built in a subprocess."""
+    if arch == "tiny" and not overrides:
+        return "tiny"
+    name = arch + "".join(f"-{k}{v}" for k, v in sorted(overrides.items())) + "-random"
+    path = bench_cache_dir() / name
+    if (path / "config.json").is_file() and (path / "tokenizer.json").is_file():
+        return str(path)
+    print(f"building {path} (random weights, once)", file=sys.stderr)
+    spec = {"build": {"arch": arch, "overrides": overrides, "path": str(path)}}
+    _spawn(spec, timeout_s)
+    return str(path)
+
+
+def run_worker(spec: dict, host: dict, timeout_s: int, out: str | None) -> list[dict]:
+    rows = _spawn(spec, timeout_s)
+    rows = [{"bench": "train_step", **host, **row} for row in rows]
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+    append_rows(out, rows)
+    return rows
+
+
+def _spawn(spec: dict, timeout_s: int) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_file.write_text(json.dumps(spec))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file), str(result_file)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
+        except subprocess.TimeoutExpired as e:
+            rc, tail = "timeout", str(e)
+        if result_file.is_file():
+            return json.loads(result_file.read_text())
+    if "build" in spec:
+        raise UserError(f"building the benchmark model failed (exit {rc}):\n{tail}")
+    # The process died without writing a result: killed (CPU out of memory: exit -9) or crashed.
+    return [{**{k: v for k, v in spec.items() if k != "find_max"}, "status": "crashed",
+             "fits": False if spec.get("vram_gb") else None, "error": f"exit {rc}: {tail[-1500:]}"}]
+
+
+def report(rows: list[dict], find_max: bool) -> str:
+    on_gpu = any("peak_reserved_bytes" in r for r in rows)
+    mem = "peak reserved + context GB" if on_gpu else "peak RSS of the step GB (after load)"
+    header = ["variant", "preset", "seq_len", "batch", "status", "fits", mem, "step extra GB",
+              "tokens/s", "loss"]
+    table = []
+    for r in rows:
+        if find_max and r.get("probe"):
+            continue
+        peak = r.get("fits_bytes") if on_gpu else r.get("step_peak_rss_bytes")
+        table.append([r["variant"], r["preset"], r.get("seq_len"), r.get("batch_size"), r["status"],
+                      {True: "yes", False: "no", None: "-"}[r.get("fits")], gb(peak), gb(r.get("step_extra_bytes")),
+                      None if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:.0f}",
+                      None if r.get("loss") is None else f"{r['loss']:.4f}"])
+    text = markdown_table(header, table)
+    if find_max:
+        lines = [f"- {r['variant']} ({r['preset']}, batch {r['batch_size']}, {r['vram_gb']} GB): longest "
+                 f"fitting length {r.get('max_seq_len_fits')}" for r in rows if not r.get("probe")]
+        return text + "\n\n" + "\n".join(lines)
+    ratios = []
+    by = {(r["variant"], r.get("seq_len")): r for r in rows if r["status"] == "ok"}
+    for (variant, seq_len), ours in sorted(by.items(), key=lambda kv: kv[0][1] or 0):
+        plain = by.get(("plain", seq_len))
+        if variant != "ours" or plain is None:
+            continue
+        key = "fits_bytes" if on_gpu else "step_peak_rss_bytes"
+        extra = "step_extra_bytes"
+        ratios.append(f"- {seq_len} tokens: plain/ours peak {plain[key] / ours[key]:.2f}x, step extra "
+                      f"{plain[extra] / max(ours[extra], 1):.2f}x, ours/plain tokens/s "
+                      + (f"{ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x"
+                         if ours.get("tokens_per_s") and plain.get("tokens_per_s") else "-"))
+    return text + ("\n\n" + "\n".join(ratios) if ratios else "")
+
+
+# ---- the subprocess: build a model, or measure ---------------------------------------------------
+def build_model(arch: str, overrides: dict, path: str) -> None:
+    """Random weights of the real config without a download: on the meta device, materialised on the
+    GPU (or CPU) in bf16, filled with N(0, 0.02) (norms 1, biases 0), saved with the Qwen2 tokenizer."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from emotion_summary.architectures import qwen2_config
+    from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
+
+    out = Path(path)
+    torch.manual_seed(0)
+    config = qwen2_config(arch, **overrides)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    model = model.to_empty(device="cuda" if torch.cuda.is_available() else "cpu").to(torch.bfloat16)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02)
+    model.config.dtype = torch.bfloat16
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(str(tmp))
+    qwen2_tokenizer().save_pretrained(str(tmp))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # built meanwhile by another run
+        pass
+
+
+class Bench:
+    """One variant's model and optimizer, measured step by step in this process."""
+
+    def __init__(self, spec: dict):
+        import torch
+
+        self.spec, self.cuda = spec, torch.cuda.is_available()
+        self.info: dict = {}
+        if self.cuda:
+            torch.zeros(1, device="cuda")  # creates the context
+            free, total = torch.cuda.mem_get_info()
+            self.context = total - free - torch.cuda.memory_reserved()
+            self.info.update(gpu_info(), cuda_context_bytes=self.context)
+            if spec.get("vram_gb"):
+                # As on a card of vram_gb: the allocator gets what the context leaves.
+                fraction = (spec["vram_gb"] * GB - self.context) / total
+                torch.cuda.set_per_process_memory_fraction(max(fraction, 0.0))
+                self.info["memory_fraction"] = round(fraction, 5)
+        self.wrapper = self.optimizer = None
+
+    def config(self):
+        from emotion_summary.config import resolve_config
+
+        s = self.spec
+        levers = PLAIN_LEVERS if s["variant"] == "plain" else {}
+        return resolve_config(s["preset"], model_name_or_path=s["model_name_or_path"], batch_size=s["batch_size"],
+                              max_seq_len=s.get("seq_len"), seed=s["seed"], **levers)
+
+    def load(self) -> None:
+        import torch
+
+        from emotion_summary.model import Qwen2EmotionSummaryModel, compute_dtype
+        from emotion_summary.train import make_optimizer
+
+        cfg = self.config()
+        torch.manual_seed(cfg.seed)
+        self.wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
+        self.wrapper.model.train()
+        params = [p for p in self.wrapper.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(cfg, params)
+        base = self.wrapper.model.get_base_model()
+        self.info.update(levers={k: getattr(cfg, k) for k in LEVERS}, optimizer=type(self.optimizer).__name__,
+                         gradient_checkpointing=cfg.gradient_checkpointing,
+                         attn_implementation=base.config._attn_implementation,
+                         compute_dtype=str(compute_dtype(cfg.compute_dtype)),
+                         # prepare_model_for_kbit_training upcasts every 16-bit non-4-bit weight to fp32
+                         param_dtypes={"embed_tokens": str(base.get_input_embeddings().weight.dtype),
+                                       "lm_head": str(base.lm_head.weight.dtype),
+                                       "lora": str(next(p for p in params).dtype)},
+                         trainable_params=sum(p.numel() for p in params))
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.info["allocated_after_load_bytes"] = torch.cuda.memory_allocated()
+        else:
+            self.info["rss_after_load_bytes"] = read_status_kb("VmRSS")
+
+    def batch(self, seq_len: int) -> dict:
+        import torch
+
+        from emotion_summary.loss import IGNORE_INDEX
+
+        g = torch.Generator().manual_seed(self.spec["seed"] + seq_len)
+        b = self.spec["batch_size"]
+        ids = torch.randint(0, FIRST_SPECIAL_ID, (b, seq_len), generator=g)
+        labels = ids.clone()
+        labels[:, : seq_len - min(self.spec["answer_tokens"], seq_len // 2)] = IGNORE_INDEX
+        return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+
+    def step(self, batch: dict) -> float:
+        import torch
+
+        if self.spec["variant"] == "ours":
+            loss = self.wrapper.loss(batch)
+        else:  # plain transformers + peft: full logits; the output (and its logits) dropped before backward
+            dev = next(p.device for p in self.wrapper.model.parameters() if p.requires_grad)
+            loss = self.wrapper.model(input_ids=batch["input_ids"].to(dev),
+                                      attention_mask=batch["attention_mask"].to(dev),
+                                      labels=batch["labels"].to(dev)).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        return value if math.isfinite(value) else None  # random weights: memory and speed still count
+
+    def measure(self, seq_len: int, steps: int) -> dict:
+        """Warm-up + timed steps at one length; an out-of-memory error becomes status 'oom'."""
+        import gc
+
+        import torch
+
+        row: dict = {"seq_len": seq_len, "status": "ok", "error": None}
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            row["peak_rss_reset"] = reset_peak_rss()
+        batch = self.batch(seq_len)
+        oom = None
+        try:
+            row["loss"] = self.step(batch)  # warm-up: allocates the optimizer state
+            if self.cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                row["loss"] = self.step(batch)
+            if self.cuda:
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
+            if steps:
+                row["step_s"] = elapsed / steps
+                row["tokens_per_s"] = self.spec["batch_size"] * seq_len * steps / elapsed
+        except torch.OutOfMemoryError as e:
+            oom = f"OutOfMemoryError: {str(e)[:300]}"
+        except RuntimeError as e:  # bitsandbytes / cuBLAS report some OOMs as plain RuntimeErrors
+            if "out of memory" not in str(e).lower() and "CUBLAS_STATUS_ALLOC_FAILED" not in str(e):
+                raise
+            oom = f"{type(e).__name__}: {str(e)[:300]}"
+        if oom:  # outside the except block: the traceback no longer pins the step's tensors
+            self.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            row.update(status="oom", error=oom, loss=None)
+        if self.cuda:
+            row["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
+            row["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
+            row["step_extra_bytes"] = row["peak_allocated_bytes"] - self.info["allocated_after_load_bytes"]
+            free, total = torch.cuda.mem_get_info()
+            # Context + cuBLAS/cuDNN/NCCL handles + anything outside the caching allocator, after the step.
+            row["cuda_overhead_end_bytes"] = total - free - torch.cuda.memory_reserved()
+            overhead = max(self.context, row["cuda_overhead_end_bytes"])
+            row["fits_bytes"] = row["peak_reserved_bytes"] + overhead
+            if self.spec.get("vram_gb"):
+                row["fits"] = row["status"] == "ok" and row["fits_bytes"] < self.spec["vram_gb"] * GB
+            if oom:
+                torch.cuda.empty_cache()
+        else:
+            import resource
+
+            row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            row["step_peak_rss_bytes"] = read_status_kb("VmHWM") if row["peak_rss_reset"] else row["peak_rss_bytes"]
+            row["step_extra_bytes"] = row["step_peak_rss_bytes"] - self.info["rss_after_load_bytes"]
+            row["fits"] = None
+        return row
+
+
+def search_longest(fits, start: int, limit: int, step: int) -> int:
+    """Double from `start` while it fits, then bisect to `step` tokens; 0 if not even `step` fits."""
+    lo, hi, n = 0, None, start
+    while n <= limit:
+        if not fits(n):
+            hi = n
+            break
+        lo, n = n, n * 2
+    if hi is None:
+        return lo
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if mid <= lo:
+            break
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def worker(spec: dict) -> list[dict]:
+    if "build" in spec:
+        b = spec["build"]
+        build_model(b["arch"], b["overrides"], b["path"])
+        return []
+    import torch
+
+    common = {k: v for k, v in spec.items() if k != "find_max"}
+    bench = Bench(spec)
+    try:
+        bench.load()
+    except torch.OutOfMemoryError as e:  # the weights alone do not fit under --vram_gb
+        return [{**common, **bench.info, "status": "oom", "fits": False, "error": f"loading: {str(e)[:300]}",
+                 "max_seq_len_fits": 0 if "find_max" in spec else None}]
+    if "find_max" not in spec:
+        return [{**common, **bench.info, **bench.measure(spec["seq_len"], spec["steps"])}]
+    probes: list[dict] = []
+
+    def fits(n: int) -> bool:
+        row = {**common, **bench.info, **bench.measure(n, 0), "probe": True}
+        probes.append(row)
+        print(json.dumps({k: row.get(k) for k in ("variant", "seq_len", "status", "fits", "fits_bytes")}),
+              file=sys.stderr, flush=True)
+        return bool(row["fits"])
+
+    fm = spec["find_max"]
+    longest = search_longest(fits, fm["start"], fm["limit"], fm["step"])
+    best = max((p for p in probes if p["seq_len"] == longest), key=lambda p: p["fits_bytes"], default={})
+    summary = {**common, **bench.info, **{k: v for k, v in best.items() if k != "probe"},
+               "status": "ok" if longest else "oom", "fits": bool(longest), "seq_len": longest or None,
+               "max_seq_len_fits": longest, "limit_reached": longest >= fm["limit"],
+               "probes": [[p["seq_len"], p["fits"]] for p in probes]}
+    return probes + [summary]
+
+
+def _worker_main(spec_file: str, result_file: str) -> None:
+    from emotion_summary.atomic_io import atomic_write_json
+
+    rows = worker(json.loads(Path(spec_file).read_text()))
+    atomic_write_json(result_file, rows)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:  # internal: one measured subprocess (see _spawn)
+        _worker_main(sys.argv[2], sys.argv[3])
+    else:
+        run(train_step)
