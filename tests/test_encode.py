@@ -45,3 +45,19 @@ def test_long_report_is_trimmed_to_fit_and_the_answer_kept_whole(tokenizer):
     assert len(ex["input_ids"]) <= 1024 and ex["trimmed_tokens"] > 0
     assert sum(1 for x in ex["labels"] if x != IGNORE_INDEX) == n_answer
     assert "tokens trimmed" in tokenizer.decode(ex["input_ids"])
+
+
+def test_encoding_is_cached_with_datasets_and_equal_to_direct_encoding(tokenizer, tmp_path):
+    from emotion_summary.encode import encode_records
+
+    recs = [record(20), record(3000)]
+    recs[1] = recs[1].__class__(**{**recs[1].__dict__, "id": 2})
+    direct = encode_records(tokenizer, PromptSpec(), recs, 1024)
+    cached = encode_records(tokenizer, PromptSpec(), recs, 1024, cache_dir=tmp_path)
+    assert cached == direct
+    files = list(tmp_path.glob("encoded-*.arrow"))
+    assert len(files) == 1
+    again = encode_records(tokenizer, PromptSpec(), recs, 1024, cache_dir=tmp_path)
+    assert again == direct and list(tmp_path.glob("encoded-*.arrow")) == files
+    encode_records(tokenizer, PromptSpec(language="zh"), recs, 1024, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("encoded-*.arrow"))) == 2  # another prompt, another cache

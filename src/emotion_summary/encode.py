@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Callable
 
 from emotion_summary.loss import build_labels
@@ -42,3 +45,38 @@ def encode_example(tokenizer, spec: PromptSpec, record: Record, max_seq_len: int
     prompt, trimmed = prompt_token_ids(tokenizer, spec, record, max_seq_len - len(answer))
     input_ids, labels = build_labels(prompt, answer)
     return {"id": record.id, "input_ids": input_ids, "labels": labels, "trimmed_tokens": trimmed}
+
+
+def encoding_key(tokenizer, spec: PromptSpec, records: list[Record], max_seq_len: int) -> str:
+    """Changes whenever anything that decides the token ids changes: inputs, gold, prompt, budget,
+    tokenizer vocabulary and chat template."""
+    h = hashlib.sha256()
+    h.update(json.dumps([spec.to_dict(), max_seq_len, len(tokenizer), tokenizer.chat_template or "",
+                         tokenizer.name_or_path.rstrip("/").split("/")[-1]]).encode())
+    for r in records:
+        h.update(json.dumps(r.to_dict(), sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:24]
+
+
+def encode_records(tokenizer, spec: PromptSpec, records: list[Record], max_seq_len: int,
+                   cache_dir=None) -> list[dict]:
+    """Tokenise training examples; with `cache_dir`, through `datasets.map` into an Arrow cache file,
+    so a resumed run (or a second fold of the same data) does not tokenise 57K PsyQA reports again."""
+    if not records:
+        return []
+    if cache_dir is None:
+        return [encode_example(tokenizer, spec, r, max_seq_len) for r in records]
+    from datasets import Dataset
+
+    from emotion_summary.records import record_from_dict
+
+    key = encoding_key(tokenizer, spec, records, max_seq_len)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    # One JSON string per record: Arrow needs one schema, and records differ in optional fields.
+    raw = Dataset.from_dict({"record": [json.dumps(r.to_dict(), ensure_ascii=False) for r in records]})
+    encoded = raw.map(
+        lambda row: encode_example(tokenizer, spec, record_from_dict(json.loads(row["record"])), max_seq_len),
+        remove_columns=["record"], cache_file_name=str(Path(cache_dir) / f"encoded-{key}.arrow"),
+        new_fingerprint=key, desc="tokenising")
+    return [dict(row) for row in encoded]
+

@@ -212,10 +212,10 @@ class Trainer:
             self.optimizer, int(self.cfg.warmup_ratio * self.total_steps), self.total_steps)
 
     def _encode(self, records: list[Record], what: str) -> list[dict]:
-        from emotion_summary.encode import encode_example
+        from emotion_summary.encode import encode_records
 
-        out = [encode_example(self.wrapper.tokenizer, self.wrapper.prompt, r, self.cfg.max_seq_len)
-               for r in records]
+        out = encode_records(self.wrapper.tokenizer, self.wrapper.prompt, records, self.cfg.max_seq_len,
+                             cache_dir=self.run_dir / "cache")
         trimmed = [e["id"] for e in out if e["trimmed_tokens"]]
         if records:
             lengths = sorted(len(e["input_ids"]) for e in out)
