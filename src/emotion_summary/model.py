@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import json
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -173,6 +174,7 @@ class Qwen2EmotionSummaryModel:
 
     def __init__(self, model, tokenizer, prompt: PromptSpec, config: TrainConfig):
         self.model, self.tokenizer, self.prompt, self.config = model, tokenizer, prompt, config
+        self.trimmed: dict[int, int] = {}  # report id -> prompt tokens trimmed at generation
 
     # ---- building -----------------------------------------------------------------------------
     @classmethod
@@ -266,8 +268,14 @@ class Qwen2EmotionSummaryModel:
         return out
 
     def _generate_batch(self, records: list[Record], max_new_tokens: int) -> list[str]:
-        prompts = [prompt_token_ids(self.tokenizer, self.prompt, r, self.max_prompt_tokens(max_new_tokens))[0]
-                   for r in records]
+        prompts = []
+        for r in records:
+            ids, trimmed = prompt_token_ids(self.tokenizer, self.prompt, r, self.max_prompt_tokens(max_new_tokens))
+            if trimmed:
+                self.trimmed[r.id] = trimmed
+                print(f"report {r.id}: {trimmed} tokens trimmed from the middle to fit max_seq_len="
+                      f"{self.config.max_seq_len} with max_new_tokens={max_new_tokens}", file=sys.stderr)
+            prompts.append(ids)
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device())
