@@ -21,3 +21,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture
+def gold_file(fixtures) -> Path:
+    """Two English and one Chinese short report with gold fields, written for the tests."""
+    return fixtures / "es_eval_gold.jsonl"
+
+
+@pytest.fixture
+def records(gold_file):
+    from emotion_summary.records import read_records
+
+    return read_records(gold_file)

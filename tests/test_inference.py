@@ -14,23 +14,10 @@ from emotion_summary.cli import UserError
 from emotion_summary.client import EndpointError
 from emotion_summary.inference import assemble, infer, predict, side_file_for
 from emotion_summary.prompt import PromptSpec, answer_text
-from emotion_summary.records import GOLD_FIELDS, read_records
+from emotion_summary.records import GOLD_FIELDS
 from emotion_summary.submission import SUBMISSION_KEYS, check_submission, read_predictions
 
-try:  # tests/ may or may not be a package
-    from tests.chat_server import FakeChatServer, unused_endpoint
-except ImportError:
-    from chat_server import FakeChatServer, unused_endpoint
-
-
-@pytest.fixture
-def gold_file(fixtures):
-    return fixtures / "es_eval_gold.jsonl"
-
-
-@pytest.fixture
-def records(gold_file):
-    return read_records(gold_file)
+from tests.chat_server import FakeChatServer, unused_endpoint
 
 
 def fields_for(rid: int) -> dict[str, str]:

@@ -8,23 +8,10 @@ from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.evaluate import evaluate
 from emotion_summary.judge import (judge_messages, judge_predictions, parse_scores, report_text,
                                    summarize)
-from emotion_summary.records import GOLD_FIELDS, read_records
+from emotion_summary.records import GOLD_FIELDS
 from emotion_summary.submission import write_submission
 
-try:  # tests/ may or may not be a package
-    from tests.chat_server import FakeChatServer, unused_endpoint
-except ImportError:
-    from chat_server import FakeChatServer, unused_endpoint
-
-
-@pytest.fixture
-def gold_file(fixtures):
-    return fixtures / "es_eval_gold.jsonl"
-
-
-@pytest.fixture
-def records(gold_file):
-    return read_records(gold_file)
+from tests.chat_server import FakeChatServer, unused_endpoint
 
 
 def preds_of(records):
