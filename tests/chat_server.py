@@ -10,11 +10,14 @@ from typing import Callable
 
 
 class FakeChatServer:
-    """`reply(messages) -> str` answers each request; `requests` keeps every request body."""
+    """`reply(messages)` answers each request with a text (HTTP 200) or a (status, text) pair;
+    `requests` keeps every answered request body; after `fail_after` answered requests the server
+    answers 503 (an endpoint that went down)."""
 
-    def __init__(self, reply: Callable[[list[dict]], str], delay_s: float = 0.0):
+    def __init__(self, reply: Callable[[list[dict]], str | tuple[int, str]], delay_s: float = 0.0):
         self.reply, self.delay_s = reply, delay_s
         self.requests: list[dict] = []
+        self.fail_after: int | None = None
         self._lock = threading.Lock()
         server = self
 
@@ -22,16 +25,22 @@ class FakeChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server._lock:
-                    server.requests.append(body)
+                    down = server.fail_after is not None and len(server.requests) >= server.fail_after
+                    if not down:
+                        server.requests.append(body)
                 if server.delay_s:
                     time.sleep(server.delay_s)
-                content = server.reply(body["messages"])
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
-                self.send_response(200)
+                answer = (503, "overloaded") if down else server.reply(body["messages"])
+                status, content = answer if isinstance(answer, tuple) else (200, answer)
+                payload = ({"choices": [{"message": {"role": "assistant", "content": content}}]}
+                           if status == 200 else {"error": content})
+                data = json.dumps(payload).encode("utf-8")
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 try:
-                    self.wfile.write(data.encode("utf-8"))
+                    self.wfile.write(data)
                 except OSError:  # the client timed out and hung up
                     pass
 

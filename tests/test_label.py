@@ -4,9 +4,7 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.label import label_file, label_source_counts, rejects_path, reply_problem
 from emotion_summary.prompt import LANGUAGE_RULES
 from emotion_summary.records import GOLD_FIELDS, Record, read_records, write_records
+from tests.chat_server import FakeChatServer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "label_with_teacher.py"
 EN = {f: f"The {f.replace('_', ' ')} of this client, in plain words." for f in GOLD_FIELDS}
@@ -38,53 +37,28 @@ def canned_reply(messages: list[dict]) -> tuple[int, str]:
     raise AssertionError(marker)
 
 
-class FakeServer:
+class LabelServer(FakeChatServer):
+    """The fake endpoint answering `canned_reply`."""
+
     def __init__(self):
-        self.requests: list[list[dict]] = []
-        self.fail_after: int | None = None  # answer HTTP 503 once this many requests were served
-        self.lock = threading.Lock()
-        server = self
+        super().__init__(canned_reply)
+        self.url = self.endpoint
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                assert self.path == "/v1/chat/completions" and body["model"] == "teacher"
-                with server.lock:
-                    if server.fail_after is not None and len(server.requests) >= server.fail_after:
-                        status, reply = 503, "overloaded"
-                    else:
-                        server.requests.append(body["messages"])
-                        status, reply = canned_reply(body["messages"])
-                payload = {"choices": [{"message": {"role": "assistant", "content": reply}}]} \
-                    if status == 200 else {"error": reply}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+    @property
+    def messages(self) -> list[list[dict]]:
+        return [body["messages"] for body in self.requests]
 
     def markers(self) -> Counter:
-        return Counter(re.search(r"marker:([\w-]+)", m[1]["content"]).group(1) for m in self.requests)
+        return Counter(re.search(r"marker:([\w-]+)", m[1]["content"]).group(1) for m in self.messages)
 
 
 @pytest.fixture
 def server():
-    s = FakeServer()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with LabelServer() as s:
+        yield s
 
 
-def client(server: FakeServer) -> ChatClient:
+def client(server: LabelServer) -> ChatClient:
     return ChatClient(server.url, "teacher", max_retries=0, backoff_s=0.0, timeout_s=10)
 
 
@@ -110,6 +84,7 @@ def test_labels_written_with_provenance(server, tmp_path, fixtures):
     assert all(r.gold() == EN for r in teacher)
     assert teacher[0].label_source["model"] == "teacher"
     assert teacher[0].label_source["endpoint"] == server.url
+    assert {body["model"] for body in server.requests} == {"teacher"}
     assert re.match(r"\d{4}-\d\d-\d\dT", teacher[0].label_source["date"])
     assert label_source_counts(records) == {"longemotion (dataset gold)": 1,
                                             "longemotion (teacher: teacher)": 3}
@@ -128,8 +103,8 @@ def test_killed_run_resumes_without_resending(server, tmp_path):
     server.fail_after = None
     counts = label_file(src, out, client(server), concurrency=2)
     assert counts["labelled"] == 4 and counts["skipped_done"] == 2
-    assert len(server.requests) == 6  # each record was sent exactly once over both runs
-    sent = [re.search(r"Client (\d+)", m[1]["content"]).group(1) for m in server.requests[2:]]
+    assert len(server.messages) == 6  # each record was sent exactly once over both runs
+    sent = [re.search(r"Client (\d+)", m[1]["content"]).group(1) for m in server.messages[2:]]
     assert not {int(i) for i in sent} & first_ids
     assert sorted(r.id for r in read_records(out)) == [1, 2, 3, 4, 5, 6]
 
@@ -143,7 +118,7 @@ def test_limit_then_resume_and_torn_last_line(server, tmp_path):
         f.write('{"id": 3, "case_descr')
     counts = label_file(src, out, client(server))
     assert counts["labelled"] == 2 and counts["skipped_done"] == 2
-    assert len(server.requests) == 4
+    assert len(server.messages) == 4
     assert sorted(r.id for r in read_records(out)) == [1, 2, 3, 4]  # the file is clean again
 
 
@@ -153,7 +128,7 @@ def test_bad_replies_go_to_rejects_never_filled(server, tmp_path):
     counts = label_file(src, out, client(server), max_retries=2)
     assert counts["labelled"] == 2 and counts["rejected"] == 2
     assert server.markers() == {"good": 1, "fix-on-retry": 2, "missing-field": 3, "too-long": 1}
-    reask = next(m for m in server.requests if len(m) > 2 and "marker:fix-on-retry" in m[1]["content"])
+    reask = next(m for m in server.messages if len(m) > 2 and "marker:fix-on-retry" in m[1]["content"])
     assert reask[2]["role"] == "assistant" and "could not be used: no JSON object" in reask[3]["content"]
     rejects = {r["id"]: r for r in map(json.loads, rejects_path(out).read_text(encoding="utf-8").splitlines())}
     assert set(rejects) == {3, 4}
@@ -171,12 +146,12 @@ def test_language_rule_in_prompt_and_enforced(server, tmp_path):
     src = write_input(tmp_path, ["good", "zh"])
     out = tmp_path / "out.jsonl"
     counts = label_file(src, out, client(server), language="zh", max_retries=1)
-    assert all(LANGUAGE_RULES["zh"] in m[1]["content"] for m in server.requests)
+    assert all(LANGUAGE_RULES["zh"] in m[1]["content"] for m in server.messages)
     assert counts["labelled"] == 1 and counts["rejected"] == 1
     assert [r.id for r in read_records(out)] == [2]
     reject = json.loads(rejects_path(out).read_text(encoding="utf-8"))
     assert reject["id"] == 1 and reject["reason"].startswith("not in Chinese: causes")
-    reasks = [m for m in server.requests if len(m) > 2]
+    reasks = [m for m in server.messages if len(m) > 2]
     assert len(reasks) == 1 and "written in Chinese" in reasks[0][3]["content"]
 
 
