@@ -196,7 +196,9 @@ def report(rows: list[dict], find_max: bool) -> str:
     text = markdown_table(header, table)
     if find_max:
         lines = [f"- {r['variant']} ({r['preset']}, batch {r['batch_size']}, {r['vram_gb']} GB): longest "
-                 f"fitting length {r.get('max_seq_len_fits')}" for r in rows if not r.get("probe")]
+                 f"fitting length {r.get('max_seq_len_fits')}"
+                 + (" (every probe fitted: raise --find_max_limit)" if r.get("never_failed") else "")
+                 for r in rows if not r.get("probe")]
         return text + "\n\n" + "\n".join(lines)
     ratios = []
     by = {(r["variant"], r.get("seq_len")): r for r in rows if r["status"] == "ok"}
@@ -226,8 +228,13 @@ def build_model(arch: str, overrides: dict, path: str) -> None:
     out = Path(path)
     torch.manual_seed(0)
     config = qwen2_config(arch, **overrides)
-    with torch.device("meta"):
-        model = Qwen2ForCausalLM(config)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # materialised in bf16 directly: 15 GB for 7B, not 30 + 15
+    try:
+        with torch.device("meta"):
+            model = Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
     model = model.to_empty(device="cuda" if torch.cuda.is_available() else "cpu").to(torch.bfloat16)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -440,7 +447,7 @@ def worker(spec: dict) -> list[dict]:
     best = max((p for p in probes if p["seq_len"] == longest), key=lambda p: p["fits_bytes"], default={})
     summary = {**common, **bench.info, **{k: v for k, v in best.items() if k != "probe"},
                "status": "ok" if longest else "oom", "fits": bool(longest), "seq_len": longest or None,
-               "max_seq_len_fits": longest, "limit_reached": longest >= fm["limit"],
+               "max_seq_len_fits": longest, "never_failed": all(p["fits"] for p in probes),
                "probes": [[p["seq_len"], p["fits"]] for p in probes]}
     return probes + [summary]
 

@@ -1,0 +1,115 @@
+"""The benchmark scripts in CI size: tiny model, one short step, a few generated tokens (about 45 s)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+
+def run_script(name: str, *args: str) -> tuple[list[dict], str]:
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return rows, proc.stdout
+
+
+@pytest.fixture
+def train_step_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # how Python runs the script: its folder first on sys.path
+    import train_step
+
+    return train_step
+
+
+@pytest.mark.slow
+def test_train_step_ours_against_plain_at_1k_tokens(tmp_path):
+    """At 1,024 tokens the plain step's full logits (1024 x 152,064 fp32, plus log-softmax and their
+    gradients) already dominate: ours must peak lower. Both compute the same loss."""
+    out = tmp_path / "bench.jsonl"
+    out.write_text('{"earlier": "row"}\n')
+    rows, stdout = run_script("train_step.py", "--arch", "tiny", "--seq_lens", "1024", "--batch_size", "1",
+                              "--steps", "1", "--out", str(out))
+    assert [r["variant"] for r in rows] == ["ours", "plain"]
+    for r in rows:
+        assert r["bench"] == "train_step" and r["status"] == "ok" and r["error"] is None
+        assert r["seq_len"] == 1024 and r["batch_size"] == 1 and r["steps"] == 1
+        assert r["tokens_per_s"] > 0 and r["step_s"] > 0 and r["loss"] > 0
+        assert r["peak_rss_bytes"] >= r["step_peak_rss_bytes"] > r["rss_after_load_bytes"] > 0
+        assert r["step_extra_bytes"] > 0 and r["fits"] is None
+        assert r["versions"]["torch"] and r["cpu"] and r["cpu_cores"] and r["command"].endswith("--out " + str(out))
+        assert r["trainable_params"] > 0 and r["attn_implementation"]
+    ours, plain = rows
+    assert plain["levers"] == {"offload_activations": False, "mlp_tile_tokens": 0, "embedding_on_cpu": False,
+                               "lm_head_4bit": False, "liger_kernels": "off"}
+    assert ours["loss"] == pytest.approx(plain["loss"], rel=1e-4)  # LoRA B starts at 0: the base model's loss
+    assert ours["step_peak_rss_bytes"] < plain["step_peak_rss_bytes"]
+    assert 2 * ours["step_extra_bytes"] < plain["step_extra_bytes"]
+    assert "| ours | cpu-smoke | 1024 |" in stdout and "plain/ours peak" in stdout
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[0]) == {"earlier": "row"}  # appended, never overwritten
+    assert [json.loads(line) for line in lines[1:]] == rows
+
+
+@pytest.mark.slow
+def test_generate_batched_against_single_with_forced_length(tmp_path):
+    rows, stdout = run_script("generate.py", "--n_records", "3", "--batch_size", "2", "--max_new_tokens", "4",
+                              "--out", str(tmp_path / "gen.jsonl"))
+    assert [r["mode"] for r in rows] == ["batched", "single"]
+    batched, single = rows
+    assert (batched["calls"], single["calls"]) == (2, 3)
+    for r in rows:
+        assert r["bench"] == "generate" and r["new_tokens"] == 3 * 4 and r["all_forced_to_max"]
+        assert r["tokens_per_s"] > 0 and r["seconds"] > 0 and r["prompt_tokens_mean"] > 100
+        assert r["batched_over_single"] > 0 and 0 <= r["identical_outputs"] <= 3
+    assert single["pad_tokens"] == 0 and batched["pad_tokens"] >= 0
+    assert "batched/single tokens/s" in stdout
+    assert len((tmp_path / "gen.jsonl").read_text().splitlines()) == 2
+
+
+def test_search_longest_doubles_then_bisects(train_step_module):
+    search = train_step_module.search_longest
+    tried = []
+
+    def fits_under(limit):
+        def fits(n):
+            tried.append(n)
+            return n <= limit
+        return fits
+
+    assert search(fits_under(20000), start=4096, limit=131072, step=1024) == 19456
+    assert tried[:4] == [4096, 8192, 16384, 32768] and len(tried) <= 9
+    assert search(fits_under(10**9), 4096, 65536, 1024) == 65536
+    assert search(fits_under(3000), 4096, 65536, 1024) == 2048
+    assert search(fits_under(100), 4096, 65536, 1024) == 0
+
+
+def test_report_marks_fits_and_find_max(train_step_module):
+    gib = 10**9
+    rows = [{"variant": v, "preset": "8gb", "seq_len": 8192, "batch_size": 1, "status": s, "fits": f,
+             "peak_reserved_bytes": r, "fits_bytes": r + gib // 2, "step_extra_bytes": r // 2,
+             "tokens_per_s": t, "loss": 1.0 if s == "ok" else None, "vram_gb": 8}
+            for v, s, f, r, t in [("ours", "ok", True, 6 * gib, 900.0), ("plain", "oom", False, 8 * gib, None)]]
+    text = train_step_module.report(rows, find_max=False)
+    assert "| ours | 8gb | 8192 | 1 | ok | yes | 6.50 |" in text
+    assert "| plain | 8gb | 8192 | 1 | oom | no | 8.50 |" in text
+    summary = {**rows[0], "max_seq_len_fits": 12288, "never_failed": False}
+    text = train_step_module.report([{**rows[0], "probe": True}, summary], find_max=True)
+    assert "longest fitting length 12288" in text and text.count("| ours |") == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="these options are refused on CPU only")
+def test_gpu_only_options_are_refused_on_cpu(train_step_module):
+    from emotion_summary.cli import UserError
+
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        train_step_module.train_step(arch="qwen2-7b")
+    with pytest.raises(UserError, match="need a CUDA GPU"):
+        train_step_module.train_step(arch="tiny", vram_gb=8)
+    with pytest.raises(UserError, match="--variants"):
+        train_step_module.train_step(arch="tiny", variants="ours,fast")
