@@ -47,3 +47,13 @@ def test_a_folder_without_a_model_is_a_user_error(tmp_path, fixtures):
     with pytest.raises(UserError, match="neither a LoRA adapter"):
         infer(input=str(fixtures / "es_eval_gold.jsonl"), output=str(tmp_path / "o.jsonl"), model_path=str(tmp_path),
               backend="hf")
+
+
+@pytest.mark.shared
+def test_smoke_model_submission_on_the_150_official_inputs_passes_the_checker(tmp_path, shared_data, tiny_adapter):
+    inputs = shared_data / "longemotion" / "Emotion_Summary.jsonl"
+    out = tmp_path / "Emotion_Summary_Result.jsonl"
+    infer(input=str(inputs), output=str(out), model_path=str(tiny_adapter), backend="hf", batch_size=16,
+          max_new_tokens=4)
+    report = check_submission(out, inputs)
+    assert report.ok and report.n_rows == 150, report.render()

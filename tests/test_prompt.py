@@ -67,3 +67,14 @@ def test_prompt_spec_round_trips_through_a_checkpoint_dir(tmp_path):
 def test_language_detection():
     assert detect_language("The client felt anxious.") == "en"
     assert detect_language("来访者感到焦虑，失眠。") == "zh"
+
+
+def test_reports_of_many_short_paragraphs_lose_whole_paragraphs_from_the_middle():
+    many = record_from_dict({"id": 6, "case_description": ["A client."],
+                             "consultation_process": [f"Paragraph {i} is short." for i in range(150)],
+                             "experience_and_reflection": "Closing reflection."})
+    prompt = build_prompt(PromptSpec(), many, max_prompt_tokens=300, count_tokens=words)
+    text = prompt.messages[1]["content"]
+    assert words(prompt.messages[0]["content"]) + words(text) <= 300
+    assert "Paragraph 0 is short." in text and "Closing reflection." in text
+    assert "Paragraph 75 is short." not in text and "paragraphs)" in text

@@ -110,21 +110,41 @@ def _user_text(spec: PromptSpec, record: Record, sections: list[tuple[str, str]]
 
 def trim_sections(sections: list[tuple[str, str]], over: int,
                   count_tokens: Callable[[str], int]) -> list[tuple[str, str]]:
-    """Cut `over` tokens (at least) from the middle of the longest paragraphs, leaving a marker."""
+    """Cut `over` tokens (at least) from the middle of the longest paragraphs, leaving a marker; when
+    only short paragraphs are left (some reports have 100+), drop whole ones from the middle."""
     sections = list(sections)
-    for _ in range(64):  # each pass shortens the longest paragraph; a handful of passes suffice
+    tokens = [count_tokens(t) for _, t in sections]
+    marker = count_tokens(TRIM_MARKER.format(n=99999))
+    for _ in range(4 * len(sections) + 16):
         if over <= 0:
             return sections
-        i = max(range(len(sections)), key=lambda j: len(sections[j][1]))
+        i = max(range(len(sections)), key=tokens.__getitem__)
+        if tokens[i] <= 3 * marker:  # cutting inside a short paragraph saves less than its marker costs
+            break
         heading, text = sections[i]
-        n_tokens = max(count_tokens(text), 1)
-        cut_tokens = min(n_tokens - 1, over + count_tokens(TRIM_MARKER.format(n=n_tokens)))
-        keep_chars = int(len(text) * (n_tokens - cut_tokens) / n_tokens)
-        head, tail = text[: keep_chars // 2], text[len(text) - keep_chars // 2:] if keep_chars > 1 else ""
-        new = head + TRIM_MARKER.format(n=cut_tokens) + tail
-        over -= n_tokens - count_tokens(new)
-        sections[i] = (heading, new)
-    raise ValueError("could not trim the report to the token budget")
+        keep = max(tokens[i] - over - marker, marker)
+        keep_chars = int(len(text) * keep / tokens[i]) // 2
+        new = text[:keep_chars] + TRIM_MARKER.format(n=tokens[i] - keep) + text[len(text) - keep_chars:]
+        new_tokens = count_tokens(new)
+        over -= tokens[i] - new_tokens
+        sections[i], tokens[i] = (heading, new), new_tokens
+    return _drop_middle_paragraphs(sections, tokens, over)
+
+
+def _drop_middle_paragraphs(sections, tokens, over: int) -> list[tuple[str, str]]:
+    dropped, dropped_tokens, at = 0, 0, len(sections) // 2
+    while over > 0 and len(sections) > 2:
+        at = min(at, len(sections) - 2)
+        heading, _ = sections.pop(at)
+        cost = tokens.pop(at)
+        over -= cost
+        dropped, dropped_tokens = dropped + 1, dropped_tokens + cost
+    if over > 0:
+        raise ValueError("could not trim the report to the token budget")
+    if dropped:
+        note = TRIM_MARKER.format(n=dropped_tokens).strip() + f" ({dropped} paragraphs)"
+        sections.insert(at, (heading, note))
+    return sections
 
 
 @dataclass
