@@ -128,10 +128,13 @@ def trim_sections(sections: list[tuple[str, str]], over: int,
         new_tokens = count_tokens(new)
         over -= tokens[i] - new_tokens
         sections[i], tokens[i] = (heading, new), new_tokens
-    return _drop_middle_paragraphs(sections, tokens, over)
+    return _drop_middle_paragraphs(sections, tokens, over, count_tokens)
 
 
-def _drop_middle_paragraphs(sections, tokens, over: int) -> list[tuple[str, str]]:
+def _drop_middle_paragraphs(sections, tokens, over: int, count_tokens) -> list[tuple[str, str]]:
+    if over <= 0:
+        return sections
+    over += count_tokens(_dropped_note(99999, 999))  # the note that replaces them
     dropped, dropped_tokens, at = 0, 0, len(sections) // 2
     while over > 0 and len(sections) > 2:
         at = min(at, len(sections) - 2)
@@ -141,10 +144,12 @@ def _drop_middle_paragraphs(sections, tokens, over: int) -> list[tuple[str, str]
         dropped, dropped_tokens = dropped + 1, dropped_tokens + cost
     if over > 0:
         raise ValueError("could not trim the report to the token budget")
-    if dropped:
-        note = TRIM_MARKER.format(n=dropped_tokens).strip() + f" ({dropped} paragraphs)"
-        sections.insert(at, (heading, note))
+    sections.insert(at, (heading, _dropped_note(dropped_tokens, dropped)))
     return sections
+
+
+def _dropped_note(n_tokens: int, n_paragraphs: int) -> str:
+    return TRIM_MARKER.format(n=n_tokens).strip() + f" ({n_paragraphs} paragraphs)"
 
 
 @dataclass
