@@ -1,0 +1,15 @@
+"""Checking, converting and scoring never pay for torch/transformers/peft imports."""
+
+import subprocess
+import sys
+
+LIGHT = ["records", "atomic_io", "prompt", "submission", "check", "metrics", "evaluate", "extractive", "judge",
+         "psyqa", "folds", "label", "client", "presets", "config", "inference", "download", "pipeline"]
+
+
+def test_light_modules_import_no_heavy_library():
+    code = ("import sys\n" + "".join(f"import emotion_summary.{m}\n" for m in LIGHT) +
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'datasets') if m in sys.modules]\n"
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
