@@ -23,7 +23,7 @@ class TrainConfig:
     lora_r: int
     lora_alpha: int
     lora_dropout: float
-    lora_target: str
+    lora_target: str | list[str]
     gradient_checkpointing: bool
     learning_rate: float
     warmup_ratio: float
@@ -124,6 +124,11 @@ def validate(cfg: TrainConfig, vram_gb: float | None = None, check_files: bool =
     if cfg.max_seq_len < cfg.max_new_tokens + 256:
         problems.append(f"max_seq_len: {cfg.max_seq_len} leaves no room for a report beside "
                         f"max_new_tokens={cfg.max_new_tokens}")
+    if cfg.attn_implementation not in ("auto", "flash_attention_2", "sdpa", "eager"):
+        problems.append(f"attn_implementation: {cfg.attn_implementation!r} is not one of auto, "
+                        "flash_attention_2, sdpa, eager")
+    if cfg.liger_kernels not in ("auto", "off"):
+        problems.append(f"liger_kernels: {cfg.liger_kernels!r} is not one of auto, off")
     if cfg.language not in ("en", "zh", "auto"):
         problems.append(f"language: {cfg.language!r} is not one of en, zh, auto")
     if cfg.folds and not 0 <= cfg.fold < cfg.folds:

@@ -380,6 +380,13 @@ def train(
     lora_r: int | None = None,
     lora_alpha: int | None = None,
     lora_dropout: float | None = None,
+    lora_target: str | None = None,
+    warmup_ratio: float | None = None,
+    weight_decay: float | None = None,
+    max_new_tokens: int | None = None,
+    gradient_checkpointing: bool | None = None,
+    attn_implementation: str | None = None,
+    liger_kernels: str | None = None,
     offload_activations: bool | None = None,
     mlp_tile_tokens: int | None = None,
     embedding_on_cpu: bool | None = None,
@@ -414,6 +421,13 @@ def train(
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator.
         lora_dropout: dropout on the LoRA input.
+        lora_target: modules that get LoRA: all-linear, or a comma-separated list (q_proj,v_proj).
+        warmup_ratio: share of the steps spent warming the learning rate up.
+        weight_decay: AdamW weight decay.
+        max_new_tokens: generation budget the trained model is used with (reserved in max_seq_len).
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
+        attn_implementation: auto (flash_attention_2 when installed, else sdpa), sdpa, eager.
+        liger_kernels: auto (on a GPU when liger-kernel is installed) or off.
         offload_activations: keep checkpointed activations in CPU RAM (GPU only).
         mlp_tile_tokens: run the MLP in tiles of this many tokens (0: off).
         embedding_on_cpu: keep the input embedding in CPU RAM (GPU only).
@@ -424,11 +438,13 @@ def train(
         seed: seed for data order, dropout and initialisation.
     """
     overrides = {k: v for k, v in locals().items() if k not in ("preset", "_stop_after_step")}
-    for flag in ("resume", "offload_activations", "embedding_on_cpu", "lm_head_4bit"):
+    for flag in ("resume", "offload_activations", "embedding_on_cpu", "lm_head_4bit", "gradient_checkpointing"):
         if overrides[flag] is not None:  # fire hands `--resume false` over as the string 'false'
             overrides[flag] = as_bool(overrides[flag], flag)
     overrides["train_data"] = _as_list(train_data)
     overrides["eval_data"] = _as_list(eval_data)
+    if isinstance(lora_target, (list, tuple)) or (lora_target and "," in str(lora_target)):
+        overrides["lora_target"] = _as_list(lora_target)
     vram = detect_vram_gb()
     try:
         cfg = resolve_config(preset, vram, **overrides)
