@@ -1,13 +1,15 @@
 """Output tokens/s of batched, length-sorted generation against one record at a time (same model, same run).
 
 The model is loaded through the real inference loader (`Qwen2EmotionSummaryModel.load`): `--model_path`
-(an adapter or a merged directory), or for `--arch tiny` an untrained LoRA adapter on the tiny random
-Qwen2, saved once under the bench cache. Prompts are built exactly as the wrapper's `generate` builds
-them (chat template, trimmed to max_seq_len - max_new_tokens, left-padded), but generation is forced
-to `max_new_tokens` new tokens (min_new_tokens = max_new_tokens): a random model may otherwise stop
-at an end-of-turn token early, and tokens/s would not compare.
+(an adapter or a merged directory), or for `--arch tiny|qwen2-7b` an untrained LoRA adapter on the
+random-weight model of that shape (see train_step.py), saved once under the bench cache. Prompts are
+built exactly as the wrapper's `generate` builds them (chat template, trimmed to max_seq_len -
+max_new_tokens, left-padded), but generation is forced to `max_new_tokens` new tokens
+(min_new_tokens = max_new_tokens): a random model may otherwise stop at an end-of-turn token early,
+and tokens/s would not compare.
 
   python bench/generate.py --arch tiny --n_records 12 --batch_size 4 --max_new_tokens 64
+  python bench/generate.py --arch qwen2-7b --n_records 16 --batch_size 8 --max_new_tokens 256   # GPU
   python bench/generate.py --model_path model/qwen2-es-12gb --n_records 16 --batch_size 8 --max_new_tokens 512
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -35,18 +38,21 @@ def generate(
     batch_size: int = 4,
     max_new_tokens: int = 64,
     modes: str = "batched,single",
+    repeats: int = 1,
     out: str | None = None,
 ) -> None:
     """Tokens/s of batched, length-sorted generation against one record at a time.
 
     Args:
-        arch: tiny (an untrained adapter on the tiny random Qwen2; ignored with --model_path).
+        arch: tiny or qwen2-7b (GPU only): an untrained LoRA adapter on the random-weight model of
+            that shape, built once (ignored with --model_path).
         model_path: adapter or merged model directory written by the trainer / merge_adapter.
         data: ES records to summarise (default: the project's 6 English sample reports).
         n_records: how many records (the file is cycled when it has fewer).
         batch_size: records per generate call in the batched mode.
         max_new_tokens: new tokens per record, forced (end-of-turn suppressed until then).
         modes: comma-separated: batched, single.
+        repeats: runs of each mode, interleaved; seconds and tokens/s are the median run's.
         out: append the JSON lines to this file (fsynced, one append per line).
     """
     import torch
@@ -57,10 +63,12 @@ def generate(
     chosen = [m.strip() for m in (modes if isinstance(modes, (list, tuple)) else str(modes).split(","))]
     if not chosen or any(m not in MODES for m in chosen):
         raise UserError(f"--modes: comma-separated from {', '.join(MODES)}, got {modes!r}")
-    if n_records <= 0 or batch_size <= 0 or max_new_tokens <= 0:
-        raise UserError("--n_records, --batch_size and --max_new_tokens must be positive")
-    if model_path is None and arch != "tiny":
-        raise UserError("--arch: only tiny is built here; pass --model_path for a real model")
+    if min(n_records, batch_size, max_new_tokens, repeats) <= 0:
+        raise UserError("--n_records, --batch_size, --max_new_tokens and --repeats must be positive")
+    if model_path is None and arch not in ("tiny", "qwen2-7b"):
+        raise UserError(f"--arch: tiny or qwen2-7b, got {arch!r}")
+    if model_path is None and arch == "qwen2-7b" and not torch.cuda.is_available():
+        raise UserError("--arch qwen2-7b needs a CUDA GPU; use --arch tiny on CPU")
     source = Path(data) if data else SAMPLE
     pool = read_records(source)
     if not pool:
@@ -68,7 +76,7 @@ def generate(
     records = list(itertools.islice(itertools.cycle(pool), n_records))
 
     host = host_info()
-    wrapper = Qwen2EmotionSummaryModel.load(model_path or tiny_adapter())
+    wrapper = Qwen2EmotionSummaryModel.load(model_path or untrained_adapter(arch))
     cuda = device().type == "cuda"
     base = {"bench": "generate", **host, **(gpu_info() if cuda else {}),
             "model_path": model_path or f"{arch} (untrained adapter)", "data": str(source),
@@ -79,39 +87,43 @@ def generate(
     base.update(prompt_tokens_mean=sum(lengths) / len(lengths), prompt_tokens_max=max(lengths))
 
     forced(wrapper, prompts[:1], 2)  # warm-up: first-call costs belong to neither mode
-    rows, texts = [], {}
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    plans = {"batched": [order[i: i + batch_size] for i in range(0, len(order), batch_size)],
+             "single": [[i] for i in range(len(prompts))]}
+    times: dict[str, list[float]] = {m: [] for m in chosen}
+    texts: dict[str, dict[int, list[int]]] = {}
+    peaks: dict[str, int] = {}
+    for _ in range(repeats):  # modes interleaved: a slow spell on a shared machine hits both
+        for mode in chosen:
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            outputs: dict[int, list[int]] = {}
+            for group in plans[mode]:
+                outputs.update(zip(group, forced(wrapper, [prompts[i] for i in group], max_new_tokens)))
+            if cuda:
+                torch.cuda.synchronize()
+                peaks[mode] = max(peaks.get(mode, 0), torch.cuda.max_memory_allocated())
+            times[mode].append(time.perf_counter() - t0)
+            texts[mode] = outputs
+    rows = []
     for mode in chosen:
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        if mode == "batched":
-            order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-            groups = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-        else:
-            groups = [[i] for i in range(len(prompts))]
-        t0 = time.perf_counter()
-        new_tokens, padded = 0, 0
-        outputs: dict[int, list[int]] = {}
-        for group in groups:
-            gen = forced(wrapper, [prompts[i] for i in group], max_new_tokens)
-            for i, row in zip(group, gen):
-                outputs[i] = row
-            new_tokens += sum(len(g) for g in gen)
-            padded += max(lengths[i] for i in group) * len(group) - sum(lengths[i] for i in group)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        texts[mode] = outputs
+        groups, outputs = plans[mode], texts[mode]
+        new_tokens = sum(len(v) for v in outputs.values())
+        seconds = statistics.median(times[mode])
         row = {**base, "mode": mode, "batch_size": batch_size if mode == "batched" else 1,
-               "calls": len(groups), "new_tokens": new_tokens, "seconds": seconds,
-               "tokens_per_s": new_tokens / seconds, "pad_tokens": padded,
+               "calls": len(groups), "repeats": repeats, "new_tokens": new_tokens, "seconds": seconds,
+               "seconds_each": [round(t, 4) for t in times[mode]], "tokens_per_s": new_tokens / seconds,
+               "pad_tokens": sum(max(lengths[i] for i in g) * len(g) - sum(lengths[i] for i in g) for g in groups),
                "all_forced_to_max": all(len(v) == max_new_tokens for v in outputs.values())}
         if cuda:
-            row["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
+            row["peak_allocated_bytes"] = peaks[mode]
         rows.append(row)
     if len(texts) == 2:
         same = sum(texts["batched"][i] == texts["single"][i] for i in range(len(prompts)))
-        speedup = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+        tps = {r["mode"]: r["tokens_per_s"] for r in rows}
+        speedup = tps["batched"] / tps["single"]
         for row in rows:  # greedy: identical unless padding changes the numerics slightly
             row.update(identical_outputs=same, batched_over_single=speedup)
     for row in rows:
@@ -120,17 +132,28 @@ def generate(
     print(report(rows))
 
 
-def tiny_adapter() -> Path:
-    """An untrained LoRA adapter on the tiny random Qwen2, saved once like a trainer's output."""
+def untrained_adapter(arch: str) -> Path:
+    """An untrained LoRA adapter (B = 0: the base model's outputs) on the random-weight model of
+    `arch`, saved once like a trainer's output, so the real inference loader reads it back."""
     from emotion_summary.config import resolve_config
     from emotion_summary.model import Qwen2EmotionSummaryModel
+    from train_step import ensure_model_dir
 
-    path = bench_cache_dir() / "tiny-adapter"
+    path = bench_cache_dir() / f"{arch}-adapter"
     if not (path / "adapter_config.json").is_file():
+        import gc
+
         import torch
 
         torch.manual_seed(0)
-        Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke")).save(path)
+        cfg = (resolve_config("cpu-smoke") if arch == "tiny"
+               else resolve_config("24gb", model_name_or_path=ensure_model_dir(arch, {}, 3600)))
+        wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
+        wrapper.save(path)
+        del wrapper
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return path
 
 
@@ -162,7 +185,7 @@ def forced(wrapper, prompts: list[list[int]], max_new_tokens: int) -> list[list[
 
 
 def report(rows: list[dict]) -> str:
-    header = ["mode", "records", "batch", "calls", "new tokens", "seconds", "tokens/s", "pad tokens",
+    header = ["mode", "records", "batch", "calls", "new tokens", "seconds (median)", "tokens/s", "pad tokens",
               "peak GPU GB"]
     table = [[r["mode"], r["n_records"], r["batch_size"], r["calls"], r["new_tokens"], f"{r['seconds']:.2f}",
               f"{r['tokens_per_s']:.1f}", r["pad_tokens"], gb(r.get("peak_allocated_bytes"))] for r in rows]

@@ -8,7 +8,8 @@
 Each (variant, sequence length) runs in a fresh subprocess, so its peak memory is its own. Batches are
 synthetic: random token ids, the last `answer_tokens` positions supervised, the rest masked (-100).
 One warm-up step (it also allocates the optimizer state), then `steps` timed steps, each forward +
-backward + optimizer step. Peak memory covers the warm-up too.
+backward + optimizer step; tokens/s is batch x length / the median step time. Peak memory covers the
+warm-up too.
 
 Memory: on a GPU torch.cuda.max_memory_reserved / max_memory_allocated, plus the CUDA context
 (measured as mem_get_info's used memory right after the context is created, before any tensor).
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -357,15 +359,16 @@ class Bench:
             row["loss"] = self.step(batch)  # warm-up: allocates the optimizer state
             if self.cuda:
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            times = []
             for _ in range(steps):
-                row["loss"] = self.step(batch)
-            if self.cuda:
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                row["loss"] = self.step(batch)  # .item() inside: the GPU has finished the step
+                times.append(time.perf_counter() - t0)
             if steps:
-                row["step_s"] = elapsed / steps
-                row["tokens_per_s"] = self.spec["batch_size"] * seq_len * steps / elapsed
+                # The median step: one step slowed by another process on the machine does not count.
+                row["step_s"] = statistics.median(times)
+                row["step_times_s"] = [round(t, 4) for t in times]
+                row["tokens_per_s"] = self.spec["batch_size"] * seq_len / row["step_s"]
         except torch.OutOfMemoryError as e:
             oom = f"OutOfMemoryError: {str(e)[:300]}"
         except RuntimeError as e:  # bitsandbytes / cuBLAS report some OOMs as plain RuntimeErrors
