@@ -107,8 +107,9 @@ def train_step(
     if not chosen or any(v not in VARIANTS for v in chosen):
         raise UserError(f"--variants: comma-separated from {', '.join(VARIANTS)}, got {variants!r}")
     cuda = torch.cuda.is_available()
-    if arch == "qwen2-7b" and not cuda and not model_dir:
-        raise UserError("--arch qwen2-7b needs a CUDA GPU (7.6B random parameters); use --arch tiny on CPU")
+    if arch == "qwen2-7b" and not cuda and not model_dir and not num_hidden_layers:
+        raise UserError("--arch qwen2-7b needs a CUDA GPU (7.6B random parameters); on CPU use --arch tiny, "
+                        "or the 7B shape cut to --num_hidden_layers 1")
     if (find_max or vram_gb) and not cuda:
         raise UserError("--vram_gb and --find_max need a CUDA GPU")
     if find_max and not vram_gb:
@@ -356,7 +357,9 @@ class Bench:
         batch = self.batch(seq_len)
         oom = None
         try:
-            row["loss"] = self.step(batch)  # warm-up: allocates the optimizer state
+            # Warm-up: allocates the optimizer state. Its loss is the base model's (LoRA B starts at
+            # 0), so it compares across variants and step counts; "loss" is the last step's.
+            row["loss_first"] = row["loss"] = self.step(batch)
             if self.cuda:
                 torch.cuda.synchronize()
             times = []
@@ -378,7 +381,7 @@ class Bench:
         if oom:  # outside the except block: the traceback no longer pins the step's tensors
             self.optimizer.zero_grad(set_to_none=True)
             gc.collect()
-            row.update(status="oom", error=oom, loss=None)
+            row.update(status="oom", error=oom, loss=None, loss_first=None)
         if self.cuda:
             row["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
             row["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()

@@ -47,7 +47,8 @@ def test_train_step_ours_against_plain_at_1k_tokens(tmp_path):
     ours, plain = rows
     assert plain["levers"] == {"offload_activations": False, "mlp_tile_tokens": 0, "embedding_on_cpu": False,
                                "lm_head_4bit": False, "liger_kernels": "off"}
-    assert ours["loss"] == pytest.approx(plain["loss"], rel=1e-4)  # LoRA B starts at 0: the base model's loss
+    assert ours["loss_first"] == pytest.approx(plain["loss_first"], rel=1e-4)  # LoRA B = 0: the base model's
+    assert ours["loss"] == pytest.approx(plain["loss"], rel=1e-3)  # and the same update after it
     assert ours["step_peak_rss_bytes"] < plain["step_peak_rss_bytes"]
     assert 2 * ours["step_extra_bytes"] < plain["step_extra_bytes"]
     assert "| ours | cpu-smoke | 1024 |" in stdout and "plain/ours peak" in stdout
