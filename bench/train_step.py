@@ -26,6 +26,7 @@ after the model and optimizer are built, and the peak RSS of the steps alone (Vm
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -302,6 +303,8 @@ class Bench:
         self.info.update(levers={k: getattr(cfg, k) for k in LEVERS}, optimizer=type(self.optimizer).__name__,
                          gradient_checkpointing=cfg.gradient_checkpointing,
                          attn_implementation=base.config._attn_implementation,
+                         liger_applied=self.cuda and cfg.liger_kernels != "off"
+                         and importlib.util.find_spec("liger_kernel") is not None,
                          compute_dtype=str(compute_dtype(cfg.compute_dtype)),
                          # prepare_model_for_kbit_training upcasts every 16-bit non-4-bit weight to fp32
                          param_dtypes={"embed_tokens": str(base.get_input_embeddings().weight.dtype),
