@@ -24,9 +24,9 @@ from pathlib import Path
 from _common import append_rows, bench_cache_dir, gb, gpu_info, host_info, markdown_table
 
 from emotion_summary.cli import UserError, run
-from emotion_summary.train import SAMPLES
+from emotion_summary.sample_data import SAMPLE_EN
 
-SAMPLE = SAMPLES / "es_sample_en.jsonl"
+SAMPLE = SAMPLE_EN
 MODES = ("batched", "single")
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from emotion_summary.records import GOLD_FIELDS, read_records
-from emotion_summary.train import SAMPLES
+from emotion_summary.sample_data import SAMPLE_EN, SAMPLE_PSYQA
 from tests.chat_server import FakeChatServer
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def test_psyqa_to_labelled_training_to_scored_submission(tmp_path):
     from emotion_summary.train import train
 
     records = tmp_path / "psyqa_es.jsonl"
-    convert_psyqa(str(SAMPLES / "psyqa_sample.json"), str(records))
+    convert_psyqa(str(SAMPLE_PSYQA), str(records))
     labelled = tmp_path / "psyqa_labelled.jsonl"
     with FakeChatServer(teacher) as server:
         label_with_teacher(str(records), str(labelled), server.endpoint, "teacher-model", language="en")
@@ -37,7 +37,7 @@ def test_psyqa_to_labelled_training_to_scored_submission(tmp_path):
 
     run_dir = train(preset="cpu-smoke", train_data=str(labelled), folds=0, max_steps=2,
                     output_dir=str(tmp_path / "run"))
-    _, heldout = write_fold(str(SAMPLES / "es_sample_en.jsonl"), str(tmp_path / "folds"), folds=3, fold=0)
+    _, heldout = write_fold(str(SAMPLE_EN), str(tmp_path / "folds"), folds=3, fold=0)
     submission = tmp_path / "Emotion_Summary_Result.jsonl"
     infer(input=heldout, output=str(submission), model_path=run_dir, max_new_tokens=8)
     evaluate(pred=str(submission), gold=heldout, out_dir=str(tmp_path / "scores"), bertscore=False)
@@ -51,7 +51,7 @@ def test_predicting_the_training_reports_is_refused(tmp_path):
     from emotion_summary.inference import infer
     from emotion_summary.train import train
 
-    data = SAMPLES / "es_sample_en.jsonl"
+    data = SAMPLE_EN
     run_dir = train(preset="cpu-smoke", train_data=str(data), folds=0, max_steps=1, output_dir=str(tmp_path / "r"))
     with pytest.raises(UserError, match="LEAKAGE: 6 of 6"):
         infer(input=str(data), output=str(tmp_path / "sub.jsonl"), model_path=run_dir)

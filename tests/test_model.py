@@ -30,7 +30,7 @@ def test_train_evaluate_train_again_with_4bit_weights_on_cpu(wrapper):
     training step then failed with 'a view of a leaf Variable ... in-place'."""
     from emotion_summary.encode import encode_example
     from emotion_summary.loss import collate
-    from emotion_summary.train import SMOKE_DATA
+    from emotion_summary.sample_data import SMOKE_DATA
     from emotion_summary.records import read_records
 
     rec = read_records(SMOKE_DATA[0])[0]

@@ -22,3 +22,14 @@ def as_bool(value, name: str) -> bool:
 
 def as_opt_str(value) -> str | None:
     return None if value is None else str(value)
+
+
+def as_list(value, name: str, item=str) -> list | None:
+    """`--x a,b` (a string), `--x [a,b]` (fire's list or tuple) or one value, as a list of `item`."""
+    if value is None:
+        return None
+    parts = list(value) if isinstance(value, (list, tuple)) else [p for p in str(value).split(",") if p.strip()]
+    try:
+        return [item(str(p).strip()) for p in parts]
+    except ValueError:
+        raise UserError(f"--{name}: expected a comma-separated list of {item.__name__}, got {value!r}") from None

@@ -25,10 +25,9 @@ from emotion_summary.cli import UserError
 from emotion_summary.cli_args import as_bool
 from emotion_summary.config import TrainConfig, detect_vram_gb, resolve_config, validate
 from emotion_summary.records import Record, read_records
+from emotion_summary.sample_data import SMOKE_DATA
 
 COMPLETE_MARKER = "COMPLETE"
-SAMPLES = Path(__file__).parent / "resources" / "samples"
-SMOKE_DATA = [SAMPLES / "es_sample_en.jsonl", SAMPLES / "es_sample_zh.jsonl"]
 KEEP_CHECKPOINTS = 2
 
 
