@@ -110,7 +110,7 @@ def test_adapter_of_another_base_model_is_refused(tmp_path):
     data = json.loads(adapter_cfg.read_text())
     data["base_model_name_or_path"] = "meta-llama/Llama-3.1-8B-Instruct"
     adapter_cfg.write_text(json.dumps(data))
-    with pytest.raises(ModelError, match="trained on 'meta-llama/Llama-3.1-8B-Instruct'"):
+    with pytest.raises(ModelError, match="trained on 'meta-llama/Llama-3.1-8B-Instruct', not on 'tiny'"):
         wrapper.load_adapter(tmp_path / "a")
 
 
@@ -128,3 +128,13 @@ def test_16bit_weights_stay_16bit_for_training():
     wrapper.model.train()
     wrapper.loss({"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}).backward()
     assert all(p.grad is not None for n, p in wrapper.model.named_parameters() if "lora_B" in n)
+
+
+def test_merge_refuses_a_non_empty_out_dir_before_loading_anything(tmp_path):
+    from emotion_summary.model import ModelError, merge_adapter
+
+    wrapper = Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke"))
+    wrapper.save(tmp_path / "adapter")
+    with pytest.raises(ModelError, match="not empty"):
+        merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from emotion_summary.cli import UserError
 from emotion_summary.config import TrainConfig
 from emotion_summary.encode import prompt_token_ids
 from emotion_summary.loss import answer_only_loss
@@ -23,8 +25,8 @@ from emotion_summary.prompt import PromptSpec, parse_answer
 from emotion_summary.records import Record
 
 
-class ModelError(ValueError):
-    pass
+class ModelError(UserError):
+    """A model directory that cannot be used as asked (printed as one line by the CLIs)."""
 
 
 def device() -> torch.device:
@@ -211,9 +213,9 @@ class Qwen2EmotionSummaryModel:
             from peft import PeftModel
 
             cfg = TrainConfig.load(path)
+            _check_adapter_base(path, cfg.model_name_or_path)
             base, tokenizer = load_base_model(cfg.model_name_or_path, quantization or cfg.quantization,
                                               cfg.compute_dtype, cfg.attn_implementation, cfg.lm_head_4bit)
-            _check_adapter_base(path, cfg.model_name_or_path)
             model = PeftModel.from_pretrained(base, str(path))
         elif (path / "config.json").is_file():
             cfg = TrainConfig.load(path)
@@ -292,32 +294,50 @@ class Qwen2EmotionSummaryModel:
     # ---- export -------------------------------------------------------------------------------
     def merge_and_save(self, out_dir: str | Path, adapter_dir: str | Path) -> Path:
         """Merge the adapter into the 16-bit base (never the 4-bit one: merging into NF4 weights
-        rounds the LoRA update away) and save a standalone model for vLLM or plain transformers."""
+        rounds the LoRA update away) and save a standalone model for vLLM or plain transformers.
+        Written beside `out_dir` and renamed onto it, so a killed save leaves no half model."""
         from peft import PeftModel
 
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise ModelError(f"{out}: exists and is not empty; choose a new --out_dir")
         cfg = self.config
+        _check_adapter_base(Path(adapter_dir), cfg.model_name_or_path)
         base, tokenizer = load_base_model(cfg.model_name_or_path, "none", cfg.compute_dtype,
                                           cfg.attn_implementation)
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-        out = Path(out_dir)
-        merged.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
-        self.prompt.save(out)
-        cfg.save(out)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        self.prompt.save(tmp)
+        cfg.save(tmp)
         fingerprints = Path(adapter_dir) / "data_fingerprints.json"
         if fingerprints.is_file():  # the leakage guard must keep working on the merged model
-            shutil.copy(fingerprints, out / fingerprints.name)
+            shutil.copy(fingerprints, tmp / fingerprints.name)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
         return out
 
 
+def _base_name(name_or_path: str) -> str:
+    """Last path component of a base model's name: hub id, local copy and cache dir compare equal."""
+    if name_or_path == "tiny":
+        from emotion_summary.architectures import default_tiny_dir
+
+        return default_tiny_dir().name
+    return Path(name_or_path.rstrip("/")).name
+
+
 def _check_adapter_base(adapter_dir: Path, base_name: str) -> None:
+    """Refuse an adapter trained on another base model, before any weights are loaded."""
     path = adapter_dir / "adapter_config.json"
     if not path.is_file():
         raise ModelError(f"{adapter_dir}: no adapter_config.json")
     trained_on = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    expected = resolve_model_path(base_name)
-    if trained_on and Path(trained_on).name != Path(expected).name and trained_on != expected:
-        raise ModelError(f"{adapter_dir}: adapter was trained on {trained_on!r}, not on {expected!r}")
+    if trained_on and _base_name(trained_on) != _base_name(base_name):
+        raise ModelError(f"{adapter_dir}: adapter was trained on {trained_on!r}, not on {base_name!r}")
 
 
 def merge_adapter(adapter_dir: str, out_dir: str) -> str:
