@@ -2,8 +2,7 @@
 
 import pytest
 
-from emotion_summary.encode import encode_example, prompt_token_ids
-from emotion_summary.loss import IGNORE_INDEX
+from emotion_summary.encode import IGNORE_INDEX, encode_example, prompt_token_ids
 from emotion_summary.prompt import PromptSpec
 from emotion_summary.records import GOLD_FIELDS, record_from_dict
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emotion_summary.loss import IGNORE_INDEX, answer_only_loss, build_labels, collate
+from emotion_summary.encode import IGNORE_INDEX, build_labels
+from emotion_summary.loss import answer_only_loss, collate
 
 
 def test_build_labels_masks_every_prompt_token_and_keeps_the_answer():

@@ -7,12 +7,17 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from emotion_summary.loss import build_labels
 from emotion_summary.prompt import PromptSpec, answer_text, build_prompt
 from emotion_summary.records import Record
 
+IGNORE_INDEX = -100  # label of a position the loss skips (transformers' convention)
 # Chat-template tokens around the two turns (<|im_start|>system\n … <|im_start|>assistant\n) ≈ 12.
 TEMPLATE_MARGIN = 16
+
+
+def build_labels(prompt_ids: list[int], answer_ids: list[int]) -> tuple[list[int], list[int]]:
+    """input_ids = prompt + answer; labels mask every prompt token and keep every answer token."""
+    return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + list(answer_ids)
 
 
 def token_counter(tokenizer) -> Callable[[str], int]:
@@ -40,8 +45,10 @@ def answer_token_ids(tokenizer, fields: dict[str, str]) -> list[int]:
 def encode_example(tokenizer, spec: PromptSpec, record: Record, max_seq_len: int) -> dict:
     answer = answer_token_ids(tokenizer, record.gold())
     if len(answer) >= max_seq_len // 2:
-        raise ValueError(f"record {record.id}: the gold answer alone is {len(answer)} tokens; "
-                         f"max_seq_len={max_seq_len} is too small for it")
+        from emotion_summary.cli import UserError
+
+        raise UserError(f"record {record.id} ({record.source}): the gold answer alone is {len(answer)} "
+                        f"tokens; max_seq_len={max_seq_len} is too small for it")
     prompt, trimmed = prompt_token_ids(tokenizer, spec, record, max_seq_len - len(answer))
     input_ids, labels = build_labels(prompt, answer)
     return {"id": record.id, "input_ids": input_ids, "labels": labels, "trimmed_tokens": trimmed}
@@ -61,7 +68,7 @@ def encoding_key(tokenizer, spec: PromptSpec, records: list[Record], max_seq_len
 def encode_records(tokenizer, spec: PromptSpec, records: list[Record], max_seq_len: int,
                    cache_dir=None) -> list[dict]:
     """Tokenise training examples; with `cache_dir`, through `datasets.map` into an Arrow cache file,
-    so a resumed run (or a second fold of the same data) does not tokenise 57K PsyQA reports again."""
+    so a resumed run does not tokenise 57K PsyQA reports again."""
     if not records:
         return []
     if cache_dir is None:

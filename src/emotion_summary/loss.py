@@ -9,12 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
-
-
-def build_labels(prompt_ids: list[int], answer_ids: list[int]) -> tuple[list[int], list[int]]:
-    """input_ids = prompt + answer; labels mask every prompt token and keep every answer token."""
-    return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + list(answer_ids)
+from emotion_summary.encode import IGNORE_INDEX
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

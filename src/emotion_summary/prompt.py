@@ -73,7 +73,8 @@ class PromptSpec:
 
 
 def detect_language(text: str) -> Literal["en", "zh"]:
-    """'zh' when CJK characters outnumber Latin letters; enough to tell the two languages apart."""
+    """'zh' when CJK characters are more than a quarter of the Latin letters (a Chinese report often
+    quotes English scale names and terms); enough to tell the two languages apart."""
     cjk = len(re.findall(r"[\u4e00-\u9fff]", text))
     latin = len(re.findall(r"[A-Za-z]", text))
     return "zh" if cjk > latin / 4 else "en"
@@ -97,9 +98,13 @@ def _render_report(sections: list[tuple[str, str]]) -> str:
     return "\n".join(out).strip()
 
 
+def record_language(record: Record) -> Literal["en", "zh"]:
+    """The language of the whole report (all sections): what 'auto' answers in."""
+    return detect_language(" ".join(t for _, t in report_sections(record)))
+
+
 def _user_text(spec: PromptSpec, record: Record, sections: list[tuple[str, str]]) -> str:
-    language = spec.language if spec.language != "auto" else detect_language(
-        " ".join(t for _, t in sections))
+    language = spec.language if spec.language != "auto" else record_language(record)
     instruction = spec.instruction.format(
         field_list="\n".join(f"- {k}: {v}" for k, v in FIELD_DESCRIPTIONS.items()),
         language_rule=LANGUAGE_RULES[language],
@@ -173,8 +178,8 @@ def build_prompt(spec: PromptSpec, record: Record, max_prompt_tokens: int | None
     over = count(messages[0]["content"]) + count(messages[1]["content"]) - max_prompt_tokens
     if over <= 0:
         return Prompt(messages, 0)
-    trimmed = trim_sections(sections, over, count)
-    return Prompt(_messages(spec, record, trimmed), over)
+    trimmed = _messages(spec, record, trim_sections(sections, over, count))
+    return Prompt(trimmed, count(messages[1]["content"]) - count(trimmed[1]["content"]))
 
 
 def _messages(spec: PromptSpec, record: Record, sections) -> list[dict]:
