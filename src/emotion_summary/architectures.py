@@ -28,27 +28,134 @@ def qwen2_config(arch: str = "tiny", **overrides):
     return Qwen2Config(**{**ARCHS[arch], **overrides})
 
 
-def default_tiny_dir() -> Path:
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def cache_root() -> Path:
+    """Where the project's built artefacts live (`$EMOTION_SUMMARY_CACHE`, else ~/.cache/emotion_summary)."""
     from emotion_summary.qwen_tokenizer_offline import default_cache_dir
 
-    return default_cache_dir().parent / "tiny-qwen2"
+    return default_cache_dir().parent
 
 
-def build_tiny_qwen2(out_dir: str | Path | None = None, seed: int = 0) -> Path:
-    """A randomly initialised tiny Qwen2 with the real Qwen2 tokenizer, saved like a hub checkpoint,
-    so the real `from_pretrained` loading path is what cpu-smoke and the tests exercise."""
+def default_tiny_dir() -> Path:
+    return cache_root() / "tiny-qwen2"
+
+
+def random_qwen2_dir(arch: str, seed: int = 0, dtype: str = "fp32", **overrides) -> Path:
+    """The default directory of `build_random_qwen2(arch, seed=seed, dtype=dtype, **overrides)`."""
+    name = arch + "".join(f"-{k}{v}" for k, v in sorted(overrides.items())) + f"-{dtype}"
+    return cache_root() / (name + (f"-seed{seed}" if seed else "") + "-random")
+
+
+def is_complete_model_dir(path: str | Path) -> bool:
+    """config.json, tokenizer.json and every weight file (all shards of a sharded checkpoint)."""
+    path = Path(path)
+    if not ((path / "config.json").is_file() and (path / "tokenizer.json").is_file()):
+        return False
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError):
+            return False
+        return bool(shards) and all((path / s).is_file() for s in shards)
+    return (path / "model.safetensors").is_file()
+
+
+def publish_dir(tmp: str | Path, out: str | Path, complete) -> Path:
+    """Move the finished directory `tmp` onto `out` with os.replace, safe under concurrent builders:
+    if another process published a complete `out` first, `tmp` is removed and theirs is kept; an
+    incomplete `out` (a killed build of older code, a partial copy) is moved aside and deleted.
+    `complete(path) -> bool` says what a finished directory holds."""
+    import os
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for _ in range(5):
+            if complete(out):
+                return out
+            if out.exists():
+                stale = out.with_name(f"{out.name}.stale-{os.getpid()}")
+                try:
+                    os.replace(out, stale)  # atomic: no other process ever sees it half deleted
+                except FileNotFoundError:
+                    pass
+                else:
+                    if complete(stale):  # completed by another process just now: put it back
+                        try:
+                            os.replace(stale, out)
+                            return out
+                        except OSError:
+                            pass
+                    shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.replace(tmp, out)
+                return out
+            except OSError:  # a non-empty `out` appeared meanwhile: look at it again
+                continue
+        raise RuntimeError(f"could not publish {tmp} as {out}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # still there when another process won
+
+
+def build_random_qwen2(arch: str, out_dir: str | Path | None = None, seed: int = 0, dtype: str = "fp32",
+                       **overrides) -> Path:
+    """A randomly initialised Qwen2 of `qwen2_config(arch, **overrides)` with the real Qwen2 tokenizer,
+    saved like a hub checkpoint (built once; an existing complete directory is returned as is), so the
+    real `from_pretrained` loading path is what cpu-smoke, the tests and the benchmarks exercise.
+
+    Weights are created on the meta device and materialised on the CPU directly in `dtype` (fp32, bf16
+    or fp16: the 7B shape is 15 GB in bf16, with no fp32 copy on the way), then filled with N(0, 0.02),
+    norms 1 and biases 0, seeded by `seed`. Built in `<out>.tmp-<pid>` and renamed onto `out`."""
+    import os
+    import shutil
+
     import torch
     from transformers import Qwen2ForCausalLM
 
     from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
 
-    out = Path(out_dir) if out_dir else default_tiny_dir()
-    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: one of {', '.join(DTYPES)}, got {dtype!r}")
+    out = Path(out_dir) if out_dir else random_qwen2_dir(arch, seed, dtype, **overrides)
+    if is_complete_model_dir(out):
         return out
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    config = qwen2_config(arch, **overrides)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch.device("meta"):
+            model = Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    model = model.to_empty(device="cpu").to(torch_dtype)
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(qwen2_config("tiny"))
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(str(tmp))
-    qwen2_tokenizer().save_pretrained(str(tmp))
-    tmp.replace(out) if not out.exists() else None
-    return out
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02)
+    model.config.dtype = torch_dtype
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed earlier build that had the same pid
+    try:
+        model.save_pretrained(str(tmp))
+        qwen2_tokenizer().save_pretrained(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish_dir(tmp, out, is_complete_model_dir)
+
+
+def build_tiny_qwen2(out_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """The tiny random Qwen2 of cpu-smoke and the tests (fp32), in `default_tiny_dir()` unless told."""
+    return build_random_qwen2("tiny", out_dir or default_tiny_dir(), seed)
