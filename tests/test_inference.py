@@ -55,6 +55,7 @@ def test_predict_sorts_by_length_and_survives_a_torn_last_line(tmp_path, records
     predict(records, gen, side, "hf", batch_size=8)
     lengths = {r.id: len(json.dumps(r.inputs(), ensure_ascii=False)) for r in records}
     assert gen.batches == [sorted([12, 13], key=lambda i: lengths[i])]
+    assert [json.loads(line)["id"] for line in side.read_text().splitlines()] == [11, *gen.batches[0]]
 
 
 def test_rows_of_another_backend_model_or_report_are_not_reused(tmp_path, records, capsys):

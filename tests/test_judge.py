@@ -77,6 +77,18 @@ def test_a_changed_prediction_is_judged_again(tmp_path, records):
         assert len(server.requests) == 16
 
 
+def test_a_torn_cache_tail_is_cut_before_the_judge_appends(tmp_path, records):
+    cache = tmp_path / "cache.jsonl"
+    with FakeChatServer(scores_reply) as server:
+        judge_predictions(records[:1], preds_of(records), client_for(server), cache)
+        with open(cache, "a") as f:
+            f.write('{"key": "abc", "scor')  # a judge killed while writing
+        judge_predictions(records, preds_of(records), client_for(server), cache)
+        assert len(server.requests) == 15
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]  # every line whole again
+    assert len(rows) == 15
+
+
 def test_non_json_reply_is_retried_then_recorded_as_a_failure(tmp_path, records):
     def reply(messages):
         user = messages[1]["content"]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from emotion_summary.atomic_io import append_jsonl, atomic_write_text, read_jsonl_tolerant
+from emotion_summary.atomic_io import append_jsonl, atomic_write_text, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.records import GOLD_FIELDS, RecordError, read_records, write_records
 
 GOOD = {"id": 1, "case_description": ["Client, 30."], "consultation_process": ["Session one."],
@@ -90,14 +90,27 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
 
 
-def test_torn_last_line_is_cut_before_the_next_append(tmp_path):
+def test_torn_last_line_is_skipped_by_reading_and_cut_by_the_owner_before_appending(tmp_path):
     path = tmp_path / "side.jsonl"
     append_jsonl(path, {"id": 1})
     with open(path, "a") as f:
         f.write('{"id": 2, "raw": "cut of')  # a killed run
+    before = path.read_bytes()
     assert read_jsonl_tolerant(path) == [{"id": 1}]
+    assert path.read_bytes() == before  # a reader never writes: another process may be appending
+    repair_jsonl_tail(path)
     append_jsonl(path, {"id": 3})
     assert read_jsonl_tolerant(path) == [{"id": 1}, {"id": 3}]
+
+
+def test_repair_keeps_a_whole_last_row_that_lacks_its_newline(tmp_path):
+    path = tmp_path / "side.jsonl"
+    path.write_text('{"id": 1}\n{"id": 2}')
+    repair_jsonl_tail(path)
+    append_jsonl(path, {"id": 3})
+    assert read_jsonl_tolerant(path) == [{"id": 1}, {"id": 2}, {"id": 3}]
+    repair_jsonl_tail(tmp_path / "absent.jsonl")  # nothing to repair
+    assert not (tmp_path / "absent.jsonl").exists()
 
 
 @pytest.mark.shared

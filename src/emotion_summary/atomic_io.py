@@ -49,18 +49,14 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 
 
 def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
-    """Rows of a resumable run's append-only file. A killed run can leave a torn last line: it is cut
-    off the file, so the next append starts on a fresh line; other unreadable lines are skipped."""
+    """Rows of a resumable run's append-only file, skipping unreadable lines (a torn last one too).
+
+    Never writes: another process may be appending to the file (a shared judge cache)."""
     path = Path(path)
     if not path.exists():
         return []
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        keep = raw.rfind(b"\n") + 1
-        os.truncate(path, keep)
-        raw = raw[:keep]
     rows = []
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         try:
@@ -68,3 +64,22 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def repair_jsonl_tail(path: str | os.PathLike) -> None:
+    """Before appending to `path`: a last line without its newline (a killed writer) is cut off, or
+    ended when it is a whole JSON row, so the next row starts on a line of its own."""
+    path = Path(path)
+    if not path.exists():
+        return
+    raw = path.read_bytes()
+    if not raw or raw.endswith(b"\n"):
+        return
+    keep = raw.rfind(b"\n") + 1
+    try:
+        json.loads(raw[keep:])
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        os.truncate(path, keep)
+        return
+    with open(path, "ab") as f:
+        f.write(b"\n")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant
+from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.cli import UserError
 from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError
@@ -79,6 +79,7 @@ def predict(records: Sequence[Record], generate_fn: GenerateFn, side_file: str |
     from tqdm import tqdm
 
     side_file = Path(side_file)
+    repair_jsonl_tail(side_file)
     done = load_finished(side_file, backend, model, records)
     todo = sorted((r for r in records if r.id not in done), key=report_chars)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant
+from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.prompt import FIELD_DESCRIPTIONS, report_sections, trim_sections
 from emotion_summary.records import GOLD_FIELDS, Record
@@ -159,6 +159,7 @@ def judge_predictions(records: Sequence[Record], preds: Mapping[int, Mapping[str
     from tqdm import tqdm
 
     cache_path = Path(cache_path)
+    repair_jsonl_tail(cache_path)
     cache = _cached(cache_path)
     items: list[JudgeItem] = []
     todo = []

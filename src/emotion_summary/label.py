@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tqdm import tqdm
 
-from emotion_summary.atomic_io import append_jsonl, atomic_write_jsonl, read_jsonl_tolerant
+from emotion_summary.atomic_io import append_jsonl, atomic_write_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.cli import UserError
 from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.prompt import PromptSpec, build_prompt, detect_language, parse_answer
@@ -157,8 +157,9 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
     output = Path(output)
     if output.exists() and output.resolve() == Path(input).resolve():
         raise UserError(f"{output}: --output must differ from --input")
+    repair_jsonl_tail(output)
+    repair_jsonl_tail(rejects_path(output))
     done = done_ids(output)
-    read_jsonl_tolerant(rejects_path(output))
     copied = [r for r in records if r.has_gold and r.id not in done]
     for r in copied:  # labelled inputs pass through, so the output is the whole training set
         append_jsonl(output, r.to_dict())
