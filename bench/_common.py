@@ -43,13 +43,6 @@ def gpu_info() -> dict:
             "cuda": torch.version.cuda}
 
 
-def bench_cache_dir() -> Path:
-    """Built models for the benchmarks live beside the project's tokenizer and tiny-model cache."""
-    from emotion_summary.qwen_tokenizer_offline import default_cache_dir
-
-    return default_cache_dir().parent / "bench"
-
-
 def append_rows(path: str | os.PathLike | None, rows: list[dict]) -> None:
     """One fsynced append per line (O_APPEND: concurrent writers never interleave a line)."""
     if not path:
@@ -58,20 +51,6 @@ def append_rows(path: str | os.PathLike | None, rows: list[dict]) -> None:
 
     for row in rows:
         append_jsonl(path, row)
-
-
-def as_int_list(value, name: str) -> list[int]:
-    """fire turns `--seq_lens 4096,8192` into a tuple and `--seq_lens 4096` into an int."""
-    from emotion_summary.cli import UserError
-
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    try:
-        out = [int(str(v).strip()) for v in items if str(v).strip()]
-    except ValueError:
-        raise UserError(f"--{name}: expected comma-separated integers, got {value!r}") from None
-    if not out or any(v <= 0 for v in out):
-        raise UserError(f"--{name}: expected positive integers, got {value!r}")
-    return out
 
 
 def gb(n: float | int | None, digits: int = 2) -> str:

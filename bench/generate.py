@@ -21,9 +21,10 @@ import statistics
 import time
 from pathlib import Path
 
-from _common import append_rows, bench_cache_dir, gb, gpu_info, host_info, markdown_table
+from _common import append_rows, gb, gpu_info, host_info, markdown_table
 
 from emotion_summary.cli import UserError, run
+from emotion_summary.cli_args import as_list
 from emotion_summary.sample_data import SAMPLE_EN
 
 SAMPLE = SAMPLE_EN
@@ -60,7 +61,7 @@ def generate(
     from emotion_summary.model import Qwen2EmotionSummaryModel, device
     from emotion_summary.records import read_records
 
-    chosen = [m.strip() for m in (modes if isinstance(modes, (list, tuple)) else str(modes).split(","))]
+    chosen = as_list(modes, "modes")
     if not chosen or any(m not in MODES for m in chosen):
         raise UserError(f"--modes: comma-separated from {', '.join(MODES)}, got {modes!r}")
     if min(n_records, batch_size, max_new_tokens, repeats) <= 0:
@@ -132,29 +133,44 @@ def generate(
     print(report(rows))
 
 
+def adapter_complete(path: Path) -> bool:
+    """train_config.json is what `Qwen2EmotionSummaryModel.save` writes last (adapter_config.json first)."""
+    return (path / "train_config.json").is_file()
+
+
 def untrained_adapter(arch: str) -> Path:
     """An untrained LoRA adapter (B = 0: the base model's outputs) on the random-weight model of
-    `arch`, saved once like a trainer's output, so the real inference loader reads it back."""
-    from emotion_summary.config import resolve_config
-    from emotion_summary.model import Qwen2EmotionSummaryModel
+    `arch`, saved once like a trainer's output, so the real inference loader reads it back. Saved into
+    `<path>.tmp-<pid>` and renamed: a killed build never leaves a directory that looks finished."""
+    import gc
+    import os
+    import shutil
+
+    import torch
     from train_step import ensure_model_dir
 
-    path = bench_cache_dir() / f"{arch}-adapter"
-    if not (path / "adapter_config.json").is_file():
-        import gc
+    from emotion_summary.architectures import cache_root, publish_dir
+    from emotion_summary.config import resolve_config
+    from emotion_summary.model import Qwen2EmotionSummaryModel
 
-        import torch
-
-        torch.manual_seed(0)
-        cfg = (resolve_config("cpu-smoke") if arch == "tiny"
-               else resolve_config("24gb", model_name_or_path=ensure_model_dir(arch, {}, 3600)))
-        wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
-        wrapper.save(path)
-        del wrapper
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return path
+    path = cache_root() / f"{arch}-untrained-adapter"
+    if adapter_complete(path):
+        return path
+    torch.manual_seed(0)
+    cfg = (resolve_config("cpu-smoke") if arch == "tiny"
+           else resolve_config("24gb", model_name_or_path=ensure_model_dir(arch, {}, 3600)))
+    wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        wrapper.save(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    del wrapper
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return publish_dir(tmp, path, adapter_complete)
 
 
 def prompt_ids(wrapper, record, max_new_tokens: int) -> list[int]:
@@ -165,7 +181,9 @@ def prompt_ids(wrapper, record, max_new_tokens: int) -> list[int]:
 
 def forced(wrapper, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     """The wrapper's `_generate_batch` (left padding, greedy, KV cache, its stop tokens), with exactly
-    `max_new_tokens` new tokens per row; returns the new token ids."""
+    `max_new_tokens` new tokens per row; returns the new token ids.
+
+    A copy, not a call: `_generate_batch` has no min_new_tokens to force the length, and decodes to text."""
     import torch
 
     from emotion_summary.model import device

@@ -29,7 +29,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -37,16 +36,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import (GB, append_rows, as_int_list, bench_cache_dir, gb, gpu_info, host_info,
-                     markdown_table, read_status_kb, reset_peak_rss)
+from _common import GB, append_rows, gb, gpu_info, host_info, markdown_table, read_status_kb, reset_peak_rss
 
 from emotion_summary.cli import UserError, run
+from emotion_summary.cli_args import as_list
+from emotion_summary.qwen_tokenizer_offline import FIRST_SPECIAL_ID  # random ids stay below it
 
 VARIANTS = ("ours", "plain")
 LEVERS = ("offload_activations", "mlp_tile_tokens", "embedding_on_cpu", "lm_head_4bit", "liger_kernels")
 PLAIN_LEVERS = {"offload_activations": False, "mlp_tile_tokens": 0, "embedding_on_cpu": False,
                 "lm_head_4bit": False, "liger_kernels": "off"}
-FIRST_SPECIAL_ID = 151643  # random ids stay below Qwen2's special tokens
+BUILD_DTYPE = "bf16"  # random weights saved in bf16: 15 GB for the 7B shape (loaded in the compute dtype)
 
 
 # ---- the parent: plan, spawn, report ---------------------------------------------------------------
@@ -104,7 +104,7 @@ def train_step(
     preset = preset or ("cpu-smoke" if arch == "tiny" else "24gb")
     if preset not in PRESETS:
         raise UserError(f"--preset: one of {', '.join(PRESETS)}, got {preset!r}")
-    chosen = [v.strip() for v in (variants if isinstance(variants, (list, tuple)) else str(variants).split(","))]
+    chosen = as_list(variants, "variants")
     if not chosen or any(v not in VARIANTS for v in chosen):
         raise UserError(f"--variants: comma-separated from {', '.join(VARIANTS)}, got {variants!r}")
     cuda = torch.cuda.is_available()
@@ -117,6 +117,9 @@ def train_step(
         raise UserError("--find_max needs --vram_gb")
     if steps < 0 or answer_tokens <= 0:
         raise UserError("--steps must be >= 0 and --answer_tokens > 0")
+    lengths = [] if find_max else as_list(seq_lens, "seq_lens", item=int)
+    if not find_max and (not lengths or min(lengths) <= 0):
+        raise UserError(f"--seq_lens: expected positive integers, got {seq_lens!r}")
 
     overrides = {k: v for k, v in {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
                                    "num_hidden_layers": num_hidden_layers}.items() if v}
@@ -135,22 +138,24 @@ def train_step(
                     "find_max": {"start": find_max_start, "limit": find_max_limit, "step": find_max_step}}
             rows += run_worker(spec, host, timeout_s, out)
         else:
-            for seq_len in as_int_list(seq_lens, "seq_lens"):
+            for seq_len in lengths:
                 rows += run_worker({**base, "variant": variant, "seq_len": seq_len}, host, timeout_s, out)
     print(report(rows, find_max))
 
 
 def ensure_model_dir(arch: str, overrides: dict, timeout_s: int) -> str:
-    """'tiny' as the project builds it, else a random-weight model of the (overridden) shape saved once
-    under the bench cache and loaded through the real from_pretrained path. Built in a subprocess."""
+    """'tiny' as the project builds it, else `architectures.build_random_qwen2`'s bf16 random-weight
+    model of the (overridden) shape, saved once and loaded through the real from_pretrained path.
+    Built in a subprocess, so this process stays small (15 GB for the 7B shape)."""
+    from emotion_summary.architectures import is_complete_model_dir, random_qwen2_dir
+
     if arch == "tiny" and not overrides:
         return "tiny"
-    name = arch + "".join(f"-{k}{v}" for k, v in sorted(overrides.items())) + "-random"
-    path = bench_cache_dir() / name
-    if (path / "config.json").is_file() and (path / "tokenizer.json").is_file():
+    path = random_qwen2_dir(arch, dtype=BUILD_DTYPE, **overrides)
+    if is_complete_model_dir(path):
         return str(path)
     print(f"building {path} (random weights, once)", file=sys.stderr)
-    spec = {"build": {"arch": arch, "overrides": overrides, "path": str(path)}}
+    spec = {"build": {"arch": arch, "overrides": overrides}}
     _spawn(spec, timeout_s)
     return str(path)
 
@@ -220,45 +225,6 @@ def report(rows: list[dict], find_max: bool) -> str:
 
 
 # ---- the subprocess: build a model, or measure ---------------------------------------------------
-def build_model(arch: str, overrides: dict, path: str) -> None:
-    """Random weights of the real config without a download: on the meta device, materialised on the
-    GPU (or CPU) in bf16, filled with N(0, 0.02) (norms 1, biases 0), saved with the Qwen2 tokenizer."""
-    import torch
-    from transformers import Qwen2ForCausalLM
-
-    from emotion_summary.architectures import qwen2_config
-    from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
-
-    out = Path(path)
-    torch.manual_seed(0)
-    config = qwen2_config(arch, **overrides)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # materialised in bf16 directly: 15 GB for 7B, not 30 + 15
-    try:
-        with torch.device("meta"):
-            model = Qwen2ForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
-    model = model.to_empty(device="cuda" if torch.cuda.is_available() else "cpu").to(torch.bfloat16)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            elif name.endswith("bias"):
-                p.zero_()
-            else:
-                p.normal_(0.0, 0.02)
-    model.config.dtype = torch.bfloat16
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(str(tmp))
-    qwen2_tokenizer().save_pretrained(str(tmp))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, out)
-    except OSError:  # built meanwhile by another run
-        pass
-
-
 class Bench:
     """One variant's model and optimizer, measured step by step in this process."""
 
@@ -303,10 +269,11 @@ class Bench:
         self.info.update(levers={k: getattr(cfg, k) for k in LEVERS}, optimizer=type(self.optimizer).__name__,
                          gradient_checkpointing=cfg.gradient_checkpointing,
                          attn_implementation=base.config._attn_implementation,
+                         # model.apply_liger_kernels' condition (it patches, so it is not called again here)
                          liger_applied=self.cuda and cfg.liger_kernels != "off"
                          and importlib.util.find_spec("liger_kernel") is not None,
                          compute_dtype=str(compute_dtype(cfg.compute_dtype)),
-                         # prepare_model_for_kbit_training upcasts every 16-bit non-4-bit weight to fp32
+                         # recorded to show the embedding and LM head stay in the compute dtype
                          param_dtypes={"embed_tokens": str(base.get_input_embeddings().weight.dtype),
                                        "lm_head": str(base.lm_head.weight.dtype),
                                        "lora": str(next(p for p in params).dtype)},
@@ -330,8 +297,6 @@ class Bench:
         return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
 
     def step(self, batch: dict) -> float:
-        import torch
-
         if self.spec["variant"] == "ours":
             loss = self.wrapper.loss(batch)
         else:  # plain transformers + peft: full logits; the output (and its logits) dropped before backward
@@ -429,7 +394,9 @@ def search_longest(fits, start: int, limit: int, step: int) -> int:
 def worker(spec: dict) -> list[dict]:
     if "build" in spec:
         b = spec["build"]
-        build_model(b["arch"], b["overrides"], b["path"])
+        from emotion_summary.architectures import build_random_qwen2
+
+        build_random_qwen2(b["arch"], dtype=BUILD_DTYPE, **b["overrides"])
         return []
     import torch
 
