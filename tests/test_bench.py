@@ -27,6 +27,14 @@ def train_step_module(monkeypatch):
     return train_step
 
 
+@pytest.fixture
+def generate_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import generate
+
+    return generate
+
+
 @pytest.mark.slow
 def test_train_step_ours_against_plain_at_1k_tokens(tmp_path):
     """At 1,024 tokens the plain step's full logits (1024 x 152,064 fp32, plus log-softmax and their
@@ -114,3 +122,93 @@ def test_gpu_only_options_are_refused_on_cpu(train_step_module):
         train_step_module.train_step(arch="tiny", vram_gb=8)
     with pytest.raises(UserError, match="--variants"):
         train_step_module.train_step(arch="tiny", variants="ours,fast")
+
+
+def test_list_options_are_checked_before_anything_is_built(train_step_module, generate_module):
+    from emotion_summary.cli import UserError
+
+    for bad in ("0", "512,-1", "512,x", ""):
+        with pytest.raises(UserError, match="--seq_lens"):
+            train_step_module.train_step(arch="tiny", seq_lens=bad)
+    with pytest.raises(UserError, match="--modes"):
+        generate_module.generate(modes="batched,fast")
+
+
+def _model_dir(path: Path, tag: str) -> Path:
+    path.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (path / name).write_text(tag)
+    return path
+
+
+def test_publish_dir_keeps_the_winner_and_replaces_an_incomplete_directory(tmp_path):
+    from emotion_summary.architectures import is_complete_model_dir, publish_dir
+
+    out = tmp_path / "model"
+    mine = _model_dir(tmp_path / "model.tmp-1", "mine")
+    assert publish_dir(mine, out, is_complete_model_dir) == out  # nothing there yet: renamed
+    assert (out / "config.json").read_text() == "mine" and not mine.exists()
+
+    late = _model_dir(tmp_path / "model.tmp-2", "late")  # another run published first: this one is dropped
+    assert publish_dir(late, out, is_complete_model_dir) == out
+    assert (out / "config.json").read_text() == "mine" and not late.exists()
+
+    (out / "model.safetensors").unlink()  # a killed build of older code: never returned, replaced
+    assert not is_complete_model_dir(out)
+    again = _model_dir(tmp_path / "model.tmp-3", "again")
+    publish_dir(again, out, is_complete_model_dir)
+    assert (out / "config.json").read_text() == "again" and is_complete_model_dir(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_is_complete_model_dir_needs_every_shard(tmp_path):
+    from emotion_summary.architectures import is_complete_model_dir
+
+    d = _model_dir(tmp_path / "m", "x")
+    (d / "model.safetensors").unlink()
+    shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+    (d / shards["a"]).write_text("x")
+    assert not is_complete_model_dir(d)
+    (d / shards["b"]).write_text("x")
+    assert is_complete_model_dir(d)
+
+
+def test_build_random_qwen2_rebuilds_an_incomplete_directory(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from emotion_summary.architectures import build_random_qwen2, is_complete_model_dir, random_qwen2_dir
+
+    assert random_qwen2_dir("qwen2-7b", dtype="bf16").name == "qwen2-7b-bf16-random"
+    assert random_qwen2_dir("tiny", 1, "bf16", num_hidden_layers=1, hidden_size=32).name == \
+        "tiny-hidden_size32-num_hidden_layers1-bf16-seed1-random"
+    out = tmp_path / "small"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # what a killed non-atomic build could leave
+    shape = dict(hidden_size=32, intermediate_size=88, num_hidden_layers=1)
+    assert build_random_qwen2("tiny", out, dtype="bf16", **shape) == out
+    assert is_complete_model_dir(out) and sorted(p.name for p in tmp_path.iterdir()) == ["small"]
+    config = AutoConfig.from_pretrained(out)
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (32, 1, 152064)
+    weights = load_file(str(out / "model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+    assert weights["model.norm.weight"].eq(1).all() and 0.015 < weights["lm_head.weight"].float().std() < 0.025
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    assert build_random_qwen2("tiny", out, dtype="bf16", **shape) == out  # complete: returned as is
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_a_half_written_adapter_cache_is_rebuilt(generate_module, monkeypatch, tmp_path):
+    """save_pretrained writes adapter_config.json first: a killed build must not count as built."""
+    import emotion_summary.architectures as architectures
+
+    monkeypatch.setattr(architectures, "cache_root", lambda: tmp_path)
+    broken = tmp_path / "tiny-untrained-adapter"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{}")
+    path = generate_module.untrained_adapter("tiny")
+    assert path == broken and (path / "train_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".stale-" in p.name]
