@@ -1,9 +1,11 @@
 """Inference: backends as plain callables, resume from the side file, tolerant parsing, the openai
 backend against a local fake server, and the extractive run on the official inputs."""
 
+import _thread
 import dataclasses
 import json
 import sys
+import threading
 import time
 import types
 
@@ -11,7 +13,7 @@ import pytest
 
 from emotion_summary.atomic_io import read_jsonl_tolerant
 from emotion_summary.cli import UserError
-from emotion_summary.client import EndpointError
+from emotion_summary.client import EndpointError, run_pool
 from emotion_summary.inference import assemble, infer, predict, side_file_for
 from emotion_summary.prompt import PromptSpec, answer_text
 from emotion_summary.records import GOLD_FIELDS
@@ -70,6 +72,65 @@ def test_rows_of_another_backend_model_or_report_are_not_reused(tmp_path, record
     predict(edited, gen, side, "hf", "adapter-v1", batch_size=8)
     assert gen.batches == [[11]]
     assert "are not reused" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- run_pool: stopping early
+
+
+class PoolWork:
+    """Work for run_pool: item 2 fails with `stop` (called, if it is a function); the others sleep briefly."""
+
+    def __init__(self, stop):
+        self.stop, self.called, self.results, self.threads = stop, [], [], set()
+
+    def __call__(self, item):
+        self.called.append(item)
+        if item == 2:
+            if isinstance(self.stop, BaseException):
+                raise self.stop
+            self.stop()
+        time.sleep(0.05)
+        return item
+
+    def on_result(self, item):
+        self.threads.add(threading.get_ident())
+        self.results.append(item)
+
+
+@pytest.mark.parametrize("stop", [RuntimeError("HTTP 503"), KeyboardInterrupt()])
+def test_run_pool_stops_sending_on_the_first_error_and_keeps_what_finished(stop):
+    work = PoolWork(stop)
+    with pytest.raises(type(stop)):
+        run_pool(range(10), work, work.on_result, concurrency=2)
+    assert len(work.called) <= 4  # 0 and 1, then 2 (fails) and 3 (in flight); never 10
+    assert sorted(work.results) == sorted(set(work.called) - {2})
+    assert work.threads == {threading.get_ident()}  # results are handed over in the calling thread
+
+
+def test_ctrl_c_in_the_calling_thread_drains_the_requests_in_flight():
+    work = PoolWork(_thread.interrupt_main)  # as if Ctrl-C were pressed while item 2 is in flight
+    with pytest.raises(KeyboardInterrupt):
+        run_pool(range(10), work, work.on_result, concurrency=2)
+    assert len(work.called) <= 4 and 2 in work.results  # paid-for answers are kept, no new ones asked
+    assert sorted(work.results) == sorted(work.called)
+
+
+def test_predict_interrupted_keeps_finished_batches_and_sends_no_more(tmp_path, records):
+    many = [dataclasses.replace(records[0], id=i) for i in range(10)]
+    sent = []
+
+    def generate(batch):
+        sent.append(batch[0].id)
+        if len(sent) == 3:
+            raise KeyboardInterrupt
+        time.sleep(0.05)
+        return [answer_text(fields_for(r.id)) for r in batch]
+
+    side = tmp_path / "raw.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        predict(many, generate, side, "openai", concurrency=2)
+    assert len(sent) <= 4
+    assert len(read_jsonl_tolerant(side)) == len(sent) - 1
 
 
 def test_missing_fields_are_filled_from_the_baseline_and_counted(records):

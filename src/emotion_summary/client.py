@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from itertools import islice
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class EndpointError(RuntimeError):
@@ -21,6 +28,12 @@ class EndpointError(RuntimeError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+def is_refusal(error: EndpointError) -> bool:
+    """A 4xx other than 429 is about this one request (e.g. a report too long for the served context):
+    asking again gets the same answer. Anything else may pass (network, 429/5xx after the retries)."""
+    return error.status is not None and 400 <= error.status < 500 and error.status != 429
 
 
 @dataclass
@@ -83,3 +96,52 @@ class ChatClient:
             if attempt < self.max_retries:
                 time.sleep(self.backoff_s * 2 ** attempt)
         raise EndpointError(f"{last} (gave up after {self.max_retries + 1} tries)", status)
+
+
+def run_pool(items: Iterable[T], work: Callable[[T], R], on_result: Callable[[R], None],
+             concurrency: int = 1) -> None:
+    """`work(item)` for every item, at most `concurrency` at once; `on_result` runs in this thread.
+
+    Items are handed to the pool only as workers free up, so nothing paid for waits in a queue. The
+    first error from `work`, or Ctrl-C, stops new work; requests already in flight finish and are
+    still handed to `on_result` (they are paid for); then that error is raised. Ctrl-C while they
+    finish, or an error from `on_result`, stops at once.
+    """
+    if concurrency <= 1:
+        for item in items:
+            on_result(work(item))
+        return
+    todo = iter(items)
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    running = {pool.submit(work, item) for item in islice(todo, concurrency)}
+    first_error: BaseException | None = None
+    try:
+        while running:
+            try:
+                first_error = _step(running, on_result, first_error)
+                if first_error is None:
+                    running |= {pool.submit(work, item) for item in islice(todo, concurrency - len(running))}
+            except KeyboardInterrupt as e:
+                if first_error is not None:
+                    raise
+                first_error = e
+                print(f"interrupted: waiting for {len(running)} requests in flight (Ctrl-C again to drop "
+                      "them)", file=sys.stderr)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    if first_error is not None:
+        raise first_error
+
+
+def _step(running: set[Future], on_result: Callable, first_error: BaseException | None):
+    """Wait for some of `running`, hand their results over and drop them from it; the first error."""
+    done, _ = wait(running, return_when=FIRST_COMPLETED)
+    for future in done:
+        running.discard(future)  # before on_result: a result is never handed over twice
+        try:
+            result = future.result()
+        except BaseException as e:  # noqa: BLE001 - the worker's error: raised once the pool has drained
+            first_error = first_error or e
+            continue
+        on_result(result)
+    return first_error

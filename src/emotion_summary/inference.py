@@ -15,7 +15,6 @@ import importlib
 import json
 import threading
 import time
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,7 +22,7 @@ from typing import Callable, Sequence
 from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.cli import UserError
 from emotion_summary.cli_args import as_bool, as_opt_str
-from emotion_summary.client import ChatClient, EndpointError
+from emotion_summary.client import ChatClient, EndpointError, run_pool
 from emotion_summary.extractive import extract_fields, extractive_generate
 from emotion_summary.prompt import PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import Record, read_records
@@ -94,36 +93,12 @@ def predict(records: Sequence[Record], generate_fn: GenerateFn, side_file: str |
 
     with tqdm(total=len(records), initial=len(records) - len(todo), desc=backend, unit="report") as bar:
         try:
-            if concurrency <= 1:
-                for batch in _batches(todo, batch_size):
-                    finish(batch, generate_fn(batch))
-            else:
-                _run_pool(_batches(todo, batch_size), generate_fn, finish, concurrency)
+            run_pool(_batches(todo, batch_size), lambda b: (b, generate_fn(b)), lambda pair: finish(*pair),
+                     concurrency)
         except EndpointError as e:
             raise EndpointError(f"{e}. {len(done)}/{len(records)} reports are saved in {side_file}; "
-                                "run the same command again to resume") from None
+                                "run the same command again to resume", e.status) from None
     return done
-
-
-def _run_pool(batches, generate_fn: GenerateFn, finish, concurrency: int) -> None:
-    """On the first failure, cancel what has not started, keep what finishes, then re-raise."""
-    first_error = None
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = {pool.submit(generate_fn, b): b for b in batches}
-        for future in as_completed(futures):
-            try:
-                raws = future.result()
-            except CancelledError:
-                continue
-            except Exception as e:  # noqa: BLE001 - re-raised below, after the pool drains
-                if first_error is None:
-                    first_error = e
-                    for f in futures:
-                        f.cancel()
-                continue
-            finish(futures[future], raws)
-    if first_error is not None:
-        raise first_error
 
 
 @dataclass

@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
-from emotion_summary.client import ChatClient, EndpointError
+from emotion_summary.client import ChatClient, run_pool
 from emotion_summary.prompt import FIELD_DESCRIPTIONS, report_sections, trim_sections
 from emotion_summary.records import GOLD_FIELDS, Record
 
@@ -160,48 +159,37 @@ def judge_predictions(records: Sequence[Record], preds: Mapping[int, Mapping[str
 
     cache_path = Path(cache_path)
     repair_jsonl_tail(cache_path)
-    cache = _cached(cache_path)
-    items: list[JudgeItem] = []
-    todo = []
-    for r in records:
-        for f in GOLD_FIELDS:
-            reference = getattr(r, f) if use_reference else None
-            messages = judge_messages(r, f, preds[r.id][f], reference, max_report_chars)
-            key = request_key(client.model, messages)
-            if key in cache:
-                items.append(JudgeItem(r.id, f, cache[key]["scores"], cache[key].get("raw", "")))
-            else:
-                todo.append((key, r.id, f, messages))
+    items, todo = _split_cached(records, preds, client.model, _cached(cache_path), use_reference,
+                                max_report_chars)
+
+    def finish(keyed: tuple[str, JudgeItem]) -> None:
+        key, item = keyed
+        if item.scores:
+            append_jsonl(cache_path, {"key": key, "id": item.id, "field": item.field, "model": client.model,
+                                      "version": JUDGE_VERSION, "scores": item.scores, "raw": item.raw})
+        items.append(item)
+        bar.update(1)
+
     with tqdm(total=len(items) + len(todo), initial=len(items), desc=desc, unit="item") as bar:
-        for key, item in _run(client, todo, concurrency, attempts):
-            if item.scores:
-                append_jsonl(cache_path, {"key": key, "id": item.id, "field": item.field, "model": client.model,
-                                          "version": JUDGE_VERSION, "scores": item.scores, "raw": item.raw})
-            items.append(item)
-            bar.update(1)
+        run_pool(todo, lambda t: (t[0], judge_one(client, *t[1:], attempts)), finish, concurrency)
     order = {(r.id, f): i for i, (r, f) in enumerate((r, f) for r in records for f in GOLD_FIELDS)}
     return sorted(items, key=lambda it: order[(it.id, it.field)])
 
 
-def _run(client: ChatClient, todo: list, concurrency: int, attempts: int):
-    """Yield (key, item) as requests finish; on an endpoint error stop sending and re-raise it."""
-    first_error = None
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = {pool.submit(judge_one, client, rid, f, m, attempts): key for key, rid, f, m in todo}
-        for future in as_completed(futures):
-            try:
-                item = future.result()
-            except CancelledError:
-                continue
-            except EndpointError as e:
-                if first_error is None:
-                    first_error = e
-                    for other in futures:
-                        other.cancel()
-                continue
-            yield futures[future], item
-    if first_error is not None:
-        raise first_error
+def _split_cached(records, preds, model: str, cache: dict[str, dict], use_reference: bool,
+                  max_report_chars: int) -> tuple[list[JudgeItem], list[tuple]]:
+    """The items the cache already scores, and (key, id, field, messages) for those still to ask."""
+    items, todo = [], []
+    for r in records:
+        for f in GOLD_FIELDS:
+            reference = getattr(r, f) if use_reference else None
+            messages = judge_messages(r, f, preds[r.id][f], reference, max_report_chars)
+            key = request_key(model, messages)
+            if key in cache:
+                items.append(JudgeItem(r.id, f, cache[key]["scores"], cache[key].get("raw", "")))
+            else:
+                todo.append((key, r.id, f, messages))
+    return items, todo
 
 
 def _mean(values) -> float | None:

@@ -9,7 +9,6 @@ that never give a usable reply go to `<output stem>.rejects.jsonl` with the reas
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from emotion_summary.atomic_io import append_jsonl, atomic_write_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.cli import UserError
-from emotion_summary.client import ChatClient, EndpointError
+from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
 from emotion_summary.prompt import PromptSpec, build_prompt, detect_language, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, read_records, record_from_dict
 
@@ -28,8 +27,6 @@ LANGUAGES = ("en", "zh", "auto")
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 RETRY_MESSAGE = ("Your reply could not be used: {reason}. Answer again with only one JSON object with "
                  "exactly these keys: {keys}; every value a non-empty paragraph{language}.")
-# A 4xx other than 429 is about this request (e.g. the report is too long for the teacher's context):
-# reject the record. Anything else (network, 429/5xx after the client's retries) stops the run.
 
 
 @dataclass
@@ -74,7 +71,7 @@ def label_one(client: ChatClient, spec: PromptSpec, record: Record, max_retries:
         try:
             reply = client.chat(messages, max_tokens=max_tokens)
         except EndpointError as e:
-            if e.status is None or not 400 <= e.status < 500 or e.status == 429:
+            if not is_refusal(e):
                 raise
             return Outcome(record, None, f"endpoint refused the request: {e}", attempt)
         reason = reply_problem(reply, spec.language)
@@ -127,27 +124,13 @@ class _Run:
         self.rejected += 1
 
 
-def _run_pool(todo: list[Record], work, concurrency: int, on_result) -> None:
-    """Run `work` on every record, handing each result to `on_result` in this thread as it arrives.
-    The first endpoint failure cancels what has not started, keeps what finishes, then is raised."""
-    failure = None
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(work, r) for r in todo]
-        try:
-            for fut in tqdm(as_completed(futures), total=len(futures), desc="labelling", unit="report"):
-                if fut.cancelled():
-                    continue
-                try:
-                    on_result(fut.result())
-                except EndpointError as e:
-                    failure = failure or e
-                    for f in futures:
-                        f.cancel()
-        finally:
-            for f in futures:  # Ctrl-C: don't keep sending requests whose answers nobody writes
-                f.cancel()
-    if failure is not None:
-        raise failure
+def _label_all(todo: list[Record], work, run: _Run, concurrency: int) -> None:
+    with tqdm(total=len(todo), desc="labelling", unit="report") as bar:
+        def record(outcome: Outcome) -> None:
+            run.record(outcome)
+            bar.update(1)
+
+        run_pool(todo, work, record, concurrency)
 
 
 def label_file(input: str | Path, output: str | Path, client: ChatClient, language: str = "auto",
@@ -170,10 +153,10 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
         "model": client.model, "endpoint": _public_endpoint(client.endpoint),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "prompt_version": spec.version})
     try:
-        _run_pool(todo, lambda r: label_one(client, spec, r, max_retries, max_tokens), concurrency, run.record)
+        _label_all(todo, lambda r: label_one(client, spec, r, max_retries, max_tokens), run, concurrency)
     except EndpointError as e:
         raise EndpointError(f"{e}; {run.labelled} records were labelled before it failed. Rerun the "
-                            f"same command to resume.") from None
+                            "same command to resume.", e.status) from None
     finally:
         remaining = _finish_rejects(run.rejects, _ids_in(output))
     return {"labelled": run.labelled, "skipped_done": len(done & {r.id for r in records}),
