@@ -140,3 +140,59 @@ def test_two_processes_compute_the_same_update_as_one_with_grad_accum(tmp_path):
     train(**{**SMOKE, "max_steps": 3, "lora_dropout": 0.0, "grad_accum": 2}, output_dir=str(tmp_path / "one"))
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
     assert (tmp_path / "two" / "COMPLETE").is_file()
+
+
+def test_more_config_problems_are_caught_before_loading(tmp_path):
+    cfg = resolve_config("cpu-smoke", max_steps=-1, warmup_ratio=1.5, lora_target="q_proj")
+    text = "\n".join(validate(cfg))
+    assert "max_steps" in text and "warmup_ratio" in text and "lora_target" in text
+    from emotion_summary.train import build_config
+
+    assert build_config("cpu-smoke", lora_target="q_proj,v_proj").lora_target == ["q_proj", "v_proj"]
+    with pytest.raises(UserError, match="unknown option"):
+        build_config("cpu-smoke", lora_rank=4)
+
+
+def test_an_id_in_two_training_files_is_an_error_naming_both(tmp_path):
+    from emotion_summary.sample_data import SAMPLE_EN
+
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(SAMPLE_EN.read_text())
+    with pytest.raises(UserError, match=r"copy.jsonl: field 'id': id 9001 is also in .*es_sample_en.jsonl"):
+        train(preset="cpu-smoke", train_data=f"{SAMPLE_EN},{copy}", output_dir=str(tmp_path / "r"))
+
+
+def test_resume_after_logging_past_the_checkpoint_keeps_one_row_per_step(tmp_path):
+    run = tmp_path / "r"
+    train(**{**SMOKE, "save_every": 2}, output_dir=str(run), _stop_after_step=3)  # checkpoint at 2, logged 3
+    train(**{**SMOKE, "save_every": 2}, output_dir=str(run), resume=True)
+    assert [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_changed_training_data(tmp_path):
+    from emotion_summary.sample_data import SAMPLE_EN
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(SAMPLE_EN.read_text())
+    run = tmp_path / "r"
+    train(**SMOKE, train_data=str(data), folds=0, output_dir=str(run), _stop_after_step=2)
+    rows = data.read_text().splitlines()
+    edited = json.loads(rows[0])
+    edited["causes"] = "Something else entirely."
+    data.write_text("\n".join([json.dumps(edited)] + rows[1:]) + "\n")
+    with pytest.raises(UserError, match="training data changed"):
+        train(**SMOKE, train_data=str(data), folds=0, output_dir=str(run), resume=True)
+
+
+def test_a_checkpoint_is_a_loadable_adapter_and_guarded_against_leakage(tmp_path):
+    from emotion_summary.folds import find_leaks
+    from emotion_summary.model import Qwen2EmotionSummaryModel
+    from emotion_summary.records import read_records
+    from emotion_summary.sample_data import SAMPLE_EN
+
+    run = tmp_path / "r"
+    train(**SMOKE, train_data=str(SAMPLE_EN), folds=0, output_dir=str(run), _stop_after_step=2)
+    checkpoint = run / "checkpoints" / "step-2"
+    assert find_leaks(read_records(SAMPLE_EN), checkpoint) == [9001, 9002, 9003, 9004, 9005, 9006]
+    loaded = Qwen2EmotionSummaryModel.load(checkpoint)
+    assert loaded.config.preset == "cpu-smoke"

@@ -46,7 +46,7 @@ class TrainConfig:
     lm_head_4bit: bool
     max_steps: int = 0  # 0: run all epochs
     compute_dtype: str = "auto"  # auto: bf16 where supported, fp16 on older GPUs, fp32 on CPU
-    output_dir: str = "model/qwen2-es"
+    output_dir: str = ""  # default_output_dir(preset) when empty
     train_data: list[str] = field(default_factory=list)
     eval_data: list[str] = field(default_factory=list)
     folds: int = 0  # >0: hold out fold `fold` of the training data for validation
@@ -70,9 +70,13 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k in known})
 
-    def differences(self, other: "TrainConfig") -> list[str]:
+    def differences(self, other: "TrainConfig", free: set[str] = RESUME_FREE_FIELDS) -> list[str]:
         a, b = self.to_dict(), other.to_dict()
-        return [f"{k}: {a[k]!r} != {b[k]!r}" for k in a if k not in RESUME_FREE_FIELDS and a[k] != b[k]]
+        return [f"{k}: {a[k]!r} != {b[k]!r}" for k in a if k not in free and a[k] != b[k]]
+
+
+def default_output_dir(preset_name: str) -> str:
+    return f"model/qwen2-es-{preset_name}"
 
 
 def detect_vram_gb() -> float | None:
@@ -101,7 +105,9 @@ def resolve_config(preset_name: str = "auto", vram_gb: float | None = None, **ov
         if isinstance(values.get(key), (str, Path)):
             values[key] = [str(values[key])]
         values[key] = [str(p) for p in values.get(key) or []]
-    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in known})
+    cfg.output_dir = cfg.output_dir or default_output_dir(cfg.preset)
+    return cfg
 
 
 def validate(cfg: TrainConfig, vram_gb: float | None = None, check_files: bool = True) -> list[str]:
@@ -117,6 +123,13 @@ def validate(cfg: TrainConfig, vram_gb: float | None = None, check_files: bool =
                  "eval_every", "save_every"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
             problems.append(f"{name}: must be a positive integer, got {getattr(cfg, name)!r}")
+    if not isinstance(cfg.max_steps, int) or cfg.max_steps < 0:
+        problems.append(f"max_steps: must be 0 (all epochs) or a positive integer, got {cfg.max_steps!r}")
+    if not 0 <= cfg.warmup_ratio < 1:
+        problems.append(f"warmup_ratio: must be in [0, 1), got {cfg.warmup_ratio}")
+    if not (cfg.lora_target == "all-linear" or (isinstance(cfg.lora_target, list) and cfg.lora_target)):
+        problems.append(f"lora_target: 'all-linear' or a list of module names (q_proj,v_proj), "
+                        f"got {cfg.lora_target!r}")
     if not 0 <= cfg.lora_dropout < 1:
         problems.append(f"lora_dropout: must be in [0, 1), got {cfg.lora_dropout}")
     if not cfg.learning_rate or cfg.learning_rate <= 0:

@@ -188,5 +188,5 @@ def _warn_overlap(folder: Path) -> None:
             shared = sum(r.fingerprint() in test for r in read_records(folder / name))
             if shared:
                 print(f"WARNING: {shared} reports in {name} are also in Emotion_Summary.jsonl, the set "
-                      "the leaderboard scores; training on them leaks the test set (the trainer's "
-                      "leakage guard refuses to evaluate on them).", file=sys.stderr)
+                      "the leaderboard scores; training on them leaks the test set (inference's "
+                      "leakage guard then refuses to predict them).", file=sys.stderr)

@@ -73,9 +73,9 @@ def save_fingerprints(run_dir: str | Path, records: Sequence[Record]) -> Path:
 
 
 def fingerprints_path(run_or_model_dir: str | Path) -> Path | None:
-    """The directory's own file, else its parent's (a checkpoint inside a run directory)."""
+    """The directory's own file, else its run directory's (a checkpoint is run/checkpoints/step-N)."""
     d = Path(run_or_model_dir)
-    for candidate in (d / FINGERPRINTS_FILE, d.parent / FINGERPRINTS_FILE):
+    for candidate in (d / FINGERPRINTS_FILE, d.parent / FINGERPRINTS_FILE, d.parent.parent / FINGERPRINTS_FILE):
         if candidate.is_file():
             return candidate
     return None

@@ -16,20 +16,25 @@ from emotion_summary.submission import SUBMISSION_FILE
 
 
 def _train_or_reuse(preset: str, output_dir: str | None, train_options: dict) -> Path:
-    from emotion_summary.config import detect_vram_gb, resolve_config
-    from emotion_summary.train import COMPLETE_MARKER, train
+    """Train; or resume the unfinished run; or reuse the finished one when it has the same config."""
+    from emotion_summary.train import COMPLETE_MARKER, build_config, train
 
-    name = resolve_config(preset, detect_vram_gb()).preset
-    run_dir = Path(output_dir or f"model/qwen2-es-{name}")
+    cfg = build_config(preset, output_dir=output_dir, **train_options)
+    run_dir = Path(cfg.output_dir)
     if (run_dir / COMPLETE_MARKER).is_file():
-        print(f"reusing the finished run in {run_dir} (choose another --output_dir to train again)")
+        diffs = TrainConfig.load(run_dir).differences(cfg, free={"resume", "output_dir"})
+        if diffs:
+            raise UserError(f"{run_dir} holds a finished run with another config ({'; '.join(diffs)}); "
+                            "choose another --output_dir")
+        print(f"reusing the finished run in {run_dir} (same config; choose another --output_dir to train again)")
         return run_dir
     resume = (run_dir / "train_config.json").is_file()
     return Path(train(preset=preset, output_dir=str(run_dir), resume=resume, **train_options))
 
 
 def _heldout_inputs(run_dir: Path, out_dir: Path) -> Path:
-    """The validation fold the run held out, written as an inputs+gold file to predict and score."""
+    """The run's validation records (its held-out fold, plus any --eval_data), written as an
+    inputs+gold file to predict and score."""
     from emotion_summary.train import load_data
 
     cfg = TrainConfig.load(run_dir)

@@ -11,6 +11,7 @@ Layout of a run directory (`--output_dir`):
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
@@ -20,10 +21,11 @@ from importlib import metadata
 from pathlib import Path
 
 from emotion_summary import distributed as dist
-from emotion_summary.atomic_io import append_jsonl, atomic_write_json, read_jsonl_tolerant
+from emotion_summary.atomic_io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_tolerant
 from emotion_summary.cli import UserError
-from emotion_summary.cli_args import as_bool
+from emotion_summary.cli_args import as_bool, as_list
 from emotion_summary.config import TrainConfig, detect_vram_gb, resolve_config, validate
+from emotion_summary.folds import save_fingerprints
 from emotion_summary.records import Record, read_records
 from emotion_summary.sample_data import SMOKE_DATA
 
@@ -31,19 +33,11 @@ COMPLETE_MARKER = "COMPLETE"
 KEEP_CHECKPOINTS = 2
 
 
-def _as_list(value) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    return [p for p in str(value).split(",") if p]
-
-
 def load_data(cfg: TrainConfig) -> tuple[list[Record], list[Record]]:
     """Training and validation records; every training record must carry the five gold fields."""
     paths = cfg.train_data or [str(p) for p in SMOKE_DATA]
-    train = [r for p in paths for r in read_records(p, require_gold=True)]
-    evals = [r for p in cfg.eval_data for r in read_records(p, require_gold=True)]
+    train = _read_labelled(paths)
+    evals = _read_labelled(cfg.eval_data)
     if cfg.folds:
         from emotion_summary.folds import split_folds
 
@@ -52,6 +46,19 @@ def load_data(cfg: TrainConfig) -> tuple[list[Record], list[Record]]:
     if not train:
         raise UserError("no training records left after the fold split")
     return train, evals
+
+
+def _read_labelled(paths: list[str]) -> list[Record]:
+    """Records of several files; an id in two files is an error naming both."""
+    records, first_seen = [], {}
+    for path in paths:
+        for r in read_records(path, require_gold=True):
+            if r.id in first_seen:
+                raise UserError(f"{path}: field 'id': id {r.id} is also in {first_seen[r.id]}; "
+                                "ids must be unique across the training files")
+            first_seen[r.id] = path
+            records.append(r)
+    return records
 
 
 def describe_sources(records: list[Record]) -> str:
@@ -80,7 +87,7 @@ class Checkpoints:
 
     def save(self, wrapper, optimizer, scheduler, state: dict) -> Path:
         """Every process writes its RNG state; the main one writes the rest (all ranks hold the same
-        LoRA weights and optimizer state, since gradients are averaged) and publishes it by rename."""
+        LoRA weights and optimizer state, since gradients are summed over processes) and publishes it by rename."""
         import torch
 
         final = self.dir / f"step-{state['step']}"
@@ -92,7 +99,7 @@ class Checkpoints:
         torch.save(_rng_state(), tmp / f"rng-{dist.rank()}.pt")
         dist.barrier()
         if dist.is_main():
-            wrapper.model.save_pretrained(str(tmp))
+            wrapper.save(tmp)  # adapter, tokenizer, prompt.json, train_config.json: loadable as it is
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             atomic_write_json(tmp / "state.json", state)  # written last: marks a whole checkpoint
@@ -194,6 +201,7 @@ class Trainer:
         import torch
         from transformers import get_cosine_schedule_with_warmup
 
+        from emotion_summary.encode import encoding_key
         from emotion_summary.model import Qwen2EmotionSummaryModel
 
         dist.init()
@@ -201,7 +209,11 @@ class Trainer:
         self.wrapper = Qwen2EmotionSummaryModel.for_training(self.cfg)
         if dist.world_size() > 1:
             torch.manual_seed(self.cfg.seed + dist.rank())  # but each its own dropout masks
+        if dist.is_main():  # before the first checkpoint: checkpoints are guarded against leakage too
+            save_fingerprints(self.run_dir, self.train_records)
         self.train_examples = self._encode(self.train_records, "training")
+        self.data_key = encoding_key(self.wrapper.tokenizer, self.wrapper.prompt, self.train_records,
+                                     self.cfg.max_seq_len)
         self.eval_examples = self._encode(self.eval_records, "validation")
         per_epoch = math.ceil(math.ceil(len(self.train_examples) / self.cfg.batch_size) / self.micro_per_step)
         self.total_steps = self.cfg.max_steps or per_epoch * self.cfg.epochs
@@ -277,7 +289,12 @@ class Trainer:
         start = 0
         latest = self.checkpoints.latest() if self.cfg.resume else None
         if latest is not None:
-            start = self.checkpoints.restore(latest, self.wrapper, self.optimizer, self.scheduler)["step"]
+            state = self.checkpoints.restore(latest, self.wrapper, self.optimizer, self.scheduler)
+            if state.get("data_key", self.data_key) != self.data_key:
+                raise UserError(f"cannot resume from {latest}: the training data changed since it was "
+                                "written (same paths, other records or text); start a new --output_dir")
+            start = state["step"]
+            self._truncate_log(start)
             print(f"resumed from {latest} at step {start}")
         self.wrapper.model.train()
         done = start
@@ -296,17 +313,26 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if done % self.cfg.save_every == 0 or done == self.total_steps:
-                    self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, {"step": done})
+                    self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, self._state(done))
                 if stop_after_step is not None and done >= stop_after_step:
                     return self.run_dir
         except KeyboardInterrupt:
             if done > start:
-                path = self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, {"step": done})
+                path = self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, self._state(done))
                 print(f"\ninterrupted: saved {path}; continue with --resume", file=sys.stderr)
             raise SystemExit(130)
         finally:
             bar.close()
         return self.finish()
+
+    def _state(self, step: int) -> dict:
+        return {"step": step, "data_key": self.data_key}
+
+    def _truncate_log(self, step: int) -> None:
+        """Steps logged after the checkpoint we resume from are replayed: drop their old rows."""
+        if dist.is_main() and self.log_path.exists():
+            rows = [r for r in read_jsonl_tolerant(self.log_path) if r.get("step", 0) <= step]
+            atomic_write_jsonl(self.log_path, rows)
 
     def _optimizer_step(self, micro: list[list[int]], n_micro: int) -> float:
         import torch
@@ -333,9 +359,6 @@ class Trainer:
         if not dist.is_main():
             return self.run_dir
         self.wrapper.save(self.run_dir)
-        from emotion_summary.folds import save_fingerprints
-
-        save_fingerprints(self.run_dir, self.train_records)
         atomic_write_json(self.run_dir / "versions.json", library_versions())
         plot_losses(self.log_path, self.run_dir / "loss.png")
         (self.run_dir / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
@@ -436,24 +459,8 @@ def train(
         save_every: optimizer steps between checkpoints.
         seed: seed for data order, dropout and initialisation.
     """
-    overrides = {k: v for k, v in locals().items() if k not in ("preset", "_stop_after_step")}
-    for flag in ("resume", "offload_activations", "embedding_on_cpu", "lm_head_4bit", "gradient_checkpointing"):
-        if overrides[flag] is not None:  # fire hands `--resume false` over as the string 'false'
-            overrides[flag] = as_bool(overrides[flag], flag)
-    overrides["train_data"] = _as_list(train_data)
-    overrides["eval_data"] = _as_list(eval_data)
-    if isinstance(lora_target, (list, tuple)) or (lora_target and "," in str(lora_target)):
-        overrides["lora_target"] = _as_list(lora_target)
-    vram = detect_vram_gb()
-    try:
-        cfg = resolve_config(preset, vram, **overrides)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if output_dir is None:
-        cfg.output_dir = f"model/qwen2-es-{cfg.preset}"
-    problems = validate(cfg, vram)
-    if problems:
-        raise UserError("the config has problems:\n  - " + "\n  - ".join(problems))
+    options = {k: v for k, v in locals().items() if k not in ("preset", "_stop_after_step")}
+    cfg = build_config(preset, **options)
     dist.init()
     check_run_dir(cfg)
     train_records, eval_records = load_data(cfg)
@@ -464,3 +471,28 @@ def train(
     trainer = Trainer(cfg, train_records, eval_records)
     trainer.prepare()
     return str(trainer.run(stop_after_step=_stop_after_step))
+
+
+def build_config(preset: str = "auto", **options) -> TrainConfig:
+    """The resolved, validated config for `train`'s command-line options; every problem at once."""
+    unknown = sorted(set(options) - set(inspect.signature(train).parameters))
+    if unknown:
+        raise UserError(f"unknown option(s): {', '.join('--' + u for u in unknown)} "
+                        "(python scripts/train_qwen2.py --help lists them)")
+    for flag in ("resume", "offload_activations", "embedding_on_cpu", "lm_head_4bit", "gradient_checkpointing"):
+        if options.get(flag) is not None:  # fire hands `--resume false` over as the string 'false'
+            options[flag] = as_bool(options[flag], flag)
+    for name in ("train_data", "eval_data"):
+        options[name] = as_list(options.get(name), name)
+    target = options.get("lora_target")
+    if target is not None and target != "all-linear":
+        options["lora_target"] = as_list(target, "lora_target")
+    vram = detect_vram_gb()
+    try:
+        cfg = resolve_config(preset, vram, **options)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    problems = validate(cfg, vram)
+    if problems:
+        raise UserError("the config has problems:\n  - " + "\n  - ".join(problems))
+    return cfg
