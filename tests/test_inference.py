@@ -270,6 +270,43 @@ def test_timeout_keeps_finished_reports_for_the_rerun(tmp_path, gold_file):
     assert read_jsonl_tolerant(side_file_for(out)) == []
 
 
+def refusing_reply(status: int):
+    """Like openai_reply, but report 12 (Omar) gets `status`, as a report too long for the context would."""
+    def reply(messages):
+        return (status, "maximum context length exceeded") if "Omar" in messages[1]["content"] else \
+            openai_reply(messages)
+    return reply
+
+
+def test_a_refused_report_is_recorded_and_filled_from_the_baseline(tmp_path, gold_file, capsys):
+    out = tmp_path / "sub.jsonl"
+    args = dict(input=str(gold_file), output=str(out), backend="openai", model="m", max_retries=0, concurrency=2)
+    with FakeChatServer(refusing_reply(400)) as server:
+        infer(endpoint=server.endpoint, **args)
+        assert len(server.requests) == 3
+        row = [r for r in read_jsonl_tolerant(side_file_for(out)) if r["id"] == 12][0]
+        assert row["raw"] == "" and "HTTP 400" in row["error"]
+        said = capsys.readouterr().out
+        assert "endpoint refused 1 reports (ids [12])" in said and "maximum context length" in said
+        assert "5 fields in 1 reports were missing" in said and "no parseable JSON" not in said
+        assert "ready to submit" in said
+        infer(endpoint=server.endpoint, **args)
+        assert len(server.requests) == 3  # the refusal is final: a rerun does not stop at it again
+        assert "endpoint refused 1 reports (ids [12])" in capsys.readouterr().out
+    assert read_predictions(out)[11] == fields_for(0)
+
+
+@pytest.mark.parametrize("status", [401, 404, 429, 503])
+def test_an_endpoint_wide_error_stops_the_run_for_a_resume(tmp_path, gold_file, status):
+    out = tmp_path / "sub.jsonl"
+    with FakeChatServer(refusing_reply(status)) as server:
+        with pytest.raises(EndpointError, match=f"HTTP {status}.*resume"):
+            infer(input=str(gold_file), output=str(out), backend="openai", endpoint=server.endpoint, model="m",
+                  max_retries=0, concurrency=1)
+    assert not out.exists()
+    assert all(r["raw"] and "error" not in r for r in read_jsonl_tolerant(side_file_for(out)))
+
+
 @pytest.mark.shared
 def test_extractive_submission_on_the_official_inputs_passes_the_checker(tmp_path, shared_data):
     inputs = shared_data / "longemotion" / "Emotion_Summary.jsonl"

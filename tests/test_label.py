@@ -34,6 +34,8 @@ def canned_reply(messages: list[dict]) -> tuple[int, str]:
         return 200, json.dumps({k: v for k, v in EN.items() if k != "symptoms"})
     if marker == "too-long":
         return 400, '{"error": "context length exceeded"}'
+    if marker == "bad-key":
+        return 401, '{"error": "invalid API key"}'
     raise AssertionError(marker)
 
 
@@ -140,6 +142,14 @@ def test_bad_replies_go_to_rejects_never_filled(server, tmp_path):
     label_file(src, out, client(server), max_retries=0)
     assert server.markers() == {"good": 1, "fix-on-retry": 2, "missing-field": 4, "too-long": 2}
     assert len(rejects_path(out).read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_a_bad_key_stops_the_run_instead_of_rejecting_every_record(server, tmp_path):
+    src = write_input(tmp_path, ["bad-key"] * 5)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(EndpointError, match="HTTP 401.*Rerun"):
+        label_file(src, out, client(server), concurrency=1)
+    assert len(server.messages) == 1 and not rejects_path(out).exists()
 
 
 def test_language_rule_in_prompt_and_enforced(server, tmp_path):

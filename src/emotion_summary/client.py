@@ -30,10 +30,14 @@ class EndpointError(RuntimeError):
         self.status = status
 
 
+# 4xx statuses about the key, the URL or the model name (or the load), not about one request.
+_NOT_ABOUT_THE_REQUEST = {401, 403, 404, 408, 429}
+
+
 def is_refusal(error: EndpointError) -> bool:
-    """A 4xx other than 429 is about this one request (e.g. a report too long for the served context):
-    asking again gets the same answer. Anything else may pass (network, 429/5xx after the retries)."""
-    return error.status is not None and 400 <= error.status < 500 and error.status != 429
+    """The endpoint refused this one request for good (e.g. a report too long for the served context):
+    asking again gets the same 4xx. Anything else (network, 5xx, 429, a bad key) is about the endpoint."""
+    return error.status is not None and 400 <= error.status < 500 and error.status not in _NOT_ABOUT_THE_REQUEST
 
 
 @dataclass

@@ -5,6 +5,8 @@ checkpoint's prompt.json) and the parser (prompt.parse_answer). Each raw text is
 `<output>.raw.jsonl` as soon as it exists, so a killed or failed run is resumed by running the same
 command again: finished ids are never generated (or paid for) twice. A field the model left out is
 filled with the extractive baseline's text for that field and counted as a warning; no id is dropped.
+A report the endpoint refuses (a 4xx other than 429, e.g. longer than the served context) is recorded
+with an empty reply and its error, so it is all baseline and a rerun does not stop at it again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Callable, Sequence
 from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.cli import UserError
 from emotion_summary.cli_args import as_bool, as_opt_str
-from emotion_summary.client import ChatClient, EndpointError, run_pool
+from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
 from emotion_summary.extractive import extract_fields, extractive_generate
 from emotion_summary.prompt import PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import Record, read_records
@@ -42,20 +44,35 @@ def report_chars(record: Record) -> int:
         record.experience_and_reflection)
 
 
-def load_finished(side_file: Path, backend: str, model: str, records: Sequence[Record]) -> dict[int, str]:
+class Raws(dict):
+    """Raw text per id; `refused` holds the endpoint's error for the ids it refused (their text is "")."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.refused: dict[int, str] = {}
+
+    def add(self, rid: int, raw: str, error: str | None = None) -> None:
+        self[rid] = raw
+        if error:
+            self.refused[rid] = error
+        else:
+            self.refused.pop(rid, None)
+
+
+def load_finished(side_file: Path, backend: str, model: str, records: Sequence[Record]) -> Raws:
     """Raw texts already generated for these very reports by this backend and model (last one wins).
 
     Rows of another backend or model (a retrained adapter written to the same default output) or of
     another report under the same id are not reused.
     """
     fingerprints = {r.id: r.fingerprint() for r in records}
-    done, foreign = {}, 0
+    done, foreign = Raws(), 0
     for row in read_jsonl_tolerant(side_file):
         rid, raw = row.get("id"), row.get("raw")
         if rid not in fingerprints or not isinstance(raw, str):
             continue
         if (row.get("backend"), row.get("model"), row.get("fingerprint")) == (backend, model, fingerprints[rid]):
-            done[rid] = raw
+            done.add(rid, raw, row.get("error"))
         else:
             foreign += 1
     if foreign:
@@ -69,7 +86,7 @@ def _batches(records: list[Record], size: int) -> list[list[Record]]:
 
 
 def predict(records: Sequence[Record], generate_fn: GenerateFn, side_file: str | Path, backend: str,
-            model: str = "", batch_size: int = 1, concurrency: int = 1) -> dict[int, str]:
+            model: str = "", batch_size: int = 1, concurrency: int = 1) -> Raws:
     """Raw text per id: from the side file where finished, else from `generate_fn`.
 
     Records are sorted by length so batches pad little; with `concurrency` > 1 batches run in a thread
@@ -82,18 +99,19 @@ def predict(records: Sequence[Record], generate_fn: GenerateFn, side_file: str |
     done = load_finished(side_file, backend, model, records)
     todo = sorted((r for r in records if r.id not in done), key=report_chars)
 
-    def finish(batch: list[Record], raws: list[str]) -> None:
+    def finish(batch: list[Record], raws: list[str], error: str | None) -> None:
         if len(raws) != len(batch):
             raise RuntimeError(f"backend {backend} returned {len(raws)} texts for {len(batch)} reports")
         for record, raw in zip(batch, raws):
-            append_jsonl(side_file, {"id": record.id, "raw": raw, "backend": backend, "model": model,
-                                     "fingerprint": record.fingerprint()})
-            done[record.id] = raw
+            row = {"id": record.id, "raw": raw, "backend": backend, "model": model,
+                   "fingerprint": record.fingerprint()}
+            append_jsonl(side_file, {**row, "error": error} if error else row)
+            done.add(record.id, raw, error)
         bar.update(len(batch))
 
     with tqdm(total=len(records), initial=len(records) - len(todo), desc=backend, unit="report") as bar:
         try:
-            run_pool(_batches(todo, batch_size), lambda b: (b, generate_fn(b)), lambda pair: finish(*pair),
+            run_pool(_batches(todo, batch_size), lambda b: _generate(generate_fn, b), lambda out: finish(*out),
                      concurrency)
         except EndpointError as e:
             raise EndpointError(f"{e}. {len(done)}/{len(records)} reports are saved in {side_file}; "
@@ -101,16 +119,28 @@ def predict(records: Sequence[Record], generate_fn: GenerateFn, side_file: str |
     return done
 
 
+def _generate(generate_fn: GenerateFn, batch: list[Record]) -> tuple[list[Record], list[str], str | None]:
+    """(batch, raw texts, None), or empty texts and the error when the endpoint refuses the batch (the
+    openai backend sends one report a batch): asking again would get the same 4xx."""
+    try:
+        return batch, generate_fn(batch), None
+    except EndpointError as e:
+        if not is_refusal(e):
+            raise
+        return batch, [""] * len(batch), str(e)
+
+
 @dataclass
 class Assembled:
     fields: dict[int, dict[str, str]]
     filled: dict[int, list[str]] = field(default_factory=dict)  # id -> fields taken from the baseline
     not_json: list[int] = field(default_factory=list)  # ids whose reply had no parseable JSON object
+    refused: dict[int, str] = field(default_factory=dict)  # id -> the endpoint's error
 
 
-def assemble(records: Sequence[Record], raws: dict[int, str]) -> Assembled:
+def assemble(records: Sequence[Record], raws: dict[int, str], refused: dict[int, str] | None = None) -> Assembled:
     """Parse every raw text; fill missing fields from the extractive baseline."""
-    out = Assembled({})
+    out = Assembled({}, refused=dict(refused or {}))
     for record in records:
         parsed = parse_answer(raws[record.id])
         fields = dict(parsed.fields)
@@ -118,7 +148,7 @@ def assemble(records: Sequence[Record], raws: dict[int, str]) -> Assembled:
             baseline = extract_fields(record)
             fields.update({k: baseline[k] for k in parsed.missing})
             out.filled[record.id] = parsed.missing
-        if not parsed.parsed_json:
+        if not parsed.parsed_json and record.id not in out.refused:
             out.not_json.append(record.id)
         out.fields[record.id] = fields
     return out
@@ -253,15 +283,20 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
     batch = {"hf": int(batch_size), "openai": 1, "extractive": 64}[backend]
     raws = predict(records, generate, side, backend, _model_id(backend, model_path, model, language),
                    batch_size=batch, concurrency=int(concurrency) if backend == "openai" else 1)
-    result = assemble(records, raws)
+    result = assemble(records, raws, raws.refused)
     write_submission(output, result.fields, [r.id for r in records])
     print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
           f"(backend {backend}; raw generations in {side})")
-    _print_warnings(result)
+    _print_warnings(result, side)
     print(check_submission(output, input).render())
 
 
-def _print_warnings(result: Assembled) -> None:
+def _print_warnings(result: Assembled, side: Path) -> None:
+    if result.refused:
+        first = next(iter(result.refused.values()))
+        print(f"WARNING: the endpoint refused {len(result.refused)} reports (ids {sorted(result.refused)[:20]}); "
+              f"they are all extractive baseline. First error: {first[:300]}. Too long for the served "
+              f"context? To ask again, remove their lines from {side} and rerun.")
     if result.not_json:
         print(f"WARNING: {len(result.not_json)} replies had no parseable JSON object (ids "
               f"{result.not_json[:20]}); their fields were read key by key where possible")

@@ -64,7 +64,7 @@ def _retry_turns(reply: str, reason: str, language: str) -> list[dict]:
 
 def label_one(client: ChatClient, spec: PromptSpec, record: Record, max_retries: int,
               max_tokens: int) -> Outcome:
-    """Ask, check, re-ask up to `max_retries` times; an EndpointError other than a 4xx propagates."""
+    """Ask, check, re-ask up to `max_retries` times; an EndpointError other than a refusal propagates."""
     first = build_prompt(spec, record).messages
     messages, reply, reason = first, "", ""
     for attempt in range(1, max_retries + 2):
