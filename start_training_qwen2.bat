@@ -6,11 +6,16 @@ set HERE=%~dp0
 if "%PRESET%"=="" set PRESET=auto
 if "%VENV%"=="" set VENV=%HERE%.venv
 
-if not exist "%VENV%\Scripts\python.exe" (
-  echo creating virtual environment %VENV%
-  python -m venv "%VENV%" || exit /b 1
+REM VENV=none uses the Python already on PATH, as in start_training_qwen2.sh.
+if /I "%VENV%"=="none" (
+  set PY=python
+) else (
+  if not exist "%VENV%\Scripts\python.exe" (
+    echo creating virtual environment %VENV%
+    python -m venv "%VENV%" || exit /b 1
+  )
+  set PY=%VENV%\Scripts\python.exe
 )
-set PY=%VENV%\Scripts\python.exe
 
 "%PY%" -c "import emotion_summary, torch, transformers, peft, bitsandbytes" 2>nul
 if errorlevel 1 (

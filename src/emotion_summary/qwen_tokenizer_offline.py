@@ -9,6 +9,7 @@ statistics and for the tiny cpu-smoke model; real runs load the hub tokenizer wi
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 QWEN2_PATTERN = (
@@ -71,12 +72,15 @@ def qwen2_tokenizer(cache_dir: str | Path | None = None):
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
-    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
     tok.save_pretrained(str(tmp))
-    if not (cache / "tokenizer.json").is_file():
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        try:
+    try:
+        if not (cache / "tokenizer.json").is_file():
+            shutil.rmtree(cache, ignore_errors=True)  # a half-written cache from a killed run
+            cache.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, cache)
-        except OSError:  # another process won the race; its copy is equal
-            pass
+    except OSError:  # another process published an equal copy first
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return PreTrainedTokenizerFast.from_pretrained(str(cache))
