@@ -193,14 +193,14 @@ def test_hf_backend_wiring_with_a_fake_wrapper(tmp_path, gold_file, monkeypatch,
     assert [entry[0] for entry in log] == ["zh"]  # another answer language: generated again
 
 
-def test_leakage_guard_is_called_when_folds_exists(tmp_path, gold_file, monkeypatch):
+def test_leakage_guard_is_called(tmp_path, gold_file, monkeypatch):
     calls = []
 
     def guard(records, model_path, allow_leakage):
         calls.append((len(records), model_path, allow_leakage))
         raise UserError("LEAKAGE: refused")
 
-    monkeypatch.setitem(sys.modules, "emotion_summary.folds", types.SimpleNamespace(guard_leakage=guard))
+    monkeypatch.setattr("emotion_summary.inference.guard_leakage", guard)
     with pytest.raises(UserError, match="LEAKAGE"):
         infer(input=str(gold_file), output=str(tmp_path / "o.jsonl"), model_path=str(tmp_path),
               backend="hf", allow_leakage="false")

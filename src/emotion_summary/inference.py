@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import threading
 import time
@@ -26,6 +25,7 @@ from emotion_summary.cli import UserError
 from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
 from emotion_summary.extractive import extract_fields, extractive_generate
+from emotion_summary.folds import guard_leakage
 from emotion_summary.prompt import PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import Record, read_records
 from emotion_summary.submission import SUBMISSION_FILE, check_submission, write_submission
@@ -158,15 +158,11 @@ def assemble(records: Sequence[Record], raws: dict[int, str], refused: dict[int,
 
 
 def hf_backend(model_path: str, max_new_tokens: int, language: str | None) -> GenerateFn:
-    try:
-        wrapper = importlib.import_module("emotion_summary.model")
+    try:  # torch is imported only here: the other backends and the checker stay light
+        from emotion_summary.model import Qwen2EmotionSummaryModel
     except ModuleNotFoundError as e:
-        raise UserError(f"the hf backend needs emotion_summary.model and torch/transformers "
-                        f"(pip install -e .[train]): {e}") from None
-    try:
-        model = wrapper.Qwen2EmotionSummaryModel.load(model_path)
-    except getattr(wrapper, "ModelError", ()) as e:  # e.g. a folder that holds no model
-        raise UserError(str(e)) from None
+        raise UserError(f"the hf backend needs torch/transformers (pip install -e .[train]): {e}") from None
+    model = Qwen2EmotionSummaryModel.load(model_path)  # a ModelError is a UserError already
     if language:
         model.prompt = dataclasses.replace(model.prompt, language=language)
     return lambda batch: model.generate(batch, max_new_tokens=max_new_tokens, batch_size=len(batch))
@@ -180,19 +176,6 @@ def openai_backend(client: ChatClient, spec: PromptSpec, max_new_tokens: int) ->
 def load_spec(model_path: str | None, language: str | None) -> PromptSpec:
     spec = PromptSpec.load(model_path) if model_path else PromptSpec()
     return dataclasses.replace(spec, language=language) if language else spec
-
-
-def guard_leakage(records: Sequence[Record], model_path: str | None, allow_leakage: bool) -> None:
-    """Refuse to predict reports the model was trained on (emotion_summary.folds, when present)."""
-    if not model_path:
-        return
-    try:
-        from emotion_summary.folds import guard_leakage as guard
-    except ModuleNotFoundError as e:
-        if e.name != "emotion_summary.folds":
-            raise
-        return
-    guard(list(records), model_path, allow_leakage)
 
 
 # ---------------------------------------------------------------- CLI
@@ -274,7 +257,8 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
     endpoint, model, language = as_opt_str(endpoint), as_opt_str(model), as_opt_str(language)
     _check_options(backend, model_path, endpoint, model, language)
     records = read_records(input)
-    guard_leakage(records, model_path, as_bool(allow_leakage, "allow_leakage"))
+    if model_path:
+        guard_leakage(records, model_path, as_bool(allow_leakage, "allow_leakage"))
     started = time.monotonic()
     # Lazy: a finished run resumed for its final file never loads the model.
     generate = _lazy(lambda: _make_backend(backend, model_path, endpoint, model, language,
