@@ -21,12 +21,12 @@ def test_collate_right_pads_and_masks_padding():
 
 
 def tiny_causal_lm(vocab=97):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
+
+    from emotion_summary.architectures import qwen2_config
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
-    return Qwen2ForCausalLM(cfg).eval()
+    return Qwen2ForCausalLM(qwen2_config("tiny", vocab_size=vocab, hidden_size=32, intermediate_size=64)).eval()
 
 
 def test_answer_only_loss_equals_full_logits_loss():
