@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from emotion_summary.records import read_records
-from emotion_summary.submission import SUBMISSION_KEYS, check_submission, submission_row
+from emotion_summary.submission import SUBMISSION_KEYS, check_submission, read_predictions, submission_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,6 +75,17 @@ def test_language_mismatch_is_a_warning(tmp_path, inputs, good_rows):
     report = check_submission(write(tmp_path / "s.jsonl", [chinese, *good_rows[1:]]), inputs)
     assert report.ok
     assert len(report.warnings) == 1 and "ids [11]" in report.warnings[0] and "--language en" in report.warnings[0]
+
+
+def test_read_predictions_parses_the_file_once(tmp_path, inputs, good_rows, monkeypatch):
+    path = write(tmp_path / "s.jsonl", good_rows)
+    reads = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real(self))
+    preds = read_predictions(path)
+    assert reads == [path]
+    assert preds == {r.id: r.gold() for r in read_records(inputs)}
+    assert list(check_submission(path).rows) == [11, 12, 13]
 
 
 def run_cli(*args):

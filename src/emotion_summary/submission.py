@@ -41,17 +41,8 @@ def read_predictions(path: str | os.PathLike) -> dict[int, dict[str, str]]:
     report = check_submission(path)
     if report.errors:
         raise RecordError(path, "", None, "; ".join(report.errors[:5]))
-    out = {}
-    for row in _rows(Path(path)):
-        out[row[1]["id"]] = {FIELD_OF_KEY[k]: v for k, v in row[1].items() if k in FIELD_OF_KEY}
-    return out
-
-
-def _rows(path: Path):
-    text = path.read_bytes().decode("utf-8")
-    for n, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            yield n, json.loads(line)
+    return {rid: {FIELD_OF_KEY[k]: v for k, v in row.items() if k in FIELD_OF_KEY}
+            for rid, row in report.rows.items()}
 
 
 @dataclass
@@ -60,6 +51,7 @@ class SubmissionReport:
     n_rows: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    rows: dict[int, dict] = field(default_factory=dict, repr=False)  # the parsed rows by id
 
     @property
     def ok(self) -> bool:
@@ -109,7 +101,7 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
         report.errors.append(f"{path}: not valid UTF-8 (byte {e.start})")
         return report
     seen: dict[int, int] = {}
-    rows: dict[int, dict] = {}
+    rows = report.rows
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
