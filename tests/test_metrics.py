@@ -7,7 +7,7 @@ import tracemalloc
 import pytest
 
 from emotion_summary import metrics
-from emotion_summary.metrics import BertScoreUnavailable, bertscore_f1, rouge_report, rouge_scores, tokenize
+from emotion_summary.metrics import BertScoreUnavailable, bertscore_f1, mean, rouge_report, rouge_scores, tokenize
 from emotion_summary.records import GOLD_FIELDS
 
 
@@ -43,6 +43,15 @@ def test_long_texts_are_capped_before_rouge_l():
     assert peak < 40e6  # 301^2 LCS cells ~ 11 MB; uncapped 60,000^2 would be ~450 GB
     assert time.monotonic() - started < 10
     assert 0 < scores["rouge-1"] <= 1
+
+
+def test_one_mean_for_rouge_bertscore_and_the_judge():
+    assert mean(x / 2 for x in range(1, 4)) == 1.0  # any iterable, a generator too
+    assert mean([]) == 0.0  # ROUGE and BERTScore: no reports score 0
+    assert mean([], empty=None) is None  # the judge: no scored items is "no figure", not 0
+    from emotion_summary.judge import summarize
+
+    assert summarize([], "judge-model")["mean"] is None
 
 
 def test_rouge_report_means_per_field_and_overall():

@@ -16,7 +16,7 @@ from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, ato
 from emotion_summary.cli import UserError
 from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError
-from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1,
+from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
                                      rouge_report)
 from emotion_summary.prompt import detect_language
 from emotion_summary.records import GOLD_FIELDS, Record, read_records
@@ -72,14 +72,9 @@ def bertscore_systems(systems: list[dict], gold: Sequence[Record], model: str | 
         for (i, rid, f), v in zip(pairs, result.f1):
             per_id[i].setdefault(rid, {})[f] = v
     for system, scores in zip(systems, per_id):
-        per_field = {f: _mean(scores[r.id][f] for r in gold) for f in GOLD_FIELDS}
-        system["bertscore"] = {"per_field": per_field, "mean": _mean(per_field.values()),
+        per_field = {f: mean(scores[r.id][f] for r in gold) for f in GOLD_FIELDS}
+        system["bertscore"] = {"per_field": per_field, "mean": mean(per_field.values()),
                                "models": used, "per_id": scores}
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else 0.0
 
 
 # ---------------------------------------------------------------- rendering

@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.client import ChatClient, run_pool
+from emotion_summary.metrics import mean
 from emotion_summary.prompt import FIELD_DESCRIPTIONS, report_sections, trim_sections
 from emotion_summary.records import GOLD_FIELDS, Record
 
@@ -192,24 +193,19 @@ def _split_cached(records, preds, model: str, cache: dict[str, dict], use_refere
     return items, todo
 
 
-def _mean(values) -> float | None:
-    values = list(values)
-    return sum(values) / len(values) if values else None
-
-
 def summarize(items: Sequence[JudgeItem], model: str) -> dict:
     """Means per field and criterion, the overall mean (the leaderboard's ES figure) and x20."""
     ok = [it for it in items if it.scores]
     per_field = {}
     for f in GOLD_FIELDS:
         mine = [it.scores for it in ok if it.field == f]
-        per_field[f] = {c: _mean(s[c] for s in mine) for c in CRITERIA}
-        per_field[f]["mean"] = _mean(s[c] for s in mine for c in CRITERIA)
-    overall = _mean(it.scores[c] for it in ok for c in CRITERIA)
+        per_field[f] = {c: mean((s[c] for s in mine), empty=None) for c in CRITERIA}
+        per_field[f]["mean"] = mean((s[c] for s in mine for c in CRITERIA), empty=None)
+    overall = mean((it.scores[c] for it in ok for c in CRITERIA), empty=None)
     return {
         "model": model, "version": JUDGE_VERSION, "n_items": len(items), "n_failed": len(items) - len(ok),
         "per_field": per_field,
-        "per_criterion": {c: _mean(it.scores[c] for it in ok) for c in CRITERIA},
+        "per_criterion": {c: mean((it.scores[c] for it in ok), empty=None) for c in CRITERIA},
         "mean": overall, "mean_x20": None if overall is None else overall * 20,
         "failures": [{"id": it.id, "field": it.field, "error": it.error, "raw": it.raw[:500]}
                      for it in items if not it.scores],

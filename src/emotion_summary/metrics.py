@@ -21,7 +21,7 @@ import socket
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from emotion_summary.records import GOLD_FIELDS
 
@@ -70,9 +70,10 @@ def rouge_scores(hypothesis: str, reference: str, max_tokens: int = MAX_TOKENS) 
     return {m: scores[m]["f"] for m in ROUGE_METRICS}
 
 
-def _mean(values) -> float:
+def mean(values: Iterable[float], empty: float | None = 0.0) -> float | None:
+    """The arithmetic mean; `empty` when there are no values."""
     values = list(values)
-    return sum(values) / len(values) if values else 0.0
+    return sum(values) / len(values) if values else empty
 
 
 def rouge_report(preds: Mapping[int, Mapping[str, str]], golds: Mapping[int, Mapping[str, str]],
@@ -84,9 +85,9 @@ def rouge_report(preds: Mapping[int, Mapping[str, str]], golds: Mapping[int, Map
     per_id = {}
     for rid in tqdm(list(golds), desc="ROUGE", unit="report", disable=not progress):
         per_id[rid] = {f: rouge_scores(preds[rid][f], golds[rid][f]) for f in GOLD_FIELDS}
-    per_field = {f: {m: _mean(per_id[i][f][m] for i in per_id) for m in ROUGE_METRICS} for f in GOLD_FIELDS}
-    mean = {m: _mean(per_field[f][m] for f in GOLD_FIELDS) for m in ROUGE_METRICS}
-    return {"per_field": per_field, "mean": mean, "per_id": per_id, "max_tokens": MAX_TOKENS}
+    per_field = {f: {m: mean(per_id[i][f][m] for i in per_id) for m in ROUGE_METRICS} for f in GOLD_FIELDS}
+    overall = {m: mean(per_field[f][m] for f in GOLD_FIELDS) for m in ROUGE_METRICS}
+    return {"per_field": per_field, "mean": overall, "per_id": per_id, "max_tokens": MAX_TOKENS}
 
 
 # ---------------------------------------------------------------- BERTScore
