@@ -1,5 +1,6 @@
 """scripts/check_submission.py and the checker behind it: one test per error class."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -75,6 +76,23 @@ def test_language_mismatch_is_a_warning(tmp_path, inputs, good_rows):
     report = check_submission(write(tmp_path / "s.jsonl", [chinese, *good_rows[1:]]), inputs)
     assert report.ok
     assert len(report.warnings) == 1 and "ids [11]" in report.warnings[0] and "--language en" in report.warnings[0]
+
+
+def test_language_is_that_of_the_whole_report_as_in_the_prompt(tmp_path):
+    """A Chinese report whose session notes are mostly English test names: the prompt answers it in
+    Chinese, so a Chinese prediction is right and an English one is flagged."""
+    from emotion_summary.records import write_records
+    from emotion_summary.text import record_language
+
+    record = read_records(ROOT / "tests" / "fixtures" / "es_eval_gold.jsonl")[2]
+    record = dataclasses.replace(record, consultation_process=("SCL-90, SAS and SDS were given; then CBT.",))
+    inputs = write_records(tmp_path / "in.jsonl", [record])
+    assert record_language(record) == "zh"
+    zh = check_submission(write(tmp_path / "zh.jsonl", [submission_row(record.id, record.gold())]), inputs)
+    assert zh.ok and not zh.warnings
+    en_fields = {f: "The client was anxious before exams." for f in record.gold()}
+    en = check_submission(write(tmp_path / "en.jsonl", [submission_row(record.id, en_fields)]), inputs)
+    assert len(en.warnings) == 1 and "ids [13]" in en.warnings[0]
 
 
 def test_read_predictions_parses_the_file_once(tmp_path, inputs, good_rows, monkeypatch):

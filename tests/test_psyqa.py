@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from emotion_summary.psyqa import ID_OFFSET, convert_items, convert_psyqa, load_psyqa, sentences
-from emotion_summary.records import RecordError, read_records
+from emotion_summary.extractive import report_sentences
+from emotion_summary.psyqa import ID_OFFSET, convert_items, convert_psyqa, load_psyqa
+from emotion_summary.records import RecordError, read_records, record_from_dict
+from emotion_summary.text import split_sentences
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "download_and_convert_psyqa.py"
 
@@ -56,9 +58,22 @@ def test_tiny_fixture_converts_faithfully(fixtures, tmp_path):
 
 def test_sentences_keep_every_character():
     text = "第一句。第二句！“第三句？”\n\nFourth one. Fifth"
-    parts = sentences(text)
+    parts = split_sentences(text)
     assert parts == ["第一句。", "第二句！", "“第三句？”", "Fourth one.", "Fifth"]
     assert all(p in text for p in parts)
+
+
+def test_closing_quotes_and_repeated_marks_stay_with_their_sentence():
+    text = 'She said, "I overthink." How did it start?! It was forced!! 3.5 hours.'
+    assert split_sentences(text) == ['She said, "I overthink."', "How did it start?!", "It was forced!!", "3.5 hours."]
+
+
+def test_the_baseline_splits_reports_as_the_converter_does():
+    text = '来访者说：“我睡不着。”她很焦虑。\nHomework:\nShe said, "I overthink." Why?!'
+    record = record_from_dict({"id": 1, "case_description": [text], "consultation_process": ["x"],
+                               "experience_and_reflection": ""})
+    assert [s.text for s in report_sentences(record)][:-1] == split_sentences(text)
+    assert split_sentences(text)[2] == 'Homework:\nShe said, "I overthink."'  # a heading is no sentence
 
 
 def _item(**over):

@@ -18,9 +18,9 @@ from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
                                      rouge_report)
-from emotion_summary.prompt import detect_language
 from emotion_summary.records import GOLD_FIELDS, Record, read_records
 from emotion_summary.submission import read_predictions
+from emotion_summary.text import detect_language
 
 SHORT = {"causes": "causes", "symptoms": "symptoms", "treatment_process": "process",
          "characteristics_of_illness": "characteristics", "treatment_effect": "effect"}

@@ -10,8 +10,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from emotion_summary.prompt import answer_text, detect_language
+from emotion_summary.prompt import answer_text
 from emotion_summary.records import GOLD_FIELDS, Record
+from emotion_summary.text import record_language, split_sentences
 
 SECTIONS = ("case_description", "consultation_process", "experience_and_reflection")
 
@@ -70,9 +71,6 @@ RULES = {
 }
 assert tuple(RULES) == GOLD_FIELDS
 
-_SENTENCE_END = re.compile(r"(?<=[。！？；!?])|(?<=[.!?][\"'”’])\s+|(?<=[.!?])\s+")
-
-
 @dataclass(frozen=True)
 class Sentence:
     text: str
@@ -80,10 +78,8 @@ class Sentence:
     position: float  # 0 = start of the report, 1 = end
 
 
-def split_sentences(record: Record) -> list[Sentence]:
-    pieces = [(sec, p) for sec in SECTIONS for p in _paragraphs(record, sec)]
-    texts = [(sec, s.strip()) for sec, p in pieces for s in _SENTENCE_END.split(p)]
-    texts = [(sec, s) for sec, s in texts if s]
+def report_sentences(record: Record) -> list[Sentence]:
+    texts = [(sec, s) for sec in SECTIONS for p in _paragraphs(record, sec) for s in split_sentences(p)]
     n = max(len(texts) - 1, 1)
     return [Sentence(s, sec, i / n) for i, (sec, s) in enumerate(texts)]
 
@@ -150,8 +146,8 @@ def _fallback(sentences: list[Sentence], field: str) -> list[Sentence]:
 
 def extract_fields(record: Record) -> dict[str, str]:
     """Five non-empty fields made of the report's own sentences."""
-    sentences = split_sentences(record)
-    language = detect_language(" ".join(s.text for s in sentences))
+    sentences = report_sentences(record)
+    language = record_language(record)
     used: set[Sentence] = set()
     out = {}
     for field in GOLD_FIELDS:

@@ -20,8 +20,9 @@ from tqdm import tqdm
 from emotion_summary.atomic_io import append_jsonl, atomic_write_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.cli import UserError
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
-from emotion_summary.prompt import PromptSpec, build_prompt, detect_language, parse_answer
+from emotion_summary.prompt import PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, read_records, record_from_dict
+from emotion_summary.text import detect_language
 
 LANGUAGES = ("en", "zh", "auto")
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}

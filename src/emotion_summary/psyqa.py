@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from emotion_summary.atomic_io import atomic_write_jsonl
 from emotion_summary.records import RecordError, record_from_dict
+from emotion_summary.text import split_sentences
 
 # LongEmotion ids are small (1-200 today); PsyQA ids live far above them and never collide.
 ID_OFFSET = 10_000_000
 SOURCE = "psyqa"
-# A sentence ends at 。！？!? or a Latin full stop before a space, plus any closing quotes/brackets.
-_SENTENCE_END = re.compile(r"(?:[。！？!?…]+|\.(?=\s))[”’\"'）)】]*")
 
 
 def psyqa_id(question_id: int) -> int:
@@ -102,18 +100,6 @@ def labelled_segments(text: str, spans: list[tuple[int, int, str]]) -> list[tupl
     return out
 
 
-def sentences(text: str) -> list[str]:
-    """Paragraphs split into sentences; every piece is a stripped substring of `text`."""
-    out = []
-    for paragraph in text.splitlines():
-        start = 0
-        for m in _SENTENCE_END.finditer(paragraph):
-            out.append(paragraph[start:m.end()])
-            start = m.end()
-        out.append(paragraph[start:])
-    return [s.strip() for s in out if s.strip()]
-
-
 def _process(answer: dict, index: int, ctx: _Item) -> tuple[list[str], list[str | None] | None]:
     field = f"answers[{index}]"
     text = answer.get("answer_text")
@@ -125,7 +111,7 @@ def _process(answer: dict, index: int, ctx: _Item) -> tuple[list[str], list[str 
     if answer.get("has_label") and labels:
         pieces = labelled_segments(text, _spans(answer, text, field, ctx))
         return [p for p, _ in pieces], [k for _, k in pieces]
-    return sentences(text), None
+    return split_sentences(text), None
 
 
 def convert_item(item: Any, path: str | os.PathLike = "<psyqa>", index: int = 0) -> dict:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emotion_summary.atomic_io import atomic_write_jsonl
-from emotion_summary.prompt import detect_language
 from emotion_summary.records import GOLD_FIELDS, Record, RecordError, read_records
+from emotion_summary.text import detect_language, record_language
 
 SUBMISSION_FILE = "Emotion_Summary_Result.jsonl"
 # Singular "cause" and capital "C" are the leaderboard's spelling.
@@ -135,7 +135,7 @@ def _check_against_inputs(records: list[Record], rows: dict[int, dict], report: 
         if row is None:
             continue
         said = " ".join(str(row.get(k, "")) for k in SUBMISSION_KEYS.values())
-        if said.strip() and detect_language(said) != detect_language(" ".join(r.consultation_process)):
+        if said.strip() and detect_language(said) != record_language(r):
             mismatched.append(r.id)
     if mismatched:
         report.warnings.append(
