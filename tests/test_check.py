@@ -11,7 +11,7 @@ import pytest
 from emotion_summary.records import read_records
 from emotion_summary.submission import SUBMISSION_KEYS, check_submission, read_predictions, submission_row
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -78,13 +78,13 @@ def test_language_mismatch_is_a_warning(tmp_path, inputs, good_rows):
     assert len(report.warnings) == 1 and "ids [11]" in report.warnings[0] and "--language en" in report.warnings[0]
 
 
-def test_language_is_that_of_the_whole_report_as_in_the_prompt(tmp_path):
+def test_language_is_that_of_the_whole_report_as_in_the_prompt(tmp_path, inputs):
     """A Chinese report whose session notes are mostly English test names: the prompt answers it in
     Chinese, so a Chinese prediction is right and an English one is flagged."""
     from emotion_summary.records import write_records
     from emotion_summary.text import record_language
 
-    record = read_records(ROOT / "tests" / "fixtures" / "es_eval_gold.jsonl")[2]
+    record = read_records(inputs)[2]
     record = dataclasses.replace(record, consultation_process=("SCL-90, SAS and SDS were given; then CBT.",))
     inputs = write_records(tmp_path / "in.jsonl", [record])
     assert record_language(record) == "zh"

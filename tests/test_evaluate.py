@@ -13,11 +13,6 @@ from emotion_summary.records import RecordError, read_records
 from emotion_summary.submission import write_submission
 
 
-@pytest.fixture
-def gold_file(fixtures):
-    return fixtures / "es_eval_gold.jsonl"
-
-
 def submission_of(path, records, fields_fn):
     write_submission(path, {r.id: fields_fn(r) for r in records}, [r.id for r in records])
     return str(path)
