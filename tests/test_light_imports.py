@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 LIGHT = ["records", "atomic_io", "prompt", "submission", "check", "metrics", "evaluate", "extractive", "judge",
-         "psyqa", "folds", "label", "client", "presets", "config", "inference", "download", "pipeline", "encode", "stats", "sample_data"]
+         "psyqa", "folds", "label", "client", "presets", "config", "inference", "download", "pipeline", "encode", "stats", "sample_data", "text"]
 
 
 def test_light_modules_import_no_heavy_library():

@@ -1,6 +1,7 @@
 import json
 
-from emotion_summary.prompt import (TRIM_MARKER, PromptSpec, answer_text, build_prompt, detect_language,
+from emotion_summary.text import detect_language
+from emotion_summary.prompt import (TRIM_MARKER, PromptSpec, answer_text, build_prompt,
                                     parse_answer)
 from emotion_summary.records import GOLD_FIELDS, record_from_dict
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from emotion_summary.records import GOLD_FIELDS, Record
+from emotion_summary.text import record_language
 
 Language = Literal["en", "zh", "auto"]
 TRIM_MARKER = " [... {n} tokens trimmed ...] "
@@ -72,14 +73,6 @@ class PromptSpec:
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
-def detect_language(text: str) -> Literal["en", "zh"]:
-    """'zh' when CJK characters are more than a quarter of the Latin letters (a Chinese report often
-    quotes English scale names and terms); enough to tell the two languages apart."""
-    cjk = len(re.findall(r"[\u4e00-\u9fff]", text))
-    latin = len(re.findall(r"[A-Za-z]", text))
-    return "zh" if cjk > latin / 4 else "en"
-
-
 def report_sections(record: Record) -> list[tuple[str, str]]:
     """(heading, text) for every non-empty paragraph of the report, in order."""
     secs = [("Case description", s) for s in record.case_description]
@@ -96,11 +89,6 @@ def _render_report(sections: list[tuple[str, str]]) -> str:
             last = heading
         out.append(text)
     return "\n".join(out).strip()
-
-
-def record_language(record: Record) -> Literal["en", "zh"]:
-    """The language of the whole report (all sections): what 'auto' answers in."""
-    return detect_language(" ".join(t for _, t in report_sections(record)))
 
 
 def _user_text(spec: PromptSpec, record: Record, sections: list[tuple[str, str]]) -> str:
