@@ -57,3 +57,22 @@ def test_smoke_model_submission_on_the_150_official_inputs_passes_the_checker(tm
           max_new_tokens=4)
     report = check_submission(out, inputs)
     assert report.ok and report.n_rows == 150, report.render()
+
+
+def test_openai_backend_trims_prompts_as_the_checkpoint_was_trained(tmp_path, tiny_adapter):
+    """With --model_path, the served model gets the prompt the hf backend would build: trimmed to the
+    checkpoint's max_seq_len with its tokenizer (cpu-smoke: 1,024 tokens)."""
+    import json
+
+    from emotion_summary.records import write_records, record_from_dict
+    from tests.chat_server import FakeChatServer
+
+    long = record_from_dict({"id": 1, "case_description": ["A client."],
+                             "consultation_process": ["The client talked about work. " * 400],
+                             "experience_and_reflection": "Reflection."})
+    inputs = write_records(tmp_path / "in.jsonl", [long])
+    with FakeChatServer(lambda messages: json.dumps({"causes": "x"})) as server:
+        infer(input=str(inputs), output=str(tmp_path / "out.jsonl"), model_path=str(tiny_adapter),
+              backend="openai", endpoint=server.endpoint, model="served", max_new_tokens=64)
+    user = server.requests[0]["messages"][1]["content"]
+    assert "tokens trimmed" in user and len(user) < 6000

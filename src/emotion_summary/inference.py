@@ -168,9 +168,35 @@ def hf_backend(model_path: str, max_new_tokens: int, language: str | None) -> Ge
     return lambda batch: model.generate(batch, max_new_tokens=max_new_tokens, batch_size=len(batch))
 
 
-def openai_backend(client: ChatClient, spec: PromptSpec, max_new_tokens: int) -> GenerateFn:
-    return lambda batch: [client.chat(build_prompt(spec, r).messages, max_tokens=max_new_tokens)
-                          for r in batch]
+def openai_backend(client: ChatClient, spec: PromptSpec, max_new_tokens: int,
+                   trim: PromptBudget | None = None) -> GenerateFn:
+    def messages(record: Record) -> list[dict]:
+        if trim is None:
+            return build_prompt(spec, record).messages
+        return build_prompt(spec, record, trim.max_prompt_tokens, trim.count_tokens).messages
+
+    return lambda batch: [client.chat(messages(r), max_tokens=max_new_tokens) for r in batch]
+
+
+@dataclass
+class PromptBudget:
+    max_prompt_tokens: int
+    count_tokens: Callable[[str], int]
+
+
+def prompt_budget(model_path: str | None, max_new_tokens: int) -> PromptBudget | None:
+    """With a checkpoint directory, trim reports as the model was trained to see them (its tokenizer
+    and max_seq_len), so the served model gets the same prompts the hf backend would build."""
+    if not model_path or not (Path(model_path) / "tokenizer.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    from emotion_summary.config import TrainConfig
+    from emotion_summary.encode import TEMPLATE_MARGIN, token_counter
+
+    cfg = TrainConfig.load(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return PromptBudget(cfg.max_seq_len - max_new_tokens - TEMPLATE_MARGIN, token_counter(tokenizer))
 
 
 def load_spec(model_path: str | None, language: str | None) -> PromptSpec:
@@ -213,7 +239,8 @@ def _make_backend(backend, model_path, endpoint, model, language, max_new_tokens
     if backend == "hf":
         return hf_backend(model_path, max_new_tokens, language)
     client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries)
-    return openai_backend(client, load_spec(model_path, language), max_new_tokens)
+    return openai_backend(client, load_spec(model_path, language), max_new_tokens,
+                          prompt_budget(model_path, max_new_tokens))
 
 
 def _weights_stamp(model_path: Path) -> str:
