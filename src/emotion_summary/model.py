@@ -264,6 +264,9 @@ class Qwen2EmotionSummaryModel:
     @torch.no_grad()
     def generate(self, records: list[Record], max_new_tokens: int = 512, batch_size: int = 4) -> list[str]:
         """Greedy replies, in the order given (callers sort by length so batches pad little)."""
+        if self.max_prompt_tokens(max_new_tokens) < 256:
+            raise ModelError(f"max_new_tokens={max_new_tokens} leaves under 256 prompt tokens in this "
+                             f"model's max_seq_len={self.config.max_seq_len}; lower --max_new_tokens")
         self.model.eval()
         out: list[str] = []
         for start in range(0, len(records), batch_size):
