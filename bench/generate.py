@@ -23,7 +23,8 @@ from pathlib import Path
 
 from _common import append_rows, gb, gpu_info, host_info, markdown_table
 
-from emotion_summary.cli import UserError, run
+from emotion_summary.cli import run
+from emotion_summary.errors import UserError
 from emotion_summary.cli_args import as_list
 from emotion_summary.sample_data import SAMPLE_EN
 

@@ -38,7 +38,8 @@ from pathlib import Path
 
 from _common import GB, append_rows, gb, gpu_info, host_info, markdown_table, read_status_kb, reset_peak_rss
 
-from emotion_summary.cli import UserError, run
+from emotion_summary.cli import run
+from emotion_summary.errors import UserError
 from emotion_summary.cli_args import as_list
 from emotion_summary.qwen_tokenizer_offline import FIRST_SPECIAL_ID  # random ids stay below it
 

@@ -114,7 +114,7 @@ def test_report_marks_fits_and_find_max(train_step_module):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="these options are refused on CPU only")
 def test_gpu_only_options_are_refused_on_cpu(train_step_module):
-    from emotion_summary.cli import UserError
+    from emotion_summary.errors import UserError
 
     with pytest.raises(UserError, match="needs a CUDA GPU"):
         train_step_module.train_step(arch="qwen2-7b")
@@ -125,7 +125,7 @@ def test_gpu_only_options_are_refused_on_cpu(train_step_module):
 
 
 def test_list_options_are_checked_before_anything_is_built(train_step_module, generate_module):
-    from emotion_summary.cli import UserError
+    from emotion_summary.errors import UserError
 
     for bad in ("0", "512,-1", "512,x", ""):
         with pytest.raises(UserError, match="--seq_lens"):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from emotion_summary import download
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.records import RecordError, read_records
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "download_data.py"

@@ -47,7 +47,7 @@ def test_psyqa_to_labelled_training_to_scored_submission(tmp_path):
 
 
 def test_predicting_the_training_reports_is_refused(tmp_path):
-    from emotion_summary.cli import UserError
+    from emotion_summary.errors import UserError
     from emotion_summary.inference import infer
     from emotion_summary.train import train
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.evaluate import evaluate, labels_for
 from emotion_summary.extractive import extract_fields
 from emotion_summary.records import RecordError, read_records

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.folds import (FINGERPRINTS_FILE, find_leaks, fold_of, guard_leakage, save_fingerprints,
                                    split_folds)
 from emotion_summary.records import Record

@@ -12,7 +12,7 @@ import types
 import pytest
 
 from emotion_summary.atomic_io import read_jsonl_tolerant
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.client import EndpointError, run_pool
 from emotion_summary.inference import assemble, infer, predict, side_file_for
 from emotion_summary.prompt import PromptSpec, answer_text

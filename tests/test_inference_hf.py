@@ -40,7 +40,7 @@ def test_hf_backend_writes_a_valid_submission_and_resumes_without_loading(tmp_pa
 
 
 def test_a_folder_without_a_model_is_a_user_error(tmp_path, fixtures):
-    from emotion_summary.cli import UserError
+    from emotion_summary.errors import UserError
     from emotion_summary.prompt import PromptSpec
 
     PromptSpec().save(tmp_path)

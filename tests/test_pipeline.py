@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.pipeline import pipeline
 from emotion_summary.submission import check_submission
 

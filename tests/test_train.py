@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.config import resolve_config, validate
 from emotion_summary.presets import PRESETS
 from emotion_summary.train import train

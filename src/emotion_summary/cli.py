@@ -1,24 +1,19 @@
-"""Entry-point glue: the typed function is the CLI (fire); known user errors become one clean line."""
+"""Entry-point glue: the typed function is the CLI (fire); user errors become one clean line."""
 
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
-
-class UserError(Exception):
-    """A problem the user can fix (bad input, bad option, missing file): printed without a traceback."""
+from emotion_summary.errors import UserError
 
 
 def run(fn: Callable | dict, argv: list[str] | None = None):
-    """`fire.Fire(fn)`, but RecordError / UserError / FileNotFoundError exit 2 with a one-line message."""
+    """`fire.Fire(fn)`, but a UserError (and a missing file) exits 2 with a one-line message."""
     import fire
-
-    from emotion_summary.client import EndpointError
-    from emotion_summary.records import RecordError
 
     try:
         return fire.Fire(fn, command=argv)
-    except (RecordError, UserError, FileNotFoundError, EndpointError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 
 _TRUE = {"true", "yes", "y", "1", "on"}
 _FALSE = {"false", "no", "n", "0", "off", "none", ""}

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Callable, Iterable, TypeVar
 
+from emotion_summary.errors import UserError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class EndpointError(RuntimeError):
+class EndpointError(UserError, RuntimeError):
     """`status` is the HTTP status of the final failure, None for connection errors and timeouts."""
 
     def __init__(self, message: str, status: int | None = None):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emotion_summary.atomic_io import atomic_write_bytes
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.records import read_records
 
 HF_REPO = "LongEmotion/LongEmotion"

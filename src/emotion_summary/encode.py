@@ -45,7 +45,7 @@ def answer_token_ids(tokenizer, fields: dict[str, str]) -> list[int]:
 def encode_example(tokenizer, spec: PromptSpec, record: Record, max_seq_len: int) -> dict:
     answer = answer_token_ids(tokenizer, record.gold())
     if len(answer) >= max_seq_len // 2:
-        from emotion_summary.cli import UserError
+        from emotion_summary.errors import UserError
 
         raise UserError(f"record {record.id} ({record.source}): the gold answer alone is {len(answer)} "
                         f"tokens; max_seq_len={max_seq_len} is too small for it")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,

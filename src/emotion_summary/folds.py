@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emotion_summary.atomic_io import atomic_write_json
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.records import Record, check_unique_ids
 
 FINGERPRINTS_FILE = "data_fingerprints.json"

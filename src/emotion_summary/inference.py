@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
 from emotion_summary.extractive import extract_fields, extractive_generate

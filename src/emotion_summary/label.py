@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tqdm import tqdm
 
 from emotion_summary.atomic_io import append_jsonl, atomic_write_jsonl, read_jsonl_tolerant, repair_jsonl_tail
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
 from emotion_summary.prompt import PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, read_records, record_from_dict

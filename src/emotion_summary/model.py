@@ -17,16 +17,12 @@ from pathlib import Path
 
 import torch
 
-from emotion_summary.cli import UserError
+from emotion_summary.errors import ModelError
 from emotion_summary.config import TrainConfig
 from emotion_summary.encode import prompt_token_ids
 from emotion_summary.loss import answer_only_loss
 from emotion_summary.prompt import PromptSpec, parse_answer
 from emotion_summary.records import Record
-
-
-class ModelError(UserError):
-    """A model directory that cannot be used as asked (printed as one line by the CLIs)."""
 
 
 def device() -> torch.device:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.config import TrainConfig
 from emotion_summary.records import write_records
 from emotion_summary.submission import SUBMISSION_FILE

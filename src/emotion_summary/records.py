@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from emotion_summary.atomic_io import atomic_write_jsonl
+from emotion_summary.errors import UserError
 
 INPUT_FIELDS = ("case_description", "consultation_process", "experience_and_reflection")
 GOLD_FIELDS = (
@@ -22,7 +23,7 @@ GOLD_FIELDS = (
 )
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A bad record: `where` is 'line N' (JSONL) or 'item N' (JSON array)."""
 
     def __init__(self, path: str | os.PathLike, where: str, field: str | None, message: str):

@@ -20,7 +20,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.presets import PRESETS
 from emotion_summary.encode import answer_token_ids, prompt_token_ids
 from emotion_summary.prompt import PromptSpec

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from emotion_summary import distributed as dist
 from emotion_summary.atomic_io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_tolerant
-from emotion_summary.cli import UserError
+from emotion_summary.errors import UserError
 from emotion_summary.cli_args import as_bool, as_list
 from emotion_summary.config import TrainConfig, detect_vram_gb, resolve_config, validate
 from emotion_summary.folds import save_fingerprints
