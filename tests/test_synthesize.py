@@ -249,3 +249,35 @@ def test_labelling_keeps_synth_source_and_accepts_not_described(tmp_path):
     assert all(r.treatment_effect == NOT_DESCRIBED and r.label_source for r in records)
     submission = write_submission(tmp_path / "sub.jsonl", {r.id: r.gold() for r in records}, [r.id for r in records])
     assert check_submission(submission).ok
+
+
+@pytest.mark.slow
+def test_seeds_to_synthetic_reports_to_labels_to_training_to_scored_submission(tmp_path):
+    """Issue 13's route end to end: 5 seeds -> 5 synthetic reports -> teacher labels -> cpu-smoke
+    training -> predictions on held-out sample reports -> local scores."""
+    from emotion_summary.evaluate import evaluate
+    from emotion_summary.folds import write_fold
+    from emotion_summary.inference import infer
+    from emotion_summary.label import label_with_teacher
+    from emotion_summary.sample_data import SAMPLE_EN
+    from emotion_summary.train import train
+
+    seeds = seeds_file(tmp_path)
+    labelled = tmp_path / "labelled.jsonl"
+    with FakeChatServer(teacher) as server:
+        assert synth(server, tmp_path, seeds)["kept"] == 5
+        label_with_teacher(str(tmp_path / "synthetic.jsonl"), str(labelled), server.endpoint, "teacher",
+                           language="en")
+        assert synth(server, tmp_path, seeds)["kept"] == 0 and len(server.requests) == 10  # rerun: nothing sent
+    train_records = read_records(labelled, require_gold=True)
+    assert len(train_records) == 5 and {r.source for r in train_records} == {SOURCE}
+
+    run_dir = train(preset="cpu-smoke", train_data=str(labelled), folds=0, max_steps=2,
+                    output_dir=str(tmp_path / "run"))
+    _, heldout = write_fold(str(SAMPLE_EN), str(tmp_path / "folds"), folds=3, fold=0)
+    submission = tmp_path / "Emotion_Summary_Result.jsonl"
+    infer(input=heldout, output=str(submission), model_path=run_dir, max_new_tokens=8)
+    assert check_submission(submission, heldout).ok
+    evaluate(pred=str(submission), gold=heldout, out_dir=str(tmp_path / "scores"), bertscore=False)
+    scores = json.loads(next((tmp_path / "scores").glob("*.json")).read_text())
+    assert "rouge" in json.dumps(scores).lower()
