@@ -133,3 +133,13 @@ def test_official_inputs_do_not_leak_into_each_other(shared_data):
     for rid, signature in signatures.items():
         index.add(rid, signature)
     assert all([m.key for m in index.matches(s)] == [rid] for rid, s in signatures.items())
+
+
+def test_overlap_and_synthesis_import_no_heavy_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, emotion_summary.overlap, emotion_summary.synthesize, emotion_summary.folds\n"
+            "print([m for m in ('torch', 'transformers', 'peft', 'matplotlib') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
