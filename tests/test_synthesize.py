@@ -158,6 +158,13 @@ def test_rerun_with_another_teacher_is_refused(tmp_path):
             synth(server, tmp_path, seeds, n=2, model="other")
 
 
+def test_output_that_is_a_directory_or_under_a_file_is_refused_before_any_request(tmp_path):
+    seeds = seeds_file(tmp_path, SEEDS[:1])
+    for output, match in ((tmp_path, "is a directory"), (seeds / "out.jsonl", "lies under a file")):
+        with pytest.raises(UserError, match=match):
+            synthesize_file(str(seeds), 1, output, None, "en", SMALL)
+
+
 def test_check_report_reasons():
     good = report_for("x")
     assert check_report(json.dumps(good), SMALL, "en")[0]["experience_and_reflection"]

@@ -393,6 +393,8 @@ def _official_paths(official: str | None) -> list[Path]:
 def _check_paths(output: Path, inputs: list[Path]) -> None:
     if output.is_dir():
         raise UserError(f"{output}: --output is a directory")
+    if any(parent.is_file() for parent in output.parents):
+        raise UserError(f"{output}: --output lies under a file")
     for path in inputs:
         if path.exists() and output.exists() and output.resolve() == path.resolve():
             raise UserError(f"{output}: --output must differ from {path}")
