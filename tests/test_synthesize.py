@@ -97,6 +97,7 @@ def test_report_copied_from_an_official_one_is_dropped_and_counted(tmp_path):
         counts = synth(server, tmp_path, seeds, n=4)
         assert counts["kept"] == 3 and counts["official_overlap"] == 1
         assert synth(server, tmp_path, seeds, n=4)["skipped_done"] == 4 and len(server.requests) == 4
+    assert synthesize_file(str(seeds), 5, tmp_path / "synthetic.jsonl", None, "en", SMALL, dry_run=True)["todo"] == 1
     assert len(read_records(tmp_path / "synthetic.jsonl")) == 3
     [row] = [json.loads(line) for line in rejects_path(tmp_path / "synthetic.jsonl").open()]
     assert row["gate"] == "official" and "official id 7" in row["reason"] and row["seed"] == "COPY"
@@ -177,6 +178,10 @@ def test_check_report_reasons():
     many = {**good, "consultation_process": good["consultation_process"] * 4}
     problems = check_report(json.dumps(many), SMALL, "en")[1]
     assert "consultation_process has 12 paragraphs, far above the target of about 3" in problems
+    key = '"experience_and_reflection": "'
+    raw_break = json.dumps(good).replace(key, key + "Looking back:\n")  # a raw line break inside a string
+    assert check_report("Here it is:\n" + raw_break, SMALL, "en")[0]["experience_and_reflection"].startswith(
+        "Looking back: ")
     chinese = {k: (["来访者的情况。" * 20] if isinstance(v, list) else "来访者。" * 20) for k, v in good.items()}
     assert "not written in English" in check_report(json.dumps(chinese), SMALL, "en")[1]
 

@@ -49,7 +49,10 @@ ID_OFFSET = 20_000_000  # LongEmotion ids are small, PsyQA's start at 10,000,000
 DEFAULT_OFFICIAL = Path("data/longemotion/Emotion_Summary.jsonl")
 TOKENS_PER_WORD = 1.26
 TOKENS_PER_CJK = 0.65
-ZH_CHARS_PER_WORD = 1.6  # assumed (not measured): a Chinese report's characters per English word
+ZH_CHARS_PER_WORD = 1.6
+# Synthetic reports of one teacher share stock phrases; a near-duplicate is one that shares a fifth of
+# the smaller report's n-gram fingerprints. (Against the official inputs any long shared passage counts.)
+DUPLICATE_MIN_RATIO = 0.2  # assumed (not measured): a Chinese report's characters per English word
 
 PROBLEMS = (
     "health anxiety after a serious illness", "panic attacks on the way to work", "low mood after a divorce",
@@ -235,7 +238,8 @@ def _far_off(name: str, count: int, target: int, tolerance: float, what: str) ->
 
 def check_report(reply: str, targets: Targets, language: str) -> tuple[dict | None, list[str]]:
     """(the three sections, []) for a usable reply, else (None, what is wrong). Other keys are ignored."""
-    obj = _json_object(reply)
+    # a raw line break inside a JSON string is invalid JSON; outside strings it is only white space
+    obj = _json_object(reply) or _json_object(re.sub(r"[\r\n\t]", " ", reply))
     if obj is None:
         return None, ["no JSON object in the reply"]
     problems: list[str] = []
@@ -304,7 +308,8 @@ class _Previous:
     records: list[Record]
 
 
-def _previous_run(output: Path, rejects: Path, synth_source: dict) -> _Previous:
+def _previous_run(output: Path, rejects: Path, synth_source: dict | None) -> _Previous:
+    """`synth_source` None (a dry run): no check that the file is this teacher's."""
     records = [record_from_dict(row, output, f"line {n}") for n, row in enumerate(read_jsonl_tolerant(output), 1)]
     ids, finished = {}, set()
     for n, r in enumerate(records, 1):
@@ -312,7 +317,7 @@ def _previous_run(output: Path, rejects: Path, synth_source: dict) -> _Previous:
         if r.source != SOURCE or "job" not in source:
             raise UserError(f"{output}: line {n}: not a report written by this command (source {r.source!r}); "
                             "choose another --output")
-        for k in ("teacher", "prompt_version", "language"):
+        for k in ("teacher", "prompt_version", "language") if synth_source else ():
             if source.get(k) != synth_source[k]:
                 raise UserError(f"{output}: line {n}: written with {k} {source.get(k)!r}, this run uses "
                                 f"{synth_source[k]!r}; one file holds one teacher's reports: choose another --output")
@@ -509,7 +514,7 @@ def synthesize_file(seeds: str, n: int, output: str | Path, client: ChatClient |
     if not dry_run:
         repair_jsonl_tail(output)
         repair_jsonl_tail(rejects)
-    previous = _previous_run(output, rejects, synth_source) if not dry_run else _Previous({}, set(), [])
+    previous = _previous_run(output, rejects, None if dry_run else synth_source)
     todo = [j for j in jobs if j.key not in previous.finished]
     official_records = official_index(official)
     print(f"{len(jobs)} reports planned from {len({j.seed.key for j in jobs})} seeds; "
@@ -531,7 +536,7 @@ def synthesize_file(seeds: str, n: int, output: str | Path, client: ChatClient |
 
 def _run(todo, previous, output, rejects, client, synth_source, official_records, language, targets,
          concurrency, max_retries, max_tokens, temperature) -> dict:
-    synthetic = OverlapIndex()
+    synthetic = OverlapIndex(min_shared=None, min_ratio=DUPLICATE_MIN_RATIO)
     for r in previous.records:
         synthetic.add(r.id, Signature.of(record_text(r)))
     run = _Run(output, rejects, synth_source, official_records[0], synthetic)
