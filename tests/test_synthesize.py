@@ -101,6 +101,7 @@ def test_report_copied_from_an_official_one_is_dropped_and_counted(tmp_path):
     assert len(read_records(tmp_path / "synthetic.jsonl")) == 3
     [row] = [json.loads(line) for line in rejects_path(tmp_path / "synthetic.jsonl").open()]
     assert row["gate"] == "official" and "official id 7" in row["reason"] and row["seed"] == "COPY"
+    assert row["report"]["experience_and_reflection"] == OFFICIAL.experience_and_reflection
 
 
 def test_near_duplicates_among_synthetic_reports_are_dropped_and_counted(tmp_path):

@@ -384,9 +384,11 @@ class _Run:
             self.kept += 1
 
     def _reject(self, outcome: Outcome, reason: str, gate: str) -> None:
-        append_jsonl(self.rejects, {"id": outcome.id, "job": outcome.job.key, "seed": outcome.job.seed.text,
-                                    "reason": reason, "gate": gate, "attempts": outcome.attempts,
-                                    "last_reply": outcome.last_reply[:2000], **self.synth_source})
+        row = {"id": outcome.id, "job": outcome.job.key, "seed": outcome.job.seed.text, "reason": reason,
+               "gate": gate, "attempts": outcome.attempts, "last_reply": outcome.last_reply[:2000]}
+        if gate:  # the dropped report itself, to see what it shared
+            row["report"] = outcome.sections
+        append_jsonl(self.rejects, {**row, **self.synth_source})
 
 
 def _official_paths(official: str | None) -> list[Path]:
