@@ -1,7 +1,8 @@
 """Deterministic k-fold splits by id, and the guard that keeps training reports out of evaluation.
 
 `save_fingerprints` records the inputs a model was trained on (`data_fingerprints.json` in the run
-directory); `guard_leakage` refuses to evaluate a model on reports whose inputs it has seen.
+directory); `guard_leakage` refuses to evaluate a model on reports whose inputs it has seen, also
+when the copy was edited cosmetically or lost a part (`overlap`).
 """
 
 from __future__ import annotations
@@ -9,14 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from emotion_summary.atomic_io import atomic_write_json
 from emotion_summary.errors import UserError
+from emotion_summary.overlap import NGRAM, WINDOW, HASH_BYTES, OverlapIndex, Signature, record_text
 from emotion_summary.records import Record, check_unique_ids
 
 FINGERPRINTS_FILE = "data_fingerprints.json"
+# Stored with the hashes: a file written with other settings cannot be compared with these.
+OVERLAP_PARAMS = {"normalise": "nfkc-nopunct-casefold", "hash": "poly61-blake2b", "ngram": NGRAM, "window": WINDOW,
+                  "hash_bytes": HASH_BYTES}
+# An evaluation report leaks when it and a training report share at least half of the smaller one's
+# n-gram hashes. Passages shared by distinct official reports stay far below (4% at most).
+LEAK_MIN_RATIO = 0.5
 
 
 def _rank_key(record_id: int, seed: int) -> str:
@@ -67,9 +76,18 @@ def write_fold(input: str, out_dir: str = "data/folds", folds: int = 5, fold: in
 
 
 def save_fingerprints(run_dir: str | Path, records: Sequence[Record]) -> Path:
-    """Write run_dir/data_fingerprints.json: what the model in this run was trained on."""
-    rows = [{"id": r.id, "source": r.source, "fingerprint": r.fingerprint()} for r in records]
-    return atomic_write_json(Path(run_dir) / FINGERPRINTS_FILE, {"version": 1, "records": rows})
+    """Write run_dir/data_fingerprints.json: what the model in this run was trained on.
+
+    Version 2 adds to each row (id, source, the version-1 `fingerprint`) the normalised text hash and
+    the winnowed n-gram hashes of `overlap`, so copies with cosmetic edits or a part left out are found.
+    """
+    rows = []
+    for r in records:
+        signature = Signature.of(record_text(r))
+        rows.append({"id": r.id, "source": r.source, "fingerprint": r.fingerprint(),
+                     "text_hash": signature.text_hash, "ngrams": signature.ngrams_text()})
+    return atomic_write_json(Path(run_dir) / FINGERPRINTS_FILE,
+                             {"version": 2, "overlap": OVERLAP_PARAMS, "records": rows})
 
 
 def fingerprints_path(run_or_model_dir: str | Path) -> Path | None:
@@ -81,21 +99,49 @@ def fingerprints_path(run_or_model_dir: str | Path) -> Path | None:
     return None
 
 
-def load_fingerprints(path: Path) -> set[str]:
+@dataclass
+class TrainingFingerprints:
+    """A loaded fingerprints file: exact version-1 hashes, and (version 2) an overlap index."""
+
+    exact: set[str]
+    index: OverlapIndex | None  # None for a version-1 file: only exact copies can be found
+
+    def leaked(self, record: Record) -> bool:
+        if record.fingerprint() in self.exact:
+            return True
+        return self.index is not None and self.index.first_match(Signature.of(record_text(record))) is not None
+
+
+def load_fingerprints(path: Path) -> TrainingFingerprints:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return {row["fingerprint"] for row in data["records"]}
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        rows = data["records"]
+        exact = {row["fingerprint"] for row in rows}
+        if data.get("version", 1) < 2:
+            return TrainingFingerprints(exact, None)
+        if data.get("overlap") != OVERLAP_PARAMS:
+            raise UserError(f"{path}: written with overlap settings {data.get('overlap')}, this version "
+                            f"uses {OVERLAP_PARAMS}; retrain, or evaluate with the version that wrote it")
+        index = OverlapIndex(min_shared=None, min_ratio=LEAK_MIN_RATIO)
+        for n, row in enumerate(rows):
+            index.add(n, Signature.from_stored(row["text_hash"], row["ngrams"]))
+        return TrainingFingerprints(exact, index)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{path}: not a valid {FINGERPRINTS_FILE} ({type(e).__name__}: {e})") from None
 
 
 def find_leaks(records: Sequence[Record], run_or_model_dir: str | Path) -> list[int]:
-    """Ids of `records` whose inputs were in the model's training data ([] when no file is found)."""
+    """Ids of `records` whose inputs were in the model's training data ([] when no file is found):
+    the same text after normalisation, or at least half of one inside the other (a version-1 file:
+    exact copies only, with a warning)."""
     path = fingerprints_path(run_or_model_dir)
     if path is None:
         return []
     seen = load_fingerprints(path)
-    return sorted(r.id for r in records if r.fingerprint() in seen)
+    if seen.index is None:
+        print(f"warning: {path} is a version-1 file: only exact copies of training reports can be "
+              "found (retrain to also find edited copies)", file=sys.stderr)
+    return sorted(r.id for r in records if seen.leaked(r))
 
 
 def _id_list(ids: list[int], limit: int = 20) -> str:

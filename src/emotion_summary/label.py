@@ -20,14 +20,18 @@ from tqdm import tqdm
 from emotion_summary.atomic_io import append_jsonl, atomic_write_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.errors import UserError
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
-from emotion_summary.prompt import PromptSpec, build_prompt, parse_answer
+from emotion_summary.prompt import NOT_DESCRIBED, PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, read_records, record_from_dict
 from emotion_summary.text import detect_language
 
 LANGUAGES = ("en", "zh", "auto")
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 RETRY_MESSAGE = ("Your reply could not be used: {reason}. Answer again with only one JSON object with "
-                 "exactly these keys: {keys}; every value a non-empty paragraph{language}.")
+                 "exactly these keys: {keys}; every value a non-empty paragraph{language}, or exactly "
+                 f'"{NOT_DESCRIBED}" where the report says nothing about it.')
+# Added to the student's prompt when a teacher labels: an empty part is said so, never invented.
+LABELLING_RULE = (f'\n\nIf the report says nothing about one of the five parts, write exactly "{NOT_DESCRIBED}" '
+                  "as its value; never invent facts.")
 
 
 @dataclass
@@ -51,7 +55,7 @@ def reply_problem(reply: str, language: str) -> str | None:
     if parsed.missing:
         return f"missing or empty: {', '.join(parsed.missing)}"
     if language in LANGUAGE_NAMES:
-        wrong = [k for k, v in parsed.fields.items() if detect_language(v) != language]
+        wrong = [k for k, v in parsed.fields.items() if v != NOT_DESCRIBED and detect_language(v) != language]
         if wrong:
             return f"not in {LANGUAGE_NAMES[language]}: {', '.join(wrong)}"
     return None
@@ -66,7 +70,8 @@ def _retry_turns(reply: str, reason: str, language: str) -> list[dict]:
 def label_one(client: ChatClient, spec: PromptSpec, record: Record, max_retries: int,
               max_tokens: int) -> Outcome:
     """Ask, check, re-ask up to `max_retries` times; an EndpointError other than a refusal propagates."""
-    first = build_prompt(spec, record).messages
+    system, user = build_prompt(spec, record).messages
+    first = [system, {**user, "content": user["content"] + LABELLING_RULE}]
     messages, reply, reason = first, "", ""
     for attempt in range(1, max_retries + 2):
         try:

@@ -38,6 +38,10 @@ DEFAULT_INSTRUCTION = (
     "Each value is a short paragraph of plain text."
 )
 
+# What a teacher writes for a part the report says nothing about (a synthetic or PsyQA report may have
+# no treatment effect), rather than inventing it; training and the checker take it as a value.
+NOT_DESCRIBED = "not described in the report"
+
 LANGUAGE_RULES = {
     "en": "Write the summary in English.",
     "zh": "请用中文撰写摘要。(Write the summary in Chinese.)",

@@ -46,6 +46,8 @@ class Record:
     source: str = "longemotion"
     # Provenance of teacher-written gold fields: {"model": ..., "endpoint": ..., "date": ...}.
     label_source: dict | None = field(default=None, compare=False)
+    # Provenance of a teacher-written report (source "synthetic"): {"teacher", "prompt_version", "seed", ...}.
+    synth_source: dict | None = field(default=None, compare=False)
 
     @property
     def has_gold(self) -> bool:
@@ -76,6 +78,8 @@ class Record:
         d["source"] = self.source
         if self.label_source is not None:
             d["label_source"] = self.label_source
+        if self.synth_source is not None:
+            d["synth_source"] = self.synth_source
         return d
 
     def with_gold(self, fields: dict[str, str], label_source: dict | None = None) -> "Record":
@@ -125,6 +129,9 @@ def record_from_dict(d: Any, path: str | os.PathLike = "<dict>", where: str = ""
     label_source = d.get("label_source")
     if label_source is not None and not isinstance(label_source, dict):
         raise RecordError(path, where, "label_source", "expected an object")
+    synth_source = d.get("synth_source")
+    if synth_source is not None and not isinstance(synth_source, dict):
+        raise RecordError(path, where, "synth_source", "expected an object")
     return Record(
         id=rid,
         case_description=_str_list(d["case_description"], "case_description", path, where, allow_str=True),
@@ -133,6 +140,7 @@ def record_from_dict(d: Any, path: str | os.PathLike = "<dict>", where: str = ""
         experience_and_reflection=reflection,
         source=source,
         label_source=label_source,
+        synth_source=synth_source,
         **gold,
     )
 
