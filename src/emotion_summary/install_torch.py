@@ -240,10 +240,13 @@ def bitsandbytes_problem(smi: NvidiaSmi) -> str | None:
         return None
     from importlib.util import find_spec
 
+    reinstall = f"{sys.executable} -m pip install --force-reinstall --no-deps bitsandbytes"
     if find_spec("bitsandbytes") is None:
         return None
-    from bitsandbytes.cextension import lib
-
+    try:
+        from bitsandbytes.cextension import lib
+    except Exception as e:  # noqa: BLE001 - any import failure is the user's to see, in one line
+        return f"bitsandbytes does not import ({type(e).__name__}: {e}); reinstall it: " + reinstall
     if getattr(lib, "compiled_with_cuda", False):
         return None
     from importlib import metadata
@@ -251,7 +254,7 @@ def bitsandbytes_problem(smi: NvidiaSmi) -> str | None:
     detail = " ".join(str(getattr(lib, "error_msg", "")).split())[:300]
     return (f"bitsandbytes {metadata.version('bitsandbytes')} loaded no CUDA library for "
             f"{smi.gpus[0].name} ({detail or 'CPU library only'}); with torch using the GPU, reinstall it: "
-            f"{sys.executable} -m pip install --force-reinstall --no-deps bitsandbytes; "
+            f"{reinstall}; "
             f"`{sys.executable} -m bitsandbytes` prints its diagnosis")
 
 
@@ -266,9 +269,9 @@ def gpu_visible_but_unusable() -> str | None:
 
 def check(smi: NvidiaSmi, platform: str, requirements: Path = REQUIREMENTS) -> str:
     """The post-install check: raises UserError naming every problem, else a one-line summary."""
-    problems = [p for p in (torch_problem(smi, platform, requirements), bitsandbytes_problem(smi)) if p]
-    if problems:
-        raise UserError("; ".join(problems))
+    problem = torch_problem(smi, platform, requirements) or bitsandbytes_problem(smi)  # bnb needs CUDA torch
+    if problem:
+        raise UserError(problem)
     if not smi.gpus:
         return f"no NVIDIA GPU seen ({smi.message}); a CPU torch is right here"
     return f"torch uses the GPU: {smi.describe()}"
