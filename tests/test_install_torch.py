@@ -86,6 +86,13 @@ def test_the_script_prints_a_cuda_command_for_a_gpu_and_a_cpu_one_without():
     assert "--index-url https://download.pytorch.org/whl/cpu" in run("no_gpu_windows.txt")
 
 
+def test_the_installer_imports_no_torch():
+    code = "import sys, emotion_summary.install_torch; print('torch' in sys.modules)"
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert out.stdout.strip() == "False"
+
+
 def test_parse_reads_driver_cuda_names_and_memory_of_each_gpu():
     two = it.read_nvidia_smi(str(SMI / "two_gpus_driver_535_cuda_12.2.txt"))
     assert (two.driver_version, two.cuda_version) == ("535.183.01", (12, 2))
@@ -210,18 +217,23 @@ def windows_path(path: Path) -> str:
     return "Z:" + str(path).replace("/", "\\")
 
 
-def run_bat(tmp_path, fail=""):
-    wine = wine_cmd()
-    if wine is None:
+@pytest.fixture(scope="module")
+def wineprefix(tmp_path_factory):
+    """One Wine prefix for the module: creating it takes most of a .bat run (~8 s here)."""
+    if wine_cmd() is None:
         pytest.skip("no Windows command interpreter: install Debian's wine64 (apt-get install wine64) to run the .bat")
+    return tmp_path_factory.mktemp("wineprefix")
+
+
+def run_bat(tmp_path, wineprefix, fail=""):
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     (stubs / "python.bat").write_text(STUB_BAT.replace("\n", "\r\n"))
     log = tmp_path / "log.txt"
-    env = {**os.environ, "WINEPREFIX": str(tmp_path / "wineprefix"), "WINEDEBUG": "-all",
+    env = {**os.environ, "WINEPREFIX": str(wineprefix), "WINEDEBUG": "-all",
            "WINEPATH": windows_path(stubs), "STUB_LOG": windows_path(log), "STUB_FAIL": fail,
            "VENV": "none", "PRESET": "auto"}
-    done = subprocess.run([wine, "cmd", "/c", windows_path(ROOT / "start_training_qwen2.bat"),
+    done = subprocess.run([wine_cmd(), "cmd", "/c", windows_path(ROOT / "start_training_qwen2.bat"),
                            "--train_data", "data\\train.jsonl"], env=env, capture_output=True, timeout=300)
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines()] if log.exists() else []
     return done.returncode, lines
@@ -253,17 +265,15 @@ def expected_flow(here: str, sep: str, quote: str, pip_flags: str, editable: str
     ]
 
 
-@pytest.mark.slow
-def test_bat_installs_torch_then_requirements_then_checks_then_runs_the_pipeline(tmp_path):
-    code, lines = run_bat(tmp_path)
+def test_bat_installs_torch_then_requirements_then_checks_then_runs_the_pipeline(tmp_path, wineprefix):
+    code, lines = run_bat(tmp_path, wineprefix)
     assert code == 0
     assert lines == expected_flow(windows_path(ROOT), "\\", '"', "", windows_path(ROOT) + "\\.",
                                  "data\\train.jsonl")
 
 
-@pytest.mark.slow
-def test_bat_stops_when_the_torch_installer_fails(tmp_path):
-    code, lines = run_bat(tmp_path, fail="install_torch.py")
+def test_bat_stops_when_the_torch_installer_fails(tmp_path, wineprefix):
+    code, lines = run_bat(tmp_path, wineprefix, fail="install_torch.py")
     assert code == 1 and len(lines) == 3 and lines[-1].endswith('install_torch.py"')
 
 
