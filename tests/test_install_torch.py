@@ -154,6 +154,40 @@ def test_check_refuses_a_cpu_torch_on_a_gpu_machine(monkeypatch):
     assert msg.endswith("fix: " + subprocess.list2cmdline(CU126.split(" ")))
 
 
+def test_without_dry_run_pip_runs_with_this_interpreter_then_the_check(monkeypatch, capsys, no_installed_torch):
+    ran = []
+    monkeypatch.setattr(it.subprocess, "run", lambda cmd: ran.append(cmd) or types.SimpleNamespace(returncode=0))
+    monkeypatch.setattr(it, "bitsandbytes_problem", lambda smi: None)
+    fake_torch(monkeypatch, "12.6", True, "2.13.0+cu126")
+    it.main(["--platform", "linux", "--nvidia_smi_output", str(SMI / "driver_560_cuda_12.6.txt")])
+    assert ran == [CU126.split(" ")]
+    assert capsys.readouterr().err.strip().endswith("torch uses the GPU: NVIDIA GeForce RTX 4070 ... (12282 MiB); "
+                                                    "driver 560.94, CUDA Version: 12.6")
+    fake_torch(monkeypatch, None, False)  # pip "installed" a CPU build: the check stops the installer
+    with pytest.raises(SystemExit):
+        it.main(["--platform", "linux", "--nvidia_smi_output", str(SMI / "driver_560_cuda_12.6.txt")])
+    assert "cannot use the GPU" in capsys.readouterr().err
+    monkeypatch.setattr(it.subprocess, "run", lambda cmd: types.SimpleNamespace(returncode=1))
+    with pytest.raises(SystemExit):
+        it.main(["--platform", "win32", "--nvidia_smi_output", str(SMI / "driver_560_cuda_12.6.txt")])
+    assert capsys.readouterr().err.strip().endswith("error: pip failed: " + subprocess.list2cmdline(CU126.split(" ")))
+
+
+def test_check_on_this_machine_without_a_gpu_passes():
+    done = subprocess.run([PY, str(ROOT / "scripts" / "install_torch.py"), "--check"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi")
+    assert done.returncode == 0 and "no NVIDIA GPU seen" in done.stderr
+
+
+def test_check_names_a_cuda_visible_devices_that_hides_the_gpu(monkeypatch):
+    fake_torch(monkeypatch, "12.6", False, "2.13.0+cu126")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES='' hides it from torch 2.13.0.cu126; unset"):
+        it.check(it.read_nvidia_smi(str(SMI / "driver_560_cuda_12.6.txt")), "linux")
+
+
 def test_check_names_the_driver_update_when_no_build_fits(monkeypatch):
     fake_torch(monkeypatch, "12.6", False, "2.13.0+cu126")
     smi = it.read_nvidia_smi(str(SMI / "driver_470_cuda_11.4.txt"))

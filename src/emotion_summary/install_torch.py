@@ -229,6 +229,10 @@ def torch_problem(smi: NvidiaSmi, platform: str, requirements: Path = REQUIREMEN
     build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
     override = os.environ.get("TORCH_INDEX_URL")
     note = f" (TORCH_INDEX_URL={override} chose it)" if override else ""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if torch.version.cuda and hidden is not None and hidden.strip() in ("", "-1"):
+        return (f"nvidia-smi shows {smi.describe()}, but CUDA_VISIBLE_DEVICES={hidden!r} hides it from torch "
+                f"{torch.__version__}; unset CUDA_VISIBLE_DEVICES")
     return (f"nvidia-smi shows {smi.describe()}, but the installed torch {torch.__version__} is {build}"
             f"{note} and cannot use the GPU (torch.cuda.is_available() is False); fix: "
             f"{fix_command(smi, platform, requirements)}")
