@@ -71,7 +71,7 @@ class Choice:
     exact_version: str | None = None
 
 
-GPU_ROW = re.compile(r"^\|\s+(\d+)\s+(.+?)\s+(?:On|Off|WDDM|TCC)\s*\|")
+GPU_ROW = re.compile(r"^\|\s+(\d+)\s+(.+?)\s+(?:On|Off|WDDM|TCC|MCDM|N/A)\s*\|")  # persistence / driver model
 MEMORY = re.compile(r"(\d+)MiB\s*/\s*(\d+)MiB")
 
 
@@ -82,7 +82,7 @@ def parse_nvidia_smi(text: str) -> NvidiaSmi:
         smi.driver_version = m.group(1)
     if m := re.search(r"CUDA Version:\s*(\d+)\.(\d+)", text):
         smi.cuda_version = (int(m.group(1)), int(m.group(2)))
-    for line in text.splitlines():
+    for line in text.split("Processes:")[0].splitlines():  # the process table's rows look like GPU rows
         if m := GPU_ROW.match(line):
             smi.gpus.append(Gpu(m.group(2).strip()))
         elif (m := MEMORY.search(line)) and smi.gpus and smi.gpus[-1].memory_mib is None:
@@ -106,7 +106,7 @@ def read_nvidia_smi(path: str | None = None) -> NvidiaSmi:
 
 
 def pinned_torch_version(requirements: Path = REQUIREMENTS) -> str:
-    for number, line in enumerate(Path(requirements).read_text(encoding="utf-8").splitlines(), 1):
+    for line in Path(requirements).read_text(encoding="utf-8").splitlines():
         if m := re.match(r"\s*torch\s*==\s*([\w.]+)\s*(#.*)?$", line):
             return m.group(1)
     raise UserError(f"{requirements}: no 'torch==VERSION' line to read the pinned torch version from")
