@@ -17,13 +17,24 @@ if /I "%VENV%"=="none" (
   set PY=%VENV%\Scripts\python.exe
 )
 
-"%PY%" -c "import emotion_summary, torch, transformers, peft, bitsandbytes" 2>nul
+REM The package first (it holds the torch installer), then the torch build that fits the GPU nvidia-smi
+REM shows (scripts\install_torch.py; TORCH_INDEX_URL overrides), then the rest, which keeps that torch.
+REM No parsing here: every decision is in Python. "call" lets PY be a .bat/.cmd shim (pyenv-win)
+REM and still return (the pipeline, last, needs none: call would expand % in its arguments twice);
+REM "if errorlevel 1" instead of "||", which Wine's cmd (the test runs this file under it) gets wrong.
+call "%PY%" -c "import emotion_summary, torch, transformers, peft, bitsandbytes" 2>nul
 if errorlevel 1 (
   echo installing requirements ^(torch first^)
-  "%PY%" -m pip install -q torch==2.13.0 || exit /b 1
-  "%PY%" -m pip install -q -r "%HERE%requirements_qwen2.txt" || exit /b 1
-  "%PY%" -m pip install -q --no-deps -e "%HERE%." || exit /b 1
+  call "%PY%" -m pip install -q --no-deps -e "%HERE%."
+  if errorlevel 1 exit /b 1
+  call "%PY%" "%HERE%scripts\install_torch.py"
+  if errorlevel 1 exit /b 1
+  call "%PY%" -m pip install -q -r "%HERE%requirements_qwen2.txt"
+  if errorlevel 1 exit /b 1
 )
+REM Stops when nvidia-smi shows a GPU that torch or bitsandbytes cannot use, with the command that fixes it.
+call "%PY%" "%HERE%scripts\install_torch.py" --check
+if errorlevel 1 exit /b 1
 
 "%PY%" "%HERE%scripts\pipeline.py" --preset %PRESET% %*
 exit /b %errorlevel%

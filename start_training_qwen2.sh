@@ -19,11 +19,15 @@ else
   py="$VENV/bin/python"
 fi
 
+# The package first (it holds the torch installer), then the torch build that fits the GPU nvidia-smi
+# shows (scripts/install_torch.py; TORCH_INDEX_URL overrides), then the rest, which keeps that torch.
 if ! "$py" -c "import emotion_summary, torch, transformers, peft, bitsandbytes" 2>/dev/null; then
   echo "installing requirements (torch first)"
-  "$py" -m pip install -q --disable-pip-version-check torch==2.13.0
-  "$py" -m pip install -q --disable-pip-version-check -r "$here/requirements_qwen2.txt"
   "$py" -m pip install -q --disable-pip-version-check --no-deps -e "$here"
+  "$py" "$here/scripts/install_torch.py"
+  "$py" -m pip install -q --disable-pip-version-check -r "$here/requirements_qwen2.txt"
 fi
+# Stops when nvidia-smi shows a GPU that torch or bitsandbytes cannot use, with the command that fixes it.
+"$py" "$here/scripts/install_torch.py" --check
 
 exec "$py" "$here/scripts/pipeline.py" --preset "$PRESET" "$@"

@@ -94,6 +94,10 @@ def resolve_config(preset_name: str = "auto", vram_gb: float | None = None, **ov
     """Preset values, then every non-None override; 'auto' picks the preset from the GPU's memory."""
     if preset_name not in PRESET_NAMES:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    if preset_name == "auto" and vram_gb is None:  # a GPU torch cannot use is an error, not cpu-smoke
+        from emotion_summary.install_torch import gpu_visible_but_unusable
+        if problem := gpu_visible_but_unusable():
+            raise ValueError(f"--preset auto: {problem}")
     name = pick_preset(vram_gb) if preset_name == "auto" else preset_name
     values = {"preset": name, **preset(name)}
     known = {f.name for f in fields(TrainConfig)}
