@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from emotion_summary.atomic_io import atomic_write_jsonl
+from emotion_summary.atomic_io import atomic_write_jsonl, jsonl_lines
 from emotion_summary.errors import UserError
 
 INPUT_FIELDS = ("case_description", "consultation_process", "experience_and_reflection")
@@ -157,9 +157,7 @@ def _raw_items(path: Path) -> list[tuple[str, Any]]:
             raise RecordError(path, f"line {e.lineno}", None, f"invalid JSON: {e.msg}") from None
         return [(f"item {i}", item) for i, item in enumerate(items)]
     out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(text):
         try:
             out.append((f"line {n}", json.loads(line)))
         except json.JSONDecodeError as e:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emotion_summary.atomic_io import atomic_write_jsonl
+from emotion_summary.atomic_io import atomic_write_jsonl, jsonl_lines
 from emotion_summary.records import GOLD_FIELDS, Record, RecordError, read_records
 from emotion_summary.text import detect_language, record_language
 
@@ -102,9 +102,7 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
         return report
     seen: dict[int, int] = {}
     rows = report.rows
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(text):
         report.n_rows += 1
         try:
             row = json.loads(line)
