@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
-from urllib.parse import urlsplit, urlunsplit
 
 from tqdm import tqdm
 
 from emotion_summary.atomic_io import append_jsonl, atomic_write_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.errors import UserError
-from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
+from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool
 from emotion_summary.prompt import PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, read_records, record_from_dict
 from emotion_summary.text import detect_language
@@ -80,13 +79,6 @@ def label_one(client: ChatClient, spec: PromptSpec, record: Record, max_retries:
             return Outcome(record, parse_answer(reply).fields, attempts=attempt)
         messages = first + _retry_turns(reply, reason, spec.language)
     return Outcome(record, None, reason, max_retries + 1, reply)
-
-
-def _public_endpoint(url: str) -> str:
-    """The endpoint without user:password@ or a query string, fit to store in every record."""
-    parts = urlsplit(url)
-    host = f"{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def done_ids(output: Path) -> set[int]:
@@ -151,7 +143,7 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
     todo = todo[:limit] if limit > 0 else todo
     spec = PromptSpec(language=language)
     run = _Run(output, rejects_path(output), {
-        "model": client.model, "endpoint": _public_endpoint(client.endpoint),
+        "model": client.model, "endpoint": public_url(client.endpoint),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "prompt_version": spec.version})
     try:
         _label_all(todo, lambda r: label_one(client, spec, r, max_retries, max_tokens), run, concurrency)
