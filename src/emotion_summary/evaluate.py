@@ -177,13 +177,15 @@ def write_outputs(results: dict, out_dir: str | Path, name: str) -> list[Path]:
 
 
 def _judge_systems(systems, gold, endpoint, model, cache, concurrency, reference, timeout_s, max_retries):
-    from emotion_summary.judge import judge_predictions, summarize
+    from emotion_summary.judge import failure_line, judge_predictions, summarize
 
     client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries)
     for s in systems:
         items = judge_predictions(gold, s["_preds"], client, cache, use_reference=reference,
                                   concurrency=concurrency, desc=f"judge {s['label']}")
         s["judge"] = summarize(items, model)
+        if failure_line(s["judge"], s["label"]):
+            print(f"WARNING: {failure_line(s['judge'], s['label'])}", file=sys.stderr)
 
 
 def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "eval/results",
@@ -247,3 +249,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     print("wrote " + ", ".join(map(str, written)))
     if judge_error:
         raise judge_error
+    useless = [s["label"] for s in systems if s.get("judge") and s["judge"]["n_failed"] == s["judge"]["n_items"]]
+    if useless:
+        raise UserError(f"the judge gave no usable score for {', '.join(useless)}: every item failed (see "
+                        "the failures in the .json); check --model and the endpoint")
