@@ -175,6 +175,7 @@ def test_reply_problem():
     assert reply_problem(json.dumps(EN), "en") is None
     assert reply_problem(json.dumps(EN), "auto") is None
     assert reply_problem(json.dumps({**EN, "causes": " "}), "en") == "missing or empty: causes"
+    assert reply_problem(json.dumps({**EN, "causes": "\u200b"}), "en") == "missing or empty: causes"
     assert reply_problem(json.dumps(ZH, ensure_ascii=False), "en").startswith("not in English")
 
 

@@ -22,7 +22,7 @@ from emotion_summary.atomic_io import (append_jsonl, atomic_write_jsonl, jsonl_l
 from emotion_summary.errors import UserError
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool
 from emotion_summary.prompt import PromptSpec, build_prompt, parse_answer
-from emotion_summary.records import GOLD_FIELDS, Record, read_records, record_from_dict
+from emotion_summary.records import GOLD_FIELDS, Record, is_blank, read_records, record_from_dict
 from emotion_summary.text import detect_language
 
 LANGUAGES = ("en", "zh", "auto")
@@ -49,8 +49,9 @@ def reply_problem(reply: str, language: str) -> str | None:
     parsed = parse_answer(reply)
     if len(parsed.missing) == len(GOLD_FIELDS):
         return "no JSON object with the five fields"
-    if parsed.missing:
-        return f"missing or empty: {', '.join(parsed.missing)}"
+    missing = [f for f in GOLD_FIELDS if f in parsed.missing or is_blank(parsed.fields.get(f))]
+    if missing:
+        return f"missing or empty: {', '.join(missing)}"
     if language in LANGUAGE_NAMES:
         wrong = [k for k, v in parsed.fields.items() if detect_language(v) != language]
         if wrong:
