@@ -200,3 +200,12 @@ def test_judge_replies_with_unicode_line_separators_are_cached(tmp_path, records
         judge_predictions(records, preds_of(records), client_for(server), cache)
         judge_predictions(records, preds_of(records), client_for(server), cache)
         assert len(server.requests) == 15
+
+
+def test_evaluate_checks_the_judge_options_before_any_work(tmp_path, gold_file, records):
+    sub = tmp_path / "sub.jsonl"
+    write_submission(sub, preds_of(records), [r.id for r in records])
+    with pytest.raises(UserError, match="--timeout_s: expected a number > 0"):
+        evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), bertscore=False, judge=True,
+                 endpoint="http://127.0.0.1:1/v1", model="m", timeout_s=-1)
+    assert not (tmp_path / "res").exists()

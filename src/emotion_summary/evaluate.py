@@ -176,14 +176,13 @@ def write_outputs(results: dict, out_dir: str | Path, name: str) -> list[Path]:
 # ---------------------------------------------------------------- CLI
 
 
-def _judge_systems(systems, gold, endpoint, model, cache, concurrency, reference, timeout_s, max_retries):
+def _judge_systems(systems, gold, client: ChatClient, cache, concurrency, reference):
     from emotion_summary.judge import failure_line, judge_predictions, summarize
 
-    client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries)
     for s in systems:
         items = judge_predictions(gold, s["_preds"], client, cache, use_reference=reference,
                                   concurrency=concurrency, desc=f"judge {s['label']}")
-        s["judge"] = summarize(items, model)
+        s["judge"] = summarize(items, client.model)
         if failure_line(s["judge"], s["label"]):
             print(f"WARNING: {failure_line(s['judge'], s['label'])}", file=sys.stderr)
 
@@ -218,6 +217,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     endpoint, model = as_opt_str(endpoint), as_opt_str(model)
     if use_judge and not (endpoint and model):
         raise UserError("--judge needs --endpoint URL and --model NAME")
+    client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries) if use_judge else None
     gold_records = read_gold(gold)
     golds = {r.id: r.gold() for r in gold_records}
     labels = labels_for(paths)
@@ -238,8 +238,8 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     if use_judge:
         cache = judge_cache or str(Path(out_dir) / "judge_cache.jsonl")
         try:
-            _judge_systems(systems, gold_records, endpoint, model, cache, int(concurrency),
-                           as_bool(judge_reference, "judge_reference"), float(timeout_s), int(max_retries))
+            _judge_systems(systems, gold_records, client, cache, int(concurrency),
+                           as_bool(judge_reference, "judge_reference"))
         except EndpointError as e:
             judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
                                         "run the same command again to resume")
