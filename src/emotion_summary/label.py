@@ -84,6 +84,9 @@ def label_one(client: ChatClient, spec: PromptSpec, record: Record, max_retries:
     return Outcome(record, None, reason, max_retries + 1, reply)
 
 
+_public_endpoint = public_url  # the name synthesize.py imports
+
+
 def done_ids(output: Path, records: Sequence[Record]) -> set[int]:
     """Ids already labelled in `output`. Refuses an output that is not an earlier run's on these inputs
     (another file's records, bare inputs, other reports under the same ids): never appended to."""
