@@ -177,14 +177,13 @@ def write_outputs(results: dict, out_dir: str | Path, name: str) -> list[Path]:
 
 
 def _judge_systems(systems, gold, client: ChatClient, cache, concurrency, reference):
-    from emotion_summary.judge import failure_line, judge_predictions, summarize
+    from emotion_summary.judge import judge_predictions, summarize
 
+    model = client.model
     for s in systems:
         items = judge_predictions(gold, s["_preds"], client, cache, use_reference=reference,
                                   concurrency=concurrency, desc=f"judge {s['label']}")
-        s["judge"] = summarize(items, client.model)
-        if failure_line(s["judge"], s["label"]):
-            print(f"WARNING: {failure_line(s['judge'], s['label'])}", file=sys.stderr)
+        s["judge"] = summarize(items, model)
 
 
 def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "eval/results",
@@ -249,6 +248,16 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     print("wrote " + ", ".join(map(str, written)))
     if judge_error:
         raise judge_error
+    _judge_failures(systems)
+
+
+def _judge_failures(systems: list[dict]) -> None:
+    """Say how many judge items failed; an error when no item of a system got a score."""
+    from emotion_summary.judge import failure_line
+
+    for s in systems:
+        if s.get("judge") and failure_line(s["judge"], s["label"]):
+            print(f"WARNING: {failure_line(s['judge'], s['label'])}", file=sys.stderr)
     useless = [s["label"] for s in systems if s.get("judge") and s["judge"]["n_failed"] == s["judge"]["n_items"]]
     if useless:
         raise UserError(f"the judge gave no usable score for {', '.join(useless)}: every item failed (see "
