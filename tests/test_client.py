@@ -96,3 +96,14 @@ def test_timeout_is_a_deadline_for_the_whole_request(prefix):
         with pytest.raises(EndpointError, match="timed out"):
             client(server.endpoint, timeout_s=0.6, max_retries=0).chat([])
         assert time.monotonic() - started < 2.5
+
+
+def test_an_http_proxy_from_the_environment_is_used_as_urllib_would(monkeypatch):
+    with ScriptedServer(GOOD) as proxy:
+        monkeypatch.setenv("http_proxy", f"http://me:pw@127.0.0.1:{proxy.port}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        assert client("http://api.example.invalid:8000/v1").chat([]) == "hello"
+    request = proxy.requests[0]
+    assert request.line == "POST http://api.example.invalid:8000/v1/chat/completions HTTP/1.1"
+    assert request.headers["proxy-authorization"] == "Basic " + base64.b64encode(b"me:pw").decode()

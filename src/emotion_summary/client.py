@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
@@ -37,8 +38,8 @@ class EndpointError(UserError, RuntimeError):
         self.status = status
 
 
-# 4xx statuses about the key, the URL or the model name (or the load), not about one request.
-_NOT_ABOUT_THE_REQUEST = {401, 403, 404, 408, 429}
+# 4xx statuses about the key, the URL, the model name or a proxy (or the load), not about one request.
+_NOT_ABOUT_THE_REQUEST = {401, 403, 404, 407, 408, 429}
 
 
 def is_refusal(error: EndpointError) -> bool:
@@ -130,8 +131,7 @@ class ChatClient:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         elif parts.username is not None:  # http://user:pass@host/v1
-            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+            headers["Authorization"] = _basic(parts.username, parts.password)
         return headers
 
     def _redact(self, text: str) -> str:
@@ -141,12 +141,28 @@ class ChatClient:
             text = text.replace(secret, "***")
         return text
 
+    def _connection(self) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+        """(connection, request target, headers): straight to the endpoint, or through the proxy the
+        environment names (http_proxy, https_proxy, no_proxy), as urllib would."""
+        parts = urlsplit(self.url)
+        connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        if not proxy or urllib.request.proxy_bypass(parts.hostname):
+            return connection(parts.hostname, parts.port, timeout=self.timeout_s), path, self._headers()
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        auth = {"Proxy-Authorization": _basic(via.username, via.password)} if via.username is not None else {}
+        conn = connection(via.hostname, via.port, timeout=self.timeout_s)
+        if parts.scheme == "https":  # a CONNECT tunnel: the proxy sees neither the key nor the request
+            conn.set_tunnel(parts.hostname, parts.port, headers=auth)
+            return conn, path, self._headers()
+        port = f":{parts.port}" if parts.port else ""
+        return conn, f"http://{parts.hostname}{port}{path}", {**self._headers(), **auth}
+
     def _post(self, payload: dict) -> tuple[int, dict[str, str], bytes]:
         """(status, headers, body) of one POST, all of it within `timeout_s`; redirects are not followed
         (the key would go wherever the Location says). Raises _Transport or OSError."""
-        parts = urlsplit(self.url)
-        connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = connection(parts.hostname, parts.port, timeout=self.timeout_s)
+        conn, target, headers = self._connection()
         cut = threading.Event()
 
         def cut_off() -> None:  # the deadline: a server dripping bytes never resets it
@@ -161,10 +177,9 @@ class ChatClient:
         timer = threading.Timer(self.timeout_s, cut_off)
         timer.daemon = True
         timer.start()
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
         too_slow = f"timed out: no whole reply within --timeout_s {self.timeout_s:g} s"
         try:
-            conn.request("POST", path or "/", body=json.dumps(payload).encode("utf-8"), headers=self._headers())
+            conn.request("POST", target, body=json.dumps(payload).encode("utf-8"), headers=headers)
             resp = conn.getresponse()
             status, headers, body = resp.status, dict(resp.getheaders()), resp.read()
         except (http.client.HTTPException, OSError) as e:
@@ -214,6 +229,11 @@ class ChatClient:
             if attempt < self.max_retries:
                 time.sleep(self.backoff_s * 2 ** attempt)
         raise EndpointError(f"{last} (gave up after {self.max_retries + 1} tries)", status)
+
+
+def _basic(user: str, password: str | None) -> str:
+    pair = f"{unquote(user)}:{unquote(password or '')}"
+    return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
 
 
 def reply_text(body: dict) -> str:
