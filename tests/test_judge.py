@@ -209,3 +209,14 @@ def test_evaluate_checks_the_judge_options_before_any_work(tmp_path, gold_file, 
         evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), bertscore=False, judge=True,
                  endpoint="http://127.0.0.1:1/v1", model="m", timeout_s=-1)
     assert not (tmp_path / "res").exists()
+
+
+def test_a_password_in_the_judge_endpoint_is_in_no_message_or_file(tmp_path, gold_file, records):
+    sub = tmp_path / "sub.jsonl"
+    write_submission(sub, preds_of(records), [r.id for r in records])
+    endpoint = unused_endpoint().replace("http://", "http://me:s3cret@")
+    with pytest.raises(EndpointError) as e:
+        evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), bertscore=False, judge=True,
+                 endpoint=endpoint, model="m", max_retries=0)
+    assert "s3cret" not in str(e.value) and "me:***@127.0.0.1" in str(e.value)
+    assert not [p for p in (tmp_path / "res").iterdir() if "s3cret" in p.read_bytes().decode("utf-8", "replace")]
