@@ -163,11 +163,14 @@ class ChatClient:
         """(status, headers, body) of one POST, all of it within `timeout_s`; redirects are not followed
         (the key would go wherever the Location says). Raises _Transport or OSError."""
         conn, target, headers = self._connection()
-        cut = threading.Event()
+        cut, read, lock = threading.Event(), threading.Event(), threading.Lock()
 
         def cut_off() -> None:  # the deadline: a server dripping bytes never resets it
-            cut.set()
-            sock = conn.sock
+            with lock:
+                if read.is_set():  # the whole reply arrived just in time
+                    return
+                cut.set()
+                sock = conn.sock
             if sock is not None:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
@@ -182,6 +185,8 @@ class ChatClient:
             conn.request("POST", target, body=json.dumps(payload).encode("utf-8"), headers=headers)
             resp = conn.getresponse()
             status, headers, body = resp.status, dict(resp.getheaders()), resp.read()
+            with lock:
+                read.set()
         except (http.client.HTTPException, OSError) as e:
             if cut.is_set() or isinstance(e, TimeoutError):
                 raise TimeoutError(too_slow) from None
