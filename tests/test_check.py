@@ -53,7 +53,7 @@ def test_wrong_key(tmp_path, good_rows):
     assert any("field 'predicted_causes': unexpected key" in e for e in errors)
 
 
-@pytest.mark.parametrize("value", ["", "   ", None, 3])
+@pytest.mark.parametrize("value", ["", "   ", None, 3, "\u200b", " \u200b\ufeff\u2060 "])
 def test_empty_or_non_string_value(tmp_path, good_rows, value):
     row = {**good_rows[1], "predicted_treatment_effect": value}
     errors = check_submission(write(tmp_path / "s.jsonl", [good_rows[0], row])).errors
@@ -119,3 +119,46 @@ def test_cli_exit_codes(tmp_path, inputs, good_rows):
     broken_inputs = write(tmp_path / "inputs.jsonl", ['{"id": 1}'])
     err = run_cli(tmp_path / "ok.jsonl", "--inputs", broken_inputs)
     assert err.returncode == 2 and err.stderr.startswith("error: ") and "line 1" in err.stderr
+
+
+@pytest.mark.parametrize("placeholder", [".", "...", "-", "1", "—", "？。"])
+def test_a_value_without_letters_is_a_placeholder_warning(tmp_path, inputs, good_rows, placeholder):
+    row = {**good_rows[0], "predicted_symptoms": placeholder}
+    report = check_submission(write(tmp_path / "s.jsonl", [row, *good_rows[1:]]), inputs)
+    assert report.ok and len(report.warnings) == 1
+    assert "line 1: field 'predicted_symptoms'" in report.warnings[0] and "placeholder" in report.warnings[0]
+    assert "but read the 1 warnings above" in report.render()
+
+
+def test_every_field_a_placeholder_warns_per_field(tmp_path, good_rows):
+    rows = [{**row, **{k: "." for k in SUBMISSION_KEYS.values()}} for row in good_rows]
+    report = check_submission(write(tmp_path / "s.jsonl", rows))
+    assert len(report.warnings) == 15
+
+
+@pytest.mark.parametrize("with_inputs", [True, False])
+def test_a_field_in_another_script_warns_per_field(tmp_path, inputs, good_rows, with_inputs):
+    russian = {**good_rows[0], **{k: "Клиент страдает от тревоги и бессонницы." for k in SUBMISSION_KEYS.values()}}
+    one_chinese = {**good_rows[1], "predicted_treatment_effect": "来访者的焦虑明显减轻，睡眠恢复正常。"}
+    report = check_submission(write(tmp_path / "s.jsonl", [russian, one_chinese, good_rows[2]]),
+                              inputs if with_inputs else None)
+    assert report.ok
+    assert sum("line 1: field" in w and "written in Cyrillic, its report in English" in w
+               for w in report.warnings) == 5
+    assert [w for w in report.warnings if "line 2" in w] == [
+        f"{tmp_path / 's.jsonl'}:line 2: field 'predicted_treatment_effect': written in Chinese, its report in English"]
+    assert len(report.warnings) == 6
+
+
+def test_blank_or_zero_width_gold_is_not_gold(tmp_path):
+    from emotion_summary.records import GOLD_FIELDS, RecordError, record_from_dict, write_records
+
+    base = {"id": 1, "case_description": ["Case."], "consultation_process": ["Session."],
+            "experience_and_reflection": "", **{f: f"The {f}." for f in GOLD_FIELDS}}
+    assert record_from_dict(base).has_gold
+    for blank in ("  ", "\u200b", "\ufeff \u200d"):
+        rec = record_from_dict({**base, "treatment_effect": blank})
+        assert not rec.has_gold
+        path = write_records(tmp_path / "g.jsonl", [rec])
+        with pytest.raises(RecordError, match="field 'treatment_effect': gold field is missing or empty"):
+            read_records(path, require_gold=True)

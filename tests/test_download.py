@@ -52,6 +52,14 @@ def test_from_dir_bad_file_writes_nothing(local_copies, tmp_path):
     assert not (out / "longemotion" / "Emotion_Summary.jsonl").exists()
 
 
+def test_from_dir_installs_nothing_when_a_later_file_is_bad(local_copies, tmp_path):
+    (local_copies / "psyqa" / "PsyQA_example.json").write_text('[{"quest', encoding="utf-8")
+    out = tmp_path / "data"
+    with pytest.raises(RecordError, match="PsyQA_example.json"):
+        download.download_data(out_dir=str(out), from_dir=str(local_copies))
+    assert [p for p in out.rglob("*") if p.is_file()] == []  # the good ES file was not installed either
+
+
 def test_from_dir_missing_required(fixtures, tmp_path):
     only_es = tmp_path / "only"
     only_es.mkdir()
@@ -125,8 +133,7 @@ def test_corrupt_psyqa_download_is_not_installed(monkeypatch, local_copies, tmp_
     out = tmp_path / "data"
     with pytest.raises(RecordError, match="invalid JSON"):
         download.download_data(out_dir=str(out))
-    assert not (out / "psyqa").exists()
-    assert [p.name for p in out.iterdir()] == ["longemotion"]  # the temporary folder is gone
+    assert list(out.iterdir()) == []  # neither the good ES file nor the temporary folder
 
 
 def test_script_exit_code(tmp_path):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from emotion_summary.client import ChatClient, EndpointError
+from emotion_summary.errors import UserError
 from emotion_summary.evaluate import evaluate
 from emotion_summary.judge import (judge_messages, judge_predictions, parse_scores, report_text,
                                    summarize)
@@ -147,3 +148,75 @@ def test_evaluate_with_unreachable_judge_writes_rouge_then_fails(tmp_path, gold_
                  endpoint=unused_endpoint(), model="m", max_retries=0)
     results = json.loads((tmp_path / "sub.json").read_text())
     assert results["systems"][0]["rouge"]["mean"]["rouge-1"] == pytest.approx(1.0)
+
+
+def test_a_very_long_prediction_is_capped_so_the_judge_can_answer(tmp_path, records):
+    def reply(messages):  # an endpoint with a ~32K-character context
+        return (400, "maximum context length exceeded") if len(messages[1]["content"]) > 32_000 else \
+            scores_reply(messages)
+
+    preds = preds_of(records)
+    preds[11]["causes"] = "A runaway generation. " + "again and again " * 20_000 + "The end."
+    with FakeChatServer(reply) as server:
+        items = judge_predictions(records, preds, client_for(server), tmp_path / "c.jsonl")
+    assert summarize(items, "judge-model")["n_failed"] == 0
+    sent = next(m[1]["content"] for m in (b["messages"] for b in server.requests) if "runaway" in m[1]["content"])
+    assert "trimmed ...]" in sent and "The end." in sent
+
+
+def test_a_refused_item_is_a_recorded_failure_and_the_run_finishes(tmp_path, records):
+    def reply(messages):
+        return (400, "bad request") if "refuse-me" in messages[1]["content"] else scores_reply(messages)
+
+    preds = preds_of(records)
+    preds[13]["symptoms"] += " refuse-me"
+    cache = tmp_path / "c.jsonl"
+    with FakeChatServer(reply) as server:
+        summary = summarize(judge_predictions(records, preds, client_for(server), cache), "judge-model")
+        assert summary["n_failed"] == 1 and summary["n_refused"] == 1
+        assert summary["failures"][0]["id"] == 13 and "HTTP 400" in summary["failures"][0]["error"]
+        judge_predictions(records, preds, client_for(server), cache)
+        assert len(server.requests) == 16  # the refused item is asked again, nothing else
+    assert summary["mean"] == pytest.approx(4.0)
+
+
+def test_evaluate_fails_when_every_judge_reply_is_unparseable(tmp_path, gold_file, records, capsys):
+    sub = tmp_path / "sub.jsonl"
+    write_submission(sub, preds_of(records), [r.id for r in records])
+    with FakeChatServer(lambda messages: "I like it.") as server:
+        with pytest.raises(UserError, match="no usable score for sub: every item failed"):
+            evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), bertscore=False,
+                     judge=True, endpoint=server.endpoint, model="judge-model", max_retries=0)
+    assert "judge sub: 15 of 15 items failed (15 unparseable replies, 0 refused requests)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "res" / "sub.json").read_text())["systems"][0]["judge"]["n_failed"] == 15
+
+
+def test_judge_replies_with_unicode_line_separators_are_cached(tmp_path, records):
+    def reply(messages):
+        return 'Scores:\u2028{"factual_consistency": 5, "completeness": 4, "clarity": 3}\u2029'
+
+    cache = tmp_path / "c.jsonl"
+    with FakeChatServer(reply) as server:
+        judge_predictions(records, preds_of(records), client_for(server), cache)
+        judge_predictions(records, preds_of(records), client_for(server), cache)
+        assert len(server.requests) == 15
+
+
+def test_evaluate_checks_the_judge_options_before_any_work(tmp_path, gold_file, records):
+    sub = tmp_path / "sub.jsonl"
+    write_submission(sub, preds_of(records), [r.id for r in records])
+    with pytest.raises(UserError, match="--timeout_s: expected a number > 0"):
+        evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), bertscore=False, judge=True,
+                 endpoint="http://127.0.0.1:1/v1", model="m", timeout_s=-1)
+    assert not (tmp_path / "res").exists()
+
+
+def test_a_password_in_the_judge_endpoint_is_in_no_message_or_file(tmp_path, gold_file, records):
+    sub = tmp_path / "sub.jsonl"
+    write_submission(sub, preds_of(records), [r.id for r in records])
+    endpoint = unused_endpoint().replace("http://", "http://me:s3cret@")
+    with pytest.raises(EndpointError) as e:
+        evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), bertscore=False, judge=True,
+                 endpoint=endpoint, model="m", max_retries=0)
+    assert "s3cret" not in str(e.value) and "me:***@127.0.0.1" in str(e.value)
+    assert not [p for p in (tmp_path / "res").iterdir() if "s3cret" in p.read_bytes().decode("utf-8", "replace")]

@@ -1,5 +1,6 @@
 """The teacher labeller against a fake OpenAI chat endpoint on 127.0.0.1 (no network)."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from emotion_summary.client import ChatClient, EndpointError
-from emotion_summary.label import label_file, label_source_counts, rejects_path, reply_problem
+from emotion_summary.errors import UserError
+from emotion_summary.label import (label_file, label_source_counts, label_with_teacher, rejects_path,
+                                   reply_problem)
 from emotion_summary.prompt import LANGUAGE_RULES
 from emotion_summary.records import GOLD_FIELDS, Record, read_records, write_records
 from tests.chat_server import FakeChatServer
@@ -36,6 +39,9 @@ def canned_reply(messages: list[dict]) -> tuple[int, str]:
         return 400, '{"error": "context length exceeded"}'
     if marker == "bad-key":
         return 401, '{"error": "invalid API key"}'
+    if marker == "line-separators":
+        return 200, json.dumps({f: f"First line\u2028second\u2029third\u0085end of {f}." for f in GOLD_FIELDS},
+                               ensure_ascii=False)
     raise AssertionError(marker)
 
 
@@ -169,6 +175,7 @@ def test_reply_problem():
     assert reply_problem(json.dumps(EN), "en") is None
     assert reply_problem(json.dumps(EN), "auto") is None
     assert reply_problem(json.dumps({**EN, "causes": " "}), "en") == "missing or empty: causes"
+    assert reply_problem(json.dumps({**EN, "causes": "\u200b"}), "en") == "missing or empty: causes"
     assert reply_problem(json.dumps(ZH, ensure_ascii=False), "en").startswith("not in English")
 
 
@@ -182,3 +189,60 @@ def test_cli_summary_and_bad_option(server, tmp_path):
     assert "labelled 1, skipped 0" in proc.stdout and "rejected 1 (see" in proc.stdout
     bad = subprocess.run(args + ["--language", "fr"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--language must be one of" in bad.stderr
+
+
+@pytest.mark.parametrize("other", ["bare-inputs", "other-ids", "other-report"])
+def test_an_output_holding_other_records_is_refused_untouched(server, tmp_path, other):
+    src = write_input(tmp_path, ["good", "good"])
+    out = tmp_path / "Emotion_Summary.jsonl"
+    mine = read_records(src)
+    if other == "bare-inputs":  # e.g. the official inputs file given as --output by mistake
+        theirs = [dataclasses.replace(r, id=r.id + 100) for r in mine] + mine
+    elif other == "other-ids":
+        theirs = [dataclasses.replace(r, id=r.id + 100).with_gold(EN, {"model": "x"}) for r in mine]
+    else:
+        theirs = [dataclasses.replace(mine[0], experience_and_reflection="Another report.").with_gold(EN, {"model": "x"})]
+    write_records(out, theirs)
+    (tmp_path / "torn.jsonl").write_bytes(out.read_bytes() + b'{"id": 9, "case')
+    before = out.read_bytes()
+    with pytest.raises(UserError, match="not the output of an earlier run on this input; refusing to append"):
+        label_file(src, out, client(server))
+    assert out.read_bytes() == before and server.requests == []
+
+
+def test_a_torn_foreign_file_is_refused_before_its_tail_is_cut(server, tmp_path):
+    src = write_input(tmp_path, ["good"])
+    out = tmp_path / "other.jsonl"
+    out.write_bytes(json.dumps({"id": 50, "case_description": ["x"], "consultation_process": ["y"],
+                                "experience_and_reflection": ""}).encode() + b'\n{"id": 51, "case')
+    before = out.read_bytes()
+    with pytest.raises(UserError, match="id 50: its id is not in the input"):
+        label_file(src, out, client(server))
+    assert out.read_bytes() == before
+
+
+def test_every_record_rejected_is_a_failed_run(server, tmp_path, capsys):
+    src = write_input(tmp_path, ["missing-field", "too-long"])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(UserError, match="every one of the 2 records sent was rejected"):
+        label_with_teacher(str(src), str(out), server.url, "teacher", max_retries=0, timeout_s=10)
+    assert "labelled 0" in capsys.readouterr().out
+
+
+def test_replies_with_unicode_line_separators_are_kept_not_asked_again(server, tmp_path):
+    src = write_input(tmp_path, ["line-separators", "good"])
+    out = tmp_path / "out.jsonl"
+    assert label_file(src, out, client(server))["labelled"] == 2
+    assert label_file(src, out, client(server))["skipped_done"] == 2
+    assert len(server.requests) == 2
+    assert {r.id: r for r in read_records(out)}[1].causes == "First line\u2028second\u2029third\u0085end of causes."
+
+
+def test_a_password_in_the_endpoint_is_in_no_file(server, tmp_path):
+    src = write_input(tmp_path, ["good", "missing-field"])
+    out = tmp_path / "out.jsonl"
+    secret = ChatClient(server.url.replace("http://", "http://me:s3cret@"), "teacher", max_retries=0)
+    label_file(src, out, secret, max_retries=0)
+    for path in (out, rejects_path(out)):
+        text = path.read_text(encoding="utf-8")
+        assert "s3cret" not in text and "me:***@127.0.0.1" in text

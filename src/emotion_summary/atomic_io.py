@@ -1,16 +1,51 @@
-"""Files are written whole or not at all; long runs append one finished item per line."""
+"""Files are written whole or not at all; long runs append one finished item per line.
+
+JSONL here is one JSON value per `\n`-ended line, read by `jsonl_lines` alone. Text may hold U+2028,
+U+2029 and U+0085, which `str.splitlines()` (and some other tools) take for line ends: readers split
+on `\n` only, and writers escape those three, so a file stays readable by any tool either way.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+_UMASK_LOCK = threading.Lock()
+# Line ends for str.splitlines() and JavaScript, but ordinary characters inside a JSON string.
+_OTHER_LINE_ENDS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"}
+_OTHER_LINE_ENDS_RE = re.compile("[\u2028\u2029\u0085]")
+
+
+def json_line(obj: Any) -> str:
+    """`obj` as one JSONL line with its `\n`: readable text (no ASCII escapes), no other line ends."""
+    return _OTHER_LINE_ENDS_RE.sub(lambda m: _OTHER_LINE_ENDS[m.group()], json.dumps(obj, ensure_ascii=False)) + "\n"
+
+
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) for every non-blank line of JSONL text, split on `\n` only."""
+    for n, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield n, line
+
+
+def _new_file_mode() -> int:
+    """What open() would give a new file: 0o666 less the umask (mkstemp makes 0o600)."""
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    The file gets the permissions of a plain open() (the umask), so e.g. a server running as another
+    user can read an adapter's prompt.json."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -19,6 +54,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -35,7 +71,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return atomic_write_text(path, "".join(json_line(r) for r in rows))
 
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
@@ -43,7 +79,7 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.write(json_line(row))
         f.flush()
         os.fsync(f.fileno())
 
@@ -56,9 +92,7 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
+    for _, line in jsonl_lines(path.read_bytes().decode("utf-8", errors="replace")):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:

@@ -1,22 +1,28 @@
 """A small OpenAI-compatible chat client (stdlib only): vLLM, LMDeploy, or a hosted API.
 
 Shared by the `openai` inference backend, the teacher labeller and the LLM judge. Retries transient
-failures (connection errors, timeouts, 429 and 5xx) with exponential back-off; other errors are final.
+failures (connection errors, cut-off or garbled replies, the per-request deadline, 429 and 5xx) with
+exponential back-off; other errors are final. A redirect is refused (the key would follow it), and
+no message or file shows the key or a password given in the URL.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
+import math
 import os
+import socket
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
 from typing import Callable, Iterable, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from emotion_summary.errors import UserError
 
@@ -32,8 +38,8 @@ class EndpointError(UserError, RuntimeError):
         self.status = status
 
 
-# 4xx statuses about the key, the URL or the model name (or the load), not about one request.
-_NOT_ABOUT_THE_REQUEST = {401, 403, 404, 408, 429}
+# 4xx statuses about the key, the URL, the model name or a proxy (or the load), not about one request.
+_NOT_ABOUT_THE_REQUEST = {401, 403, 404, 407, 408, 429}
 
 
 def is_refusal(error: EndpointError) -> bool:
@@ -42,17 +48,61 @@ def is_refusal(error: EndpointError) -> bool:
     return error.status is not None and 400 <= error.status < 500 and error.status not in _NOT_ABOUT_THE_REQUEST
 
 
+def public_url(url: str) -> str:
+    """`url` fit to print or store: a password (user:pass@) and a query string (?key=...) become ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", parts.fragment))
+
+
+def check_endpoint(endpoint: str) -> None:
+    """A one-line UserError unless `endpoint` is an http(s) URL with a host."""
+    parts = urlsplit(str(endpoint))
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"--endpoint: expected an http:// or https:// URL such as http://127.0.0.1:8000/v1, "
+                        f"got {public_url(str(endpoint))!r}")
+
+
+def _number(value, name: str, kind: type, minimum: float, strict: bool = False):
+    """`value` as `kind`, at least (or, `strict`, above) `minimum`; else a one-line UserError."""
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number < minimum or (strict and number == minimum) \
+            or (kind is int and not number.is_integer()):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise UserError(f"--{name}: expected {'an integer' if kind is int else 'a number'} {bound}, got {value!r}")
+    return kind(number)
+
+
+class _Transport(Exception):
+    """The request did not get a whole, readable reply (cut off, garbled, too slow): retried."""
+
+
 @dataclass
 class ChatClient:
     endpoint: str  # base URL, e.g. http://127.0.0.1:8000/v1
     model: str
     api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # the whole request, from connecting to the last byte of the reply
     max_retries: int = 4
     backoff_s: float = 1.0
     requests_per_minute: float = 0.0  # 0: no rate limit
 
     def __post_init__(self):
+        check_endpoint(self.endpoint)
+        self.timeout_s = _number(self.timeout_s, "timeout_s", float, 0, strict=True)
+        self.max_retries = _number(self.max_retries, "max_retries", int, 0)
+        self.backoff_s = _number(self.backoff_s, "backoff_s", float, 0)
+        self.requests_per_minute = _number(self.requests_per_minute, "requests_per_minute", float, 0)
         self._lock = threading.Lock()
         self._next_slot = 0.0
 
@@ -60,6 +110,10 @@ class ChatClient:
     def url(self) -> str:
         base = self.endpoint.rstrip("/")
         return base if base.endswith("/chat/completions") else base + "/chat/completions"
+
+    @property
+    def public_url(self) -> str:
+        return public_url(self.url)
 
     def _wait_for_rate_limit(self) -> None:
         if self.requests_per_minute <= 0:
@@ -70,38 +124,133 @@ class ChatClient:
             self._next_slot = slot + 60.0 / self.requests_per_minute
         time.sleep(max(0.0, slot - now))
 
-    def _post(self, payload: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = os.environ.get(self.api_key_env)
+        parts = urlsplit(self.url)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url, data=json.dumps(payload).encode("utf-8"), headers=headers)
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            return json.loads(resp.read().decode("utf-8"))
+        elif parts.username is not None:  # http://user:pass@host/v1
+            headers["Authorization"] = _basic(parts.username, parts.password)
+        return headers
+
+    def _redact(self, text: str) -> str:
+        """`text` without the key or the URL's password, should the server or a library echo them."""
+        secrets = [os.environ.get(self.api_key_env), urlsplit(self.url).password]
+        for secret in filter(None, secrets):
+            text = text.replace(secret, "***")
+        return text
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+        """(connection, request target, headers): straight to the endpoint, or through the proxy the
+        environment names (http_proxy, https_proxy, no_proxy), as urllib would."""
+        parts = urlsplit(self.url)
+        connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        if not proxy or urllib.request.proxy_bypass(parts.hostname):
+            return connection(parts.hostname, parts.port, timeout=self.timeout_s), path, self._headers()
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        auth = {"Proxy-Authorization": _basic(via.username, via.password)} if via.username is not None else {}
+        conn = connection(via.hostname, via.port, timeout=self.timeout_s)
+        if parts.scheme == "https":  # a CONNECT tunnel: the proxy sees neither the key nor the request
+            conn.set_tunnel(parts.hostname, parts.port, headers=auth)
+            return conn, path, self._headers()
+        port = f":{parts.port}" if parts.port else ""
+        return conn, f"http://{parts.hostname}{port}{path}", {**self._headers(), **auth}
+
+    def _post(self, payload: dict) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body) of one POST, all of it within `timeout_s`; redirects are not followed
+        (the key would go wherever the Location says). Raises _Transport or OSError."""
+        conn, target, headers = self._connection()
+        cut, read, lock = threading.Event(), threading.Event(), threading.Lock()
+
+        def cut_off() -> None:  # the deadline: a server dripping bytes never resets it
+            with lock:
+                if read.is_set():  # the whole reply arrived just in time
+                    return
+                cut.set()
+                sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(self.timeout_s, cut_off)
+        timer.daemon = True
+        timer.start()
+        too_slow = f"timed out: no whole reply within --timeout_s {self.timeout_s:g} s"
+        try:
+            conn.request("POST", target, body=json.dumps(payload).encode("utf-8"), headers=headers)
+            resp = conn.getresponse()
+            status, headers, body = resp.status, dict(resp.getheaders()), resp.read()
+            with lock:
+                read.set()
+        except (http.client.HTTPException, OSError) as e:
+            if cut.is_set() or isinstance(e, TimeoutError):
+                raise TimeoutError(too_slow) from None
+            if isinstance(e, http.client.HTTPException):
+                raise _Transport(f"cut-off or garbled reply from {self.public_url}: {type(e).__name__}: "
+                                 f"{self._redact(str(e))[:200]}") from None
+            raise
+        finally:
+            timer.cancel()
+            conn.close()
+        if cut.is_set():  # cut off mid-reply: what was read is not the whole reply
+            raise TimeoutError(too_slow)
+        return status, headers, body
+
+    def _answer(self, status: int, headers: dict[str, str], body: bytes) -> str:
+        """The reply text of a 2xx; EndpointError for a final status; _Transport for a retryable one."""
+        if 300 <= status < 400:
+            where = public_url(headers.get("Location", headers.get("location", "?")))
+            raise EndpointError(f"HTTP {status} from {self.public_url}: redirected to {where}; redirects are not "
+                                "followed (the API key would go along): use the final URL as --endpoint", status)
+        text = body.decode("utf-8", errors="replace")
+        if not 200 <= status < 300:
+            message = f"HTTP {status} from {self.public_url}: {self._redact(text[:200])}"
+            if status == 429 or status >= 500:
+                raise _Transport(message, status)
+            raise EndpointError(message, status)
+        try:
+            return reply_text(json.loads(body.decode("utf-8")))
+        except (ValueError, KeyError, IndexError, TypeError) as e:  # not UTF-8, not JSON, not a chat reply
+            raise _Transport(f"unexpected reply from {self.public_url}: {self._redact(repr(e))[:200]}") from None
 
     def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0) -> str:
         """The assistant's reply text; raises EndpointError after the retries are spent."""
         payload = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                    "temperature": temperature}
-        last, status = None, None
+        last, status = "", None
         for attempt in range(self.max_retries + 1):
             self._wait_for_rate_limit()
             try:
-                body = self._post(payload)
-                return body["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as e:
-                last, status = f"HTTP {e.code} from {self.url}: {e.read()[:200].decode('utf-8', 'replace')}", e.code
-                if e.code != 429 and e.code < 500:
-                    raise EndpointError(last, status) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                status = None
-                last = f"cannot reach {self.url}: {getattr(e, 'reason', e)}"
-            except (KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
-                status = None
-                last = f"unexpected reply from {self.url}: {e!r}"
+                return self._answer(*self._post(payload))
+            except _Transport as e:
+                last, status = str(e.args[0]), (e.args[1] if len(e.args) > 1 else None)
+            except OSError as e:  # refused, reset, DNS, TLS, the deadline
+                last, status = f"cannot reach {self.public_url}: {self._redact(str(getattr(e, 'reason', e)))}", None
             if attempt < self.max_retries:
                 time.sleep(self.backoff_s * 2 ** attempt)
         raise EndpointError(f"{last} (gave up after {self.max_retries + 1} tries)", status)
+
+
+def _basic(user: str, password: str | None) -> str:
+    pair = f"{unquote(user)}:{unquote(password or '')}"
+    return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+
+
+def reply_text(body: dict) -> str:
+    """The assistant's text in an OpenAI chat reply; `content` may be a list of parts (joined)."""
+    content = body["choices"][0]["message"]["content"]
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(part if isinstance(part, str) else part.get("text") or "" for part in content)
+    if not isinstance(content, str):
+        raise TypeError(f"content is {type(content).__name__}")
+    return content
 
 
 def run_pool(items: Iterable[T], work: Callable[[T], R], on_result: Callable[[R], None],

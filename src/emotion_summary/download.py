@@ -1,7 +1,7 @@
 """Fetch the public data: LongEmotion's ES files from the Hugging Face Hub, PsyQA's sample from GitHub.
 
-Every file is validated (ES files with `read_records`, PsyQA with the converter) before it is
-written, atomically, under `out_dir`; a bad or partial download never lands there.
+Every file is fetched (or found) and validated (ES files with `read_records`, PsyQA with the converter)
+before any is written, atomically, under `out_dir`: one bad or partial file and none lands there.
 """
 
 from __future__ import annotations
@@ -116,12 +116,15 @@ def validate(f: DataFile, path: Path) -> str:
     return f"{len(records)} records, {gold} with gold fields"
 
 
-def install(f: DataFile, path: Path, out_dir: Path) -> Path:
-    """Validate `path`, then copy it atomically to out_dir/subdir/name."""
-    what = validate(f, path)
-    dest = atomic_write_bytes(out_dir / f.subdir / f.name, path.read_bytes())
-    print(f"{dest}: {what}")
-    return dest
+def install_all(found: list[tuple[DataFile, Path]], out_dir: Path) -> list[Path]:
+    """Validate every file first, then copy each atomically to out_dir/subdir/name."""
+    described = [validate(f, path) for f, path in found]
+    done = []
+    for (f, path), what in zip(found, described):
+        dest = atomic_write_bytes(out_dir / f.subdir / f.name, path.read_bytes())
+        print(f"{dest}: {what}")
+        done.append(dest)
+    return done
 
 
 def find_local(f: DataFile, from_dir: Path) -> Path | None:
@@ -135,30 +138,28 @@ def find_local(f: DataFile, from_dir: Path) -> Path | None:
 def _copy_local(from_dir: Path, out_dir: Path) -> list[Path]:
     if not from_dir.is_dir():
         raise UserError(f"{from_dir}: no such directory")
-    done, missing = [], []
+    found, missing = [], []
     for f in FILES:
         src = find_local(f, from_dir)
         if src is None and f.required:
             missing.append(f.name)
         elif src is None:
             print(f"{f.name}: not in {from_dir}; skipped (optional)")
-        if src is None:
-            continue
-        if src.resolve() != (out_dir / f.subdir / f.name).resolve():
-            done.append(install(f, src, out_dir))
+        elif src.resolve() != (out_dir / f.subdir / f.name).resolve():
+            found.append((f, src))
     if missing:
-        raise UserError(f"{from_dir}: missing {', '.join(missing)} (copied the others: {len(done)})")
-    return done
+        raise UserError(f"{from_dir}: missing {', '.join(missing)} (copied nothing)")
+    return install_all(found, out_dir)
 
 
 def _download(out_dir: Path, cache_dir: str | None) -> list[Path]:
-    done = []
     with tempfile.TemporaryDirectory(prefix=".download.", dir=out_dir) as tmp:
+        found = []
         for f in FILES:
             path = fetch_from_hub(f, cache_dir) if f.hf_paths else fetch_url(f, Path(tmp)) if f.url else None
             if path is not None:
-                done.append(install(f, path, out_dir))
-    return done
+                found.append((f, path))
+        return install_all(found, out_dir)
 
 
 def download_data(out_dir: str = "data", from_dir: str | None = None, cache_dir: str | None = None) -> None:

@@ -176,10 +176,10 @@ def write_outputs(results: dict, out_dir: str | Path, name: str) -> list[Path]:
 # ---------------------------------------------------------------- CLI
 
 
-def _judge_systems(systems, gold, endpoint, model, cache, concurrency, reference, timeout_s, max_retries):
+def _judge_systems(systems, gold, client: ChatClient, cache, concurrency, reference):
     from emotion_summary.judge import judge_predictions, summarize
 
-    client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries)
+    model = client.model
     for s in systems:
         items = judge_predictions(gold, s["_preds"], client, cache, use_reference=reference,
                                   concurrency=concurrency, desc=f"judge {s['label']}")
@@ -216,6 +216,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     endpoint, model = as_opt_str(endpoint), as_opt_str(model)
     if use_judge and not (endpoint and model):
         raise UserError("--judge needs --endpoint URL and --model NAME")
+    client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries) if use_judge else None
     gold_records = read_gold(gold)
     golds = {r.id: r.gold() for r in gold_records}
     labels = labels_for(paths)
@@ -236,8 +237,8 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     if use_judge:
         cache = judge_cache or str(Path(out_dir) / "judge_cache.jsonl")
         try:
-            _judge_systems(systems, gold_records, endpoint, model, cache, int(concurrency),
-                           as_bool(judge_reference, "judge_reference"), float(timeout_s), int(max_retries))
+            _judge_systems(systems, gold_records, client, cache, int(concurrency),
+                           as_bool(judge_reference, "judge_reference"))
         except EndpointError as e:
             judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
                                         "run the same command again to resume")
@@ -247,3 +248,17 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     print("wrote " + ", ".join(map(str, written)))
     if judge_error:
         raise judge_error
+    _judge_failures(systems)
+
+
+def _judge_failures(systems: list[dict]) -> None:
+    """Say how many judge items failed; an error when no item of a system got a score."""
+    from emotion_summary.judge import failure_line
+
+    for s in systems:
+        if s.get("judge") and failure_line(s["judge"], s["label"]):
+            print(f"WARNING: {failure_line(s['judge'], s['label'])}", file=sys.stderr)
+    useless = [s["label"] for s in systems if s.get("judge") and s["judge"]["n_failed"] == s["judge"]["n_items"]]
+    if useless:
+        raise UserError(f"the judge gave no usable score for {', '.join(useless)}: every item failed (see "
+                        "the failures in the .json); check --model and the endpoint")

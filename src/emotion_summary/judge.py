@@ -8,7 +8,8 @@ i.e. on a 0-100 scale).
 Replies are cached in a JSONL file, one line per judged item, keyed by a hash of the exact request
 (id, field, judge model, prompt, predicted text, reference): a rerun resends nothing already scored,
 and two prediction files can share one cache. A reply that stays non-JSON after the retries is
-recorded as a failure (not cached, so a rerun asks again) and left out of the means.
+recorded as a failure (not cached, so a rerun asks again) and left out of the means; so is an item
+the endpoint refuses (a 4xx about that request), while other endpoint errors stop the run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
-from emotion_summary.client import ChatClient, run_pool
+from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
 from emotion_summary.metrics import mean
 from emotion_summary.prompt import FIELD_DESCRIPTIONS, report_sections, trim_sections
 from emotion_summary.records import GOLD_FIELDS, Record
@@ -29,6 +30,7 @@ from emotion_summary.records import GOLD_FIELDS, Record
 CRITERIA = ("factual_consistency", "completeness", "clarity")
 JUDGE_VERSION = "es-judge-v1"
 MAX_REPORT_CHARS = 24_000  # ~6K tokens of English: the longest official report is ~36K characters
+MAX_PREDICTION_CHARS = 4_000  # a gold field is ~40 tokens; a runaway generation must not overflow the judge
 
 JUDGE_SYSTEM = (
     "You grade summaries of psychological counselling reports. You are strict, consistent and brief, "
@@ -67,25 +69,34 @@ def _render(sections: list[tuple[str, str]]) -> str:
     return "\n\n".join(f"[{h}] {t}" for h, t in sections)
 
 
-def report_text(record: Record, max_chars: int = MAX_REPORT_CHARS) -> str:
-    """The report as headed paragraphs, cut in the middle of its longest paragraphs beyond max_chars
-    (trim markers count characters, though they say tokens)."""
-    sections = report_sections(record)
-    over = len(_render(sections)) - max_chars
+def _capped(sections: list[tuple[str, str]], max_chars: int, render) -> str:
+    """`render(sections)`, cut in the middle of the longest paragraphs beyond max_chars (trim markers
+    count characters, though they say tokens)."""
+    over = len(render(sections)) - max_chars
     if over <= 0:
-        return _render(sections)
+        return render(sections)
     try:
-        return _render(trim_sections(sections, over, len))
+        return render(trim_sections(sections, over, len))
     except ValueError:  # a cap too small for one marker per paragraph: keep the beginning
-        return _render(sections)[:max_chars]
+        return render(sections)[:max_chars]
+
+
+def report_text(record: Record, max_chars: int = MAX_REPORT_CHARS) -> str:
+    """The report as headed paragraphs, capped at max_chars."""
+    return _capped(report_sections(record), max_chars, _render)
+
+
+def prediction_text(prediction: str, max_chars: int = MAX_PREDICTION_CHARS) -> str:
+    """The graded text, capped at max_chars like the report (a 40K-character generation is refused)."""
+    return _capped([("", prediction.strip() or "(empty)")], max_chars, lambda sections: sections[0][1])
 
 
 def judge_messages(record: Record, field: str, prediction: str, reference: str | None = None,
                    max_report_chars: int = MAX_REPORT_CHARS) -> list[dict]:
-    block = REFERENCE_BLOCK.format(field=field, reference=reference) if reference else ""
+    block = REFERENCE_BLOCK.format(field=field, reference=prediction_text(reference)) if reference else ""
     user = JUDGE_TEMPLATE.format(field=field, description=FIELD_DESCRIPTIONS[field], reference_block=block,
                                  report=report_text(record, max_report_chars),
-                                 prediction=prediction.strip() or "(empty)")
+                                 prediction=prediction_text(prediction))
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -126,6 +137,7 @@ class JudgeItem:
     scores: dict[str, int] | None
     raw: str
     error: str | None = None
+    refused: bool = False  # the endpoint refused the request (a 4xx about it), rather than a bad reply
 
 
 def request_key(model: str, messages: list[dict]) -> str:
@@ -134,10 +146,16 @@ def request_key(model: str, messages: list[dict]) -> str:
 
 
 def judge_one(client: ChatClient, rid: int, field: str, messages: list[dict], attempts: int = 3) -> JudgeItem:
-    """Ask; on a non-JSON reply, ask again with a reminder; after `attempts`, a recorded failure."""
+    """Ask; on a non-JSON reply, ask again with a reminder; after `attempts`, a recorded failure. So is
+    a refusal of this one request; other endpoint errors propagate."""
     convo, raw = list(messages), ""
     for _ in range(attempts):
-        raw = client.chat(convo, max_tokens=200, temperature=0.0)
+        try:
+            raw = client.chat(convo, max_tokens=200, temperature=0.0)
+        except EndpointError as e:
+            if not is_refusal(e):
+                raise
+            return JudgeItem(rid, field, None, "", f"the endpoint refused the request: {e}", refused=True)
         scores = parse_scores(raw)
         if scores:
             return JudgeItem(rid, field, scores, raw)
@@ -204,9 +222,19 @@ def summarize(items: Sequence[JudgeItem], model: str) -> dict:
     overall = mean((it.scores[c] for it in ok for c in CRITERIA), empty=None)
     return {
         "model": model, "version": JUDGE_VERSION, "n_items": len(items), "n_failed": len(items) - len(ok),
+        "n_refused": sum(it.refused for it in items),
         "per_field": per_field,
         "per_criterion": {c: mean((it.scores[c] for it in ok), empty=None) for c in CRITERIA},
         "mean": overall, "mean_x20": None if overall is None else overall * 20,
         "failures": [{"id": it.id, "field": it.field, "error": it.error, "raw": it.raw[:500]}
                      for it in items if not it.scores],
     }
+
+
+def failure_line(summary: dict, label: str) -> str | None:
+    """One line saying how many items of `label` failed and why (None when none did)."""
+    failed, refused = summary["n_failed"], summary["n_refused"]
+    if not failed:
+        return None
+    return (f"judge {label}: {failed} of {summary['n_items']} items failed ({failed - refused} unparseable "
+            f"replies, {refused} refused requests); they are left out of the means")

@@ -8,20 +8,21 @@ that never give a usable reply go to `<output stem>.rejects.jsonl` with the reas
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
-from emotion_summary.atomic_io import append_jsonl, atomic_write_jsonl, read_jsonl_tolerant, repair_jsonl_tail
+from emotion_summary.atomic_io import (append_jsonl, atomic_write_jsonl, jsonl_lines, read_jsonl_tolerant,
+                                       repair_jsonl_tail)
 from emotion_summary.errors import UserError
-from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
+from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool
 from emotion_summary.prompt import NOT_DESCRIBED, PromptSpec, build_prompt, parse_answer
-from emotion_summary.records import GOLD_FIELDS, Record, read_records, record_from_dict
+from emotion_summary.records import GOLD_FIELDS, Record, is_blank, read_records, record_from_dict
 from emotion_summary.text import detect_language
 
 LANGUAGES = ("en", "zh", "auto")
@@ -52,8 +53,9 @@ def reply_problem(reply: str, language: str) -> str | None:
     parsed = parse_answer(reply)
     if len(parsed.missing) == len(GOLD_FIELDS):
         return "no JSON object with the five fields"
-    if parsed.missing:
-        return f"missing or empty: {', '.join(parsed.missing)}"
+    missing = [f for f in GOLD_FIELDS if f in parsed.missing or is_blank(parsed.fields.get(f))]
+    if missing:
+        return f"missing or empty: {', '.join(missing)}"
     if language in LANGUAGE_NAMES:
         wrong = [k for k, v in parsed.fields.items() if v != NOT_DESCRIBED and detect_language(v) != language]
         if wrong:
@@ -87,17 +89,37 @@ def label_one(client: ChatClient, spec: PromptSpec, record: Record, max_retries:
     return Outcome(record, None, reason, max_retries + 1, reply)
 
 
-def _public_endpoint(url: str) -> str:
-    """The endpoint without user:password@ or a query string, fit to store in every record."""
-    parts = urlsplit(url)
-    host = f"{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+_public_endpoint = public_url  # the name synthesize.py imports
 
 
-def done_ids(output: Path) -> set[int]:
-    """Ids already labelled in `output` (a RecordError names the line of a row that is not a record)."""
-    records = [record_from_dict(row, output, f"line {n}") for n, row in enumerate(read_jsonl_tolerant(output), 1)]
-    return {r.id for r in records if r.has_gold}
+def done_ids(output: Path, records: Sequence[Record]) -> set[int]:
+    """Ids already labelled in `output`. Refuses an output that is not an earlier run's on these inputs
+    (another file's records, bare inputs, other reports under the same ids): never appended to."""
+    if not output.exists():
+        return set()
+    inputs = {r.id: r for r in records}
+    done = set()
+    text = output.read_bytes().decode("utf-8", errors="replace")
+    last = text.count("\n") + 1
+    for n, line in jsonl_lines(text):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == last:  # torn by a killed run: cut off before appending
+                continue
+            row = line
+        rec = record_from_dict(row, output, f"line {n}")
+        mine = inputs.get(rec.id)
+        problem = ("its id is not in the input" if mine is None else
+                   "it has no summary fields" if not rec.has_gold else
+                   "its report differs from the input's" if rec.inputs() != mine.inputs() else
+                   "its summary is neither a teacher's nor the input's"
+                   if rec.label_source is None and rec.gold() != mine.gold() else None)
+        if problem:
+            raise UserError(f"{output}:line {n}: id {rec.id}: {problem}, so this is not the output of an earlier "
+                            "run on this input; refusing to append to it (give a new --output)")
+        done.add(rec.id)
+    return done
 
 
 def _finish_rejects(path: Path, labelled: set[int]) -> int:
@@ -146,9 +168,9 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
     output = Path(output)
     if output.exists() and output.resolve() == Path(input).resolve():
         raise UserError(f"{output}: --output must differ from --input")
+    done = done_ids(output, records)
     repair_jsonl_tail(output)
     repair_jsonl_tail(rejects_path(output))
-    done = done_ids(output)
     copied = [r for r in records if r.has_gold and r.id not in done]
     for r in copied:  # labelled inputs pass through, so the output is the whole training set
         append_jsonl(output, r.to_dict())
@@ -156,7 +178,7 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
     todo = todo[:limit] if limit > 0 else todo
     spec = PromptSpec(language=language)
     run = _Run(output, rejects_path(output), {
-        "model": client.model, "endpoint": _public_endpoint(client.endpoint),
+        "model": client.model, "endpoint": public_url(client.endpoint),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "prompt_version": spec.version})
     try:
         _label_all(todo, lambda r: label_one(client, spec, r, max_retries, max_tokens), run, concurrency)
@@ -218,3 +240,6 @@ def label_with_teacher(input: str, output: str, endpoint: str, model: str, langu
           f"copied {counts['copied_with_gold']} that had gold, rejected {counts['rejected']}"
           + (f" (see {rejects_path(output)})" if counts["rejected"] else "")
           + (f", {counts['left_for_later']} left for a later run (--limit)" if counts["left_for_later"] else ""))
+    if counts["rejected"] and not counts["labelled"]:
+        raise UserError(f"every one of the {counts['rejected']} records sent was rejected (reasons in "
+                        f"{rejects_path(output)}): check --model, --language and the endpoint")

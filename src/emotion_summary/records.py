@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from emotion_summary.atomic_io import atomic_write_jsonl
+from emotion_summary.atomic_io import atomic_write_jsonl, jsonl_lines
 from emotion_summary.errors import UserError
 
 INPUT_FIELDS = ("case_description", "consultation_process", "experience_and_reflection")
@@ -21,6 +21,14 @@ GOLD_FIELDS = (
     "characteristics_of_illness",
     "treatment_effect",
 )
+
+
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))  # zero-width spaces and joiners
+
+
+def is_blank(text: str | None) -> bool:
+    """No text at all: None, empty, white space or zero-width characters only."""
+    return text is None or not text.translate(_INVISIBLE).strip()
 
 
 class RecordError(UserError, ValueError):
@@ -51,7 +59,7 @@ class Record:
 
     @property
     def has_gold(self) -> bool:
-        return all(getattr(self, f) for f in GOLD_FIELDS)
+        return not any(is_blank(getattr(self, f)) for f in GOLD_FIELDS)
 
     def gold(self) -> dict[str, str]:
         return {f: getattr(self, f) for f in GOLD_FIELDS}
@@ -99,7 +107,7 @@ def _str_list(value: Any, name: str, path, where: str, allow_str: bool) -> tuple
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise RecordError(path, where, f"{name}[{i}]", f"expected a string, got {type(item).__name__}")
-    if not any(s.strip() for s in value):
+    if all(is_blank(s) for s in value):
         raise RecordError(path, where, name, "is empty")
     return tuple(value)
 
@@ -165,9 +173,7 @@ def _raw_items(path: Path) -> list[tuple[str, Any]]:
             raise RecordError(path, f"line {e.lineno}", None, f"invalid JSON: {e.msg}") from None
         return [(f"item {i}", item) for i, item in enumerate(items)]
     out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(text):
         try:
             out.append((f"line {n}", json.loads(line)))
         except json.JSONDecodeError as e:
@@ -188,7 +194,7 @@ def read_records(path: str | os.PathLike, require_gold: bool = False) -> list[Re
             raise RecordError(path, where, "id", f"duplicate id {rec.id} (first at {seen[rec.id]})")
         seen[rec.id] = where
         if require_gold:
-            missing = [f for f in GOLD_FIELDS if not getattr(rec, f)]
+            missing = [f for f in GOLD_FIELDS if is_blank(getattr(rec, f))]
             if missing:
                 raise RecordError(path, where, missing[0],
                                   "gold field is missing or empty; this needs a labelled ES file with "

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emotion_summary.atomic_io import atomic_write_jsonl
-from emotion_summary.records import GOLD_FIELDS, Record, RecordError, read_records
-from emotion_summary.text import detect_language, record_language
+from emotion_summary.atomic_io import atomic_write_jsonl, jsonl_lines
+from emotion_summary.records import GOLD_FIELDS, Record, RecordError, is_blank, read_records
+from emotion_summary.text import detect_language, record_language, script_language
 
 SUBMISSION_FILE = "Emotion_Summary_Result.jsonl"
 # Singular "cause" and capital "C" are the leaderboard's spelling.
@@ -61,7 +61,8 @@ class SubmissionReport:
         lines = [f"{self.path}: {self.n_rows} rows, {len(self.errors)} errors, {len(self.warnings)} warnings"]
         lines += [f"  ERROR   {e}" for e in self.errors[:50]]
         lines += [f"  WARNING {w}" for w in self.warnings[:50]]
-        lines.append("OK: ready to submit" if self.ok else "NOT READY: fix the errors above")
+        warned = f", but read the {len(self.warnings)} warnings above" if self.warnings else ""
+        lines.append(f"OK: ready to submit{warned}" if self.ok else "NOT READY: fix the errors above")
         return "\n".join(lines)
 
 
@@ -84,12 +85,13 @@ def _check_row(path: Path, n: int, row, seen: dict, report: SubmissionReport) ->
         report.errors.append(f"{at}: field '{key}': unexpected key (the leaderboard takes exactly "
                              f"{', '.join(sorted(expected))})")
     for key in SUBMISSION_KEYS.values():
-        if key in row and (not isinstance(row[key], str) or not row[key].strip()):
+        if key in row and (not isinstance(row[key], str) or is_blank(row[key])):
             report.errors.append(f"{at}: field '{key}': must be a non-empty string")
 
 
 def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None = None) -> SubmissionReport:
-    """Check ids (complete, unique, integer), keys (exact), values (non-empty strings) and language."""
+    """Check ids (complete, unique, integer), keys (exact), values (non-empty strings, letters, the
+    report's language per field) and the language of each row."""
     path = Path(path)
     report = SubmissionReport(str(path))
     if not path.is_file():
@@ -102,9 +104,7 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
         return report
     seen: dict[int, int] = {}
     rows = report.rows
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(text):
         report.n_rows += 1
         try:
             row = json.loads(line)
@@ -116,12 +116,41 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
             rows[row["id"]] = row
     if report.n_rows == 0:
         report.errors.append(f"{path}: file is empty")
+    expected = {rid: detect_language(_row_text(row)) for rid, row in rows.items()}
     if inputs is not None:
-        _check_against_inputs(read_records(inputs), rows, report)
+        expected = _check_against_inputs(read_records(inputs), rows, report)
+    for rid, row in rows.items():
+        _check_values(f"{path}:line {seen.get(rid, '?')}", row, expected.get(rid), report)
     return report
 
 
-def _check_against_inputs(records: list[Record], rows: dict[int, dict], report: SubmissionReport) -> None:
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
+
+
+def _row_text(row: dict) -> str:
+    return " ".join(str(row.get(k, "")) for k in SUBMISSION_KEYS.values())
+
+
+def _check_values(at: str, row: dict, language: str | None, report: SubmissionReport) -> None:
+    """Warn about placeholders (no letters: ".", "-", "1") and about a field in another script than
+    its report (`language`; None when the whole row is already flagged)."""
+    for key in SUBMISSION_KEYS.values():
+        value = row.get(key)
+        if not isinstance(value, str) or is_blank(value):
+            continue  # an error already
+        said = script_language(value)
+        if said is None:
+            report.warnings.append(f"{at}: field '{key}': {value.strip()[:20]!r} has no letters: a placeholder, "
+                                   "not a summary")
+        elif language is not None and said != language:
+            report.warnings.append(f"{at}: field '{key}': written in {LANGUAGE_NAMES.get(said, said.title())}, "
+                                   f"its report in {LANGUAGE_NAMES[language]}")
+
+
+def _check_against_inputs(records: list[Record], rows: dict[int, dict],
+                          report: SubmissionReport) -> dict[int, str | None]:
+    """Ids and languages against the inputs; the language each row's fields should be in (None for
+    rows already flagged as a whole)."""
     want = [r.id for r in records]
     missing = [i for i in want if i not in rows]
     extra = sorted(set(rows) - set(want))
@@ -129,16 +158,19 @@ def _check_against_inputs(records: list[Record], rows: dict[int, dict], report: 
         report.errors.append(f"{len(missing)} input ids have no prediction: {missing[:20]}")
     if extra:
         report.errors.append(f"{len(extra)} predicted ids are not in the inputs: {extra[:20]}")
-    mismatched = []
+    mismatched, expected = [], {}
     for r in records:
         row = rows.get(r.id)
         if row is None:
             continue
-        said = " ".join(str(row.get(k, "")) for k in SUBMISSION_KEYS.values())
-        if said.strip() and detect_language(said) != record_language(r):
+        said = _row_text(row)
+        expected[r.id] = record_language(r)
+        if said.strip() and detect_language(said) != expected[r.id]:
             mismatched.append(r.id)
+            expected[r.id] = None
     if mismatched:
         report.warnings.append(
             f"{len(mismatched)} predictions are not in the language of their report (ids {mismatched[:10]}): "
             "a public solution answered English reports in Chinese and scored ~0 ROUGE; set the prompt "
             "language (--language en) or check the model.")
+    return expected

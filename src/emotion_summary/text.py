@@ -4,6 +4,8 @@ labeller and the checker (stdlib only: no torch, no tokenizer)."""
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections import Counter
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -34,6 +36,24 @@ def detect_language(text: str) -> Literal["en", "zh"]:
     cjk = len(re.findall(r"[\u4e00-\u9fff]", text))
     latin = len(re.findall(r"[A-Za-z]", text))
     return "zh" if cjk > latin / 4 else "en"
+
+
+def script_language(text: str) -> str | None:
+    """'en' or 'zh' as detect_language says, or the lower-case name of the script most letters are in
+    when it is neither Latin nor CJK ('cyrillic', 'arabic', ...); None when `text` has no letters."""
+    scripts = Counter(_script(ch) for ch in text if ch.isalpha())
+    if not scripts:
+        return None
+    other, n = max(((s, n) for s, n in scripts.items() if s not in ("CJK", "LATIN")), key=lambda sn: sn[1],
+                   default=(None, 0))
+    if n > sum(scripts.values()) / 2:
+        return other.lower()
+    return detect_language(text)
+
+
+def _script(letter: str) -> str:
+    name = unicodedata.name(letter, "OTHER")
+    return "CJK" if "CJK" in name else "LATIN" if "LATIN" in name else name.split(" ")[0]
 
 
 def record_language(record: Record) -> Literal["en", "zh"]:
