@@ -89,9 +89,6 @@ def label_one(client: ChatClient, spec: PromptSpec, record: Record, max_retries:
     return Outcome(record, None, reason, max_retries + 1, reply)
 
 
-_public_endpoint = public_url  # the name synthesize.py imports
-
-
 def done_ids(output: Path, records: Sequence[Record]) -> set[int]:
     """Ids already labelled in `output`. Refuses an output that is not an earlier run's on these inputs
     (another file's records, bare inputs, other reports under the same ids): never appended to."""
@@ -122,7 +119,7 @@ def done_ids(output: Path, records: Sequence[Record]) -> set[int]:
     return done
 
 
-def _finish_rejects(path: Path, labelled: set[int]) -> int:
+def finish_rejects(path: Path, labelled: set[int]) -> int:
     """Keep the latest reason per id, drop ids labelled since; return how many remain."""
     latest = {row["id"]: row for row in read_jsonl_tolerant(path) if isinstance(row, dict) and "id" in row}
     keep = [row for rid, row in latest.items() if rid not in labelled]
@@ -186,7 +183,7 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
         raise EndpointError(f"{e}; {run.labelled} records were labelled before it failed. Rerun the "
                             "same command to resume.", e.status) from None
     finally:
-        remaining = _finish_rejects(run.rejects, _ids_in(output))
+        remaining = finish_rejects(run.rejects, _ids_in(output))
     return {"labelled": run.labelled, "skipped_done": len(done & {r.id for r in records}),
             "copied_with_gold": len(copied), "rejected": run.rejected, "rejects_file_entries": remaining,
             "left_for_later": len([r for r in records if not r.has_gold and r.id not in done]) - len(todo)}

@@ -199,7 +199,7 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 
 
-def _json_object(text: str) -> dict | None:
+def json_object(text: str) -> dict | None:
     m = _FENCE.search(text)
     if m:
         text = m.group(1)
@@ -240,7 +240,7 @@ def _as_text(value) -> str:
 def parse_answer(text: str) -> ParsedAnswer:
     """Five fields from a model reply: tolerates code fences, prose around the JSON, trailing commas,
     key case, and cut-off replies. Absent keys become "" and are listed in `missing`."""
-    obj = _json_object(text)
+    obj = json_object(text)
     parsed_json = obj is not None
     if obj is None:
         obj = _key_by_key(text)

@@ -35,11 +35,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from emotion_summary.atomic_io import append_jsonl, atomic_write_bytes, read_jsonl_tolerant, repair_jsonl_tail
-from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
+from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool
 from emotion_summary.errors import UserError
-from emotion_summary.label import LANGUAGE_NAMES, _finish_rejects, _public_endpoint, rejects_path
+from emotion_summary.label import LANGUAGE_NAMES, finish_rejects, rejects_path
 from emotion_summary.overlap import OverlapIndex, Signature, record_text
-from emotion_summary.prompt import _json_object
+from emotion_summary.prompt import json_object
 from emotion_summary.records import INPUT_FIELDS, Record, RecordError, read_records, record_from_dict
 from emotion_summary.text import detect_language
 
@@ -239,7 +239,7 @@ def _far_off(name: str, count: int, target: int, tolerance: float, what: str) ->
 def check_report(reply: str, targets: Targets, language: str) -> tuple[dict | None, list[str]]:
     """(the three sections, []) for a usable reply, else (None, what is wrong). Other keys are ignored."""
     # a raw line break inside a JSON string is invalid JSON; outside strings it is only white space
-    obj = _json_object(reply) or _json_object(re.sub(r"[\r\n\t]", " ", reply))
+    obj = json_object(reply) or json_object(re.sub(r"[\r\n\t]", " ", reply))
     if obj is None:
         return None, ["no JSON object in the reply"]
     problems: list[str] = []
@@ -498,7 +498,7 @@ def _cost_lines(cost: dict, max_retries: int, todo: int) -> list[str]:
 
 
 def _synth_source(client: ChatClient | None, language: str, targets: Targets) -> dict:
-    return {"teacher": client.model if client else None, "endpoint": _public_endpoint(client.endpoint) if client else None,
+    return {"teacher": client.model if client else None, "endpoint": public_url(client.endpoint) if client else None,
             "prompt_version": PROMPT_VERSION, "language": language, "targets": vars(targets),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
@@ -559,7 +559,7 @@ def _run(todo, previous, output, rejects, client, synth_source, official_records
                             "resume.", e.status) from None
     finally:
         kept_ids = {row["id"] for row in read_jsonl_tolerant(output) if isinstance(row, dict) and "id" in row}
-        in_rejects = _finish_rejects(rejects, kept_ids)
+        in_rejects = finish_rejects(rejects, kept_ids)
     return {"kept": run.kept, "skipped_done": len(previous.finished), "rejected": run.rejected,
             "official_overlap": run.official_overlap, "duplicates": run.duplicates, "rejects_file_entries": in_rejects}
 
