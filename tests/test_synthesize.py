@@ -160,6 +160,19 @@ def test_rerun_with_another_teacher_is_refused(tmp_path):
             synth(server, tmp_path, seeds, n=2, model="other")
 
 
+def test_another_teachers_file_with_a_torn_last_line_is_refused_untouched(tmp_path):
+    seeds = seeds_file(tmp_path, SEEDS[:2])
+    out = tmp_path / "synthetic.jsonl"
+    with FakeChatServer(teacher) as server:
+        synth(server, tmp_path, seeds, n=2)
+        lines = out.read_text(encoding="utf-8").split("\n")
+        out.write_text(lines[0] + "\n" + lines[1][:50], encoding="utf-8")
+        before = out.read_bytes()
+        with pytest.raises(UserError, match="this run uses 'other'"):
+            synth(server, tmp_path, seeds, n=2, model="other")
+    assert out.read_bytes() == before  # the refusal came before any repair
+
+
 def test_output_that_is_a_directory_or_under_a_file_is_refused_before_any_request(tmp_path):
     seeds = seeds_file(tmp_path, SEEDS[:1])
     for output, match in ((tmp_path, "is a directory"), (seeds / "out.jsonl", "lies under a file")):

@@ -513,10 +513,10 @@ def synthesize_file(seeds: str, n: int, output: str | Path, client: ChatClient |
     jobs = plan_jobs(read_seeds(seeds), n)
     rejects = rejects_path(output)
     synth_source = _synth_source(client, language, targets)
-    if not dry_run:
+    previous = _previous_run(output, rejects, None if dry_run else synth_source)  # refuses a foreign file
+    if not dry_run:  # only then cut a line torn by a killed run, before appending
         repair_jsonl_tail(output)
         repair_jsonl_tail(rejects)
-    previous = _previous_run(output, rejects, None if dry_run else synth_source)
     todo = [j for j in jobs if j.key not in previous.finished]
     official_records = official_index(official)
     print(f"{len(jobs)} reports planned from {len({j.seed.key for j in jobs})} seeds; "
