@@ -72,6 +72,7 @@ JS = """
              parseInt(a.getAttribute('data-id'))-parseInt(b.getAttribute('data-id'));
     });
     reports.forEach(function(r){list.appendChild(r);});
+    document.body.setAttribute('data-shown', reports.length);
   }
   sortSel.addEventListener('change',apply); fieldSel.addEventListener('change',apply); apply();
 })();
