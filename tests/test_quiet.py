@@ -5,9 +5,9 @@ import sys
 
 SCRIPT = """
 import logging
-import emotion_summary.model  # installs the filters, as every torch command does
+import emotion_summary  # installs the filters, as every entry point does
+from transformers import Qwen2Config, Qwen2ForCausalLM  # imports peft, which imports bitsandbytes: it
 import bitsandbytes  # logs the kernels-community message on AVX512-BF16 CPUs without `kernels`
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").warning("another bitsandbytes warning")
 model = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32,

@@ -22,10 +22,7 @@ from emotion_summary.config import TrainConfig
 from emotion_summary.encode import prompt_token_ids
 from emotion_summary.loss import answer_only_loss
 from emotion_summary.prompt import PromptSpec, parse_answer
-from emotion_summary.quiet import silence_known_noise
 from emotion_summary.records import Record
-
-silence_known_noise()  # before transformers imports bitsandbytes; see quiet.py
 
 
 def device() -> torch.device:

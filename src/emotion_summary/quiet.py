@@ -6,8 +6,9 @@
 - peft reads transformers 5.x's deprecated `is_gradient_checkpointing` property each time it wraps a
   model, which warns "FutureWarning: `is_gradient_checkpointing` is deprecated" on every load.
 
-Call `silence_known_noise()` before bitsandbytes is imported (emotion_summary.model does, at import).
-Other log records of that logger and other warnings, from the same modules too, still show.
+`silence_known_noise()` runs when the package is imported (emotion_summary/__init__.py), before any
+entry point imports transformers, which imports peft, which imports bitsandbytes. Other log records
+of that logger and other warnings, from the same modules too, still show.
 """
 
 from __future__ import annotations
