@@ -53,6 +53,9 @@ def user_checkout(tmp_path: Path, fixtures: Path) -> Path:
 def test_zero_shot_route_runs_as_written_against_a_loopback_server(tmp_path, fixtures):
     block = readme_block("### Route 1: zero-shot (no training)")
     assert block.count(README_ENDPOINT) == 2 and "--backend openai" in block
+    commands = [line for line in block.splitlines() if not line.startswith("#")]
+    zh = [line for line in readme_block("#### 路线 1：零样本（不训练）").splitlines() if not line.startswith("#")]
+    assert zh == commands  # both languages give the same commands
     home = user_checkout(tmp_path, fixtures)
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
