@@ -95,6 +95,13 @@ def test_a_real_browser_renders_every_report(page, tmp_path):
     assert order[0] == ids[-1]  # worst first
     assert_not_blank(shot)
 
+    # A view picked in the address: one field, in id order; the other fields' rows are hidden.
+    view = subprocess.run([*flags, "--dump-dom", path.as_uri() + "#field=causes&order=id"],
+                          capture_output=True, text=True, timeout=120).stdout
+    assert [int(m) for m in re.findall(r'<section class="report" data-id="(\d+)"', view)] == sorted(ids)
+    rows = re.findall(r'<tr data-field="(\w+)"( class="hidden")?', view)
+    assert rows and all(bool(hidden) == (field != "causes") for field, hidden in rows)
+
 
 def assert_not_blank(png_path):
     from PIL import Image

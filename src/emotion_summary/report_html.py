@@ -56,6 +56,10 @@ JS = """
     var v=parseFloat(el.getAttribute('data-s'+sys+'-'+field));
     return isNaN(v)?Infinity:v;
   }
+  function delta(el,field){
+    var d=score(el,1,field)-score(el,0,field);
+    return isFinite(d)?d:Infinity;
+  }
   function apply(){
     var field=fieldSel.value, how=sortSel.value;
     var reports=Array.prototype.slice.call(list.querySelectorAll('.report'));
@@ -66,7 +70,7 @@ JS = """
     });
     reports.sort(function(a,b){
       if(how==='id') return parseInt(a.getAttribute('data-id'))-parseInt(b.getAttribute('data-id'));
-      if(how==='delta') return (score(a,1,field)-score(a,0,field))-(score(b,1,field)-score(b,0,field));
+      if(how==='delta') return delta(a,field)-delta(b,field);
       var s=parseInt(how.slice(5));
       return score(a,s,field)-score(b,s,field) ||
              parseInt(a.getAttribute('data-id'))-parseInt(b.getAttribute('data-id'));
@@ -74,6 +78,11 @@ JS = """
     reports.forEach(function(r){list.appendChild(r);});
     document.body.setAttribute('data-shown', reports.length);
   }
+  // #field=causes&order=delta in the address selects a view (a link to it can be shared).
+  location.hash.slice(1).split('&').forEach(function(kv){
+    var p=kv.split('='), sel=p[0]==='field'?fieldSel:p[0]==='order'?sortSel:null;
+    if(sel && sel.querySelector('option[value="'+p[1]+'"]')) sel.value=p[1];
+  });
   sortSel.addEventListener('change',apply); fieldSel.addEventListener('change',apply); apply();
 })();
 """
