@@ -162,7 +162,11 @@ def ensure_model_dir(arch: str, overrides: dict, timeout_s: int) -> str:
 
 
 def run_worker(spec: dict, host: dict, timeout_s: int, out: str | None) -> list[dict]:
+    what = spec["variant"] + (f" at {spec['seq_len']:,} tokens" if "seq_len" in spec else ": longest fit")
+    print(f"measuring {what} ...", file=sys.stderr, flush=True)
+    start = time.monotonic()
     rows = _spawn(spec, timeout_s)
+    print(f"measured {what} in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
     rows = [{"bench": "train_step", **host, **row} for row in rows]
     for row in rows:
         print(json.dumps(row, ensure_ascii=False), flush=True)

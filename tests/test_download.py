@@ -10,6 +10,7 @@ from emotion_summary.errors import UserError
 from emotion_summary.records import RecordError, read_records
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "download_data.py"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture
@@ -80,8 +81,9 @@ def test_network_path_with_fakes(monkeypatch, local_copies, tmp_path, capsys):
         raise download.NotInRepo(repo_path)
 
     def fake_url(url, dest):
-        assert url == download.PSYQA_URL
-        shutil.copy(local_copies / "psyqa" / "PsyQA_example.json", dest)
+        served = {download.PSYQA_URL: local_copies / "psyqa" / "PsyQA_example.json",
+                  download.EXAMPLE_URL: FIXTURES / "es_tiny_gold.jsonl"}
+        shutil.copy(served[url], dest)
 
     monkeypatch.setattr(download, "_hf_download", fake_hf)
     monkeypatch.setattr(download, "_url_download", fake_url)
@@ -90,7 +92,8 @@ def test_network_path_with_fakes(monkeypatch, local_copies, tmp_path, capsys):
     assert tried == ["Emotion Summary/Emotion_Summary.jsonl", "Emotion Summary/Emotion_Summary_origin.jsonl",
                      "Emotion_Summary/Emotion_Summary_origin.jsonl", "Emotion_Summary_origin.jsonl"]
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == \
-        ["Emotion_Summary.jsonl", "Emotion_Summary_origin.jsonl", "PsyQA_example.json"]
+        ["Emotion_Summary.jsonl", "Emotion_Summary_example.jsonl", "Emotion_Summary_origin.jsonl",
+         "PsyQA_example.json"]  # the three gold examples the README scores against come too
     assert "WARNING: 3 reports in Emotion_Summary_origin.jsonl" in capsys.readouterr().err
 
 
@@ -110,10 +113,16 @@ def test_optional_file_missing_from_hub_is_skipped(monkeypatch, local_copies, tm
         raise download.NotInRepo(repo_path)
 
     monkeypatch.setattr(download, "_hf_download", only_inputs)
-    monkeypatch.setattr(download, "_url_download",
-                        lambda url, dest: shutil.copy(local_copies / "psyqa" / "PsyQA_example.json", dest))
+    def psyqa_only(url, dest):
+        if url != download.PSYQA_URL:
+            raise OSError("HTTP Error 404: Not Found")
+        shutil.copy(local_copies / "psyqa" / "PsyQA_example.json", dest)
+
+    monkeypatch.setattr(download, "_url_download", psyqa_only)
     download.download_data(out_dir=str(tmp_path / "data"))
-    assert "Emotion_Summary_origin.jsonl: not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Emotion_Summary_origin.jsonl: not found" in err
+    assert "Emotion_Summary_example.jsonl: downloading" in err and "skipped (optional)" in err
     assert (tmp_path / "data" / "psyqa" / "PsyQA_example.json").is_file()
 
 
@@ -129,7 +138,8 @@ def test_network_failure_is_one_line(monkeypatch, tmp_path):
 def test_corrupt_psyqa_download_is_not_installed(monkeypatch, local_copies, tmp_path):
     monkeypatch.setattr(download, "_hf_download",
                         lambda p, c: str(local_copies / "longemotion" / "Emotion_Summary.jsonl"))
-    monkeypatch.setattr(download, "_url_download", lambda url, dest: Path(dest).write_text("[{\"quest"))
+    monkeypatch.setattr(download, "_url_download", lambda url, dest: Path(dest).write_text(
+        "[{\"quest" if url == download.PSYQA_URL else (FIXTURES / "es_tiny_gold.jsonl").read_text()))
     out = tmp_path / "data"
     with pytest.raises(RecordError, match="invalid JSON"):
         download.download_data(out_dir=str(out))

@@ -18,6 +18,8 @@ from emotion_summary.records import read_records
 
 HF_REPO = "LongEmotion/LongEmotion"
 PSYQA_URL = "https://raw.githubusercontent.com/thu-coai/PsyQA/main/PsyQA_example.json"
+EXAMPLE_URL = ("https://raw.githubusercontent.com/LongEmotion/LongEmotion/"
+               "c631a79850d12cb848118b5971d7c45d42693cd5/LongEmotion/data/Emotion_Summary_example.jsonl")
 FULL_PSYQA_NOTE = (
     "The full PsyQA (22K questions, 56K answers) is not public: request it from thu-coai "
     "(https://github.com/thu-coai/PsyQA) by signing their user agreement; it is licensed for "
@@ -45,7 +47,9 @@ FILES = (
     DataFile("Emotion_Summary.jsonl", "longemotion", "es", _hf_candidates("Emotion_Summary.jsonl")),
     DataFile("Emotion_Summary_origin.jsonl", "longemotion", "es",
              _hf_candidates("Emotion_Summary_origin.jsonl"), required=False),
-    DataFile("Emotion_Summary_example.jsonl", "longemotion", "es", required=False),  # --from_dir only
+    # The three gold examples the README scores against: the LongEmotion repository's early example
+    # file, pinned to the commit that has it (later commits moved the data to the Hub).
+    DataFile("Emotion_Summary_example.jsonl", "longemotion", "es", url=EXAMPLE_URL, required=False),
     DataFile("PsyQA_example.json", "psyqa", "psyqa", url=PSYQA_URL),
 )
 
@@ -94,12 +98,17 @@ def _url_download(url: str, dest: Path) -> None:
         shutil.copyfileobj(resp, out)
 
 
-def fetch_url(f: DataFile, tmp_dir: Path) -> Path:
+def fetch_url(f: DataFile, tmp_dir: Path) -> Path | None:
+    """The downloaded file; None when an optional file could not be fetched (said on stderr)."""
     dest = tmp_dir / f.name
     try:
         _url_download(f.url, dest)
     except OSError as e:
-        raise UserError(f"downloading {f.url} failed: {getattr(e, 'reason', e)}") from None
+        message = f"downloading {f.url} failed: {getattr(e, 'reason', e)}"
+        if not f.required:
+            print(f"{f.name}: {message}; skipped (optional)", file=sys.stderr)
+            return None
+        raise UserError(message) from None
     return dest
 
 

@@ -1,7 +1,8 @@
 """`eval/evaluate.py`: score one submission (or two, side by side) against gold ES records.
 
-Writes <out_dir>/<name>.json (every number, per id too), <name>.md (tables) and <name>.png (per-field
-bars), each atomically. Imports no training code; torch only when BERTScore runs.
+Writes <out_dir>/<name>.json (every number, per id too), <name>.md (tables), <name>.png (per-field
+bars) and <name>.html (every report's fields beside the gold, worst first; self-contained), each
+atomically. Imports no training code; torch only when BERTScore runs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
                                      rouge_report)
 from emotion_summary.records import GOLD_FIELDS, Record, read_records
+from emotion_summary.report_html import per_id_judge, render_html
 from emotion_summary.submission import read_predictions
 from emotion_summary.text import detect_language
 
@@ -164,13 +166,16 @@ def output_name(labels: Sequence[str]) -> str:
     return re.sub(r"[^\w.-]+", "_", "_vs_".join(labels)).strip("_") or "evaluation"
 
 
-def write_outputs(results: dict, out_dir: str | Path, name: str) -> list[Path]:
+def write_outputs(results: dict, out_dir: str | Path, name: str, gold: Sequence[Record] = ()) -> list[Path]:
     out_dir = Path(out_dir)
     public = {**results, "systems": [{k: v for k, v in s.items() if not k.startswith("_")}
                                      for s in results["systems"]]}
+    page = render_html(results, {r.id: r.gold() for r in gold},
+                       {r.id: "\n".join(r.case_description) for r in gold})
     return [atomic_write_json(out_dir / f"{name}.json", public),
             atomic_write_text(out_dir / f"{name}.md", render_markdown(results)),
-            atomic_write_bytes(out_dir / f"{name}.png", render_chart(results))]
+            atomic_write_bytes(out_dir / f"{name}.png", render_chart(results)),
+            atomic_write_text(out_dir / f"{name}.html", page)]
 
 
 # ---------------------------------------------------------------- CLI
@@ -183,7 +188,7 @@ def _judge_systems(systems, gold, client: ChatClient, cache, concurrency, refere
     for s in systems:
         items = judge_predictions(gold, s["_preds"], client, cache, use_reference=reference,
                                   concurrency=concurrency, desc=f"judge {s['label']}")
-        s["judge"] = summarize(items, model)
+        s["judge"] = {**summarize(items, model), "per_id": per_id_judge(items)}
 
 
 def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "eval/results",
@@ -197,7 +202,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
         pred: submission file (Emotion_Summary_Result.jsonl format).
         gold: ES records with the five gold fields (e.g. Emotion_Summary_example.jsonl).
         compare: a second submission, shown side by side with the first.
-        out_dir: where <name>.json, <name>.md and <name>.png are written.
+        out_dir: where <name>.json, <name>.md, <name>.png and <name>.html are written.
         name: base name of the outputs; default from the prediction file names.
         bertscore: also compute BERTScore F1 (needs bert-score, torch and the model).
         bertscore_model: hub id or local folder; default roberta-large (English), bert-base-chinese (Chinese).
@@ -243,7 +248,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
             judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
                                         "run the same command again to resume")
             results["notes"].append(str(judge_error))
-    written = write_outputs(results, out_dir, str(name) if name else output_name(labels))
+    written = write_outputs(results, out_dir, str(name) if name else output_name(labels), gold_records)
     print(render_markdown(results))
     print("wrote " + ", ".join(map(str, written)))
     if judge_error:

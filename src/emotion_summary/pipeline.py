@@ -51,7 +51,7 @@ def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str |
 
     Args:
         preset: 8gb, 12gb, 24gb, cpu-smoke or auto (by GPU memory; cpu-smoke without a GPU).
-        predict_input: ES inputs to predict (e.g. data/Emotion_Summary.jsonl); default: the held-out fold.
+        predict_input: ES inputs to predict (e.g. data/longemotion/Emotion_Summary.jsonl); default: the held-out fold.
         gold: labelled file to score against; default: predict_input when it carries gold fields.
         output_dir: training run directory (default model/qwen2-es-PRESET); reused when finished.
         submission_dir: where Emotion_Summary_Result.jsonl goes (default submissions/PRESET).
