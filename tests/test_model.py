@@ -65,39 +65,6 @@ def test_tiled_mlp_gives_the_same_outputs_and_gradients():
     assert torch.allclose(x.grad, want_grad, atol=1e-6)
 
 
-def test_saved_adapter_loads_back_and_merges_into_the_16bit_base(tmp_path):
-    """Save -> load (adapter dir: base and quantisation read from train_config.json) -> merge into the
-    16-bit base: the merged model computes what the 16-bit base + adapter computes."""
-    from peft import PeftModel
-
-    from emotion_summary.model import load_base_model, merge_adapter
-    from emotion_summary.prompt import PromptSpec
-
-    cfg = resolve_config("cpu-smoke", lora_dropout=0.0)
-    trained = Qwen2EmotionSummaryModel.for_training(cfg)
-    with torch.no_grad():  # give the adapter a visible effect (B starts at zero)
-        for name, p in trained.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    trained.save(tmp_path / "adapter")
-
-    loaded = Qwen2EmotionSummaryModel.load(tmp_path / "adapter")
-    assert loaded.prompt == PromptSpec(language=cfg.language)
-    assert loaded.config.quantization == "nf4"
-
-    merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "merged"))
-    merged = Qwen2EmotionSummaryModel.load(tmp_path / "merged")
-    ids = torch.tensor([[151644, 872, 198, 108386, 151645]])
-    base16, _ = load_base_model("tiny", quantization="none")
-    reference = PeftModel.from_pretrained(base16, str(tmp_path / "adapter")).eval()
-    with torch.no_grad():
-        want = reference(input_ids=ids).logits
-        got = merged.model(input_ids=ids).logits
-        plain = load_base_model("tiny", quantization="none")[0](input_ids=ids).logits
-    assert torch.allclose(got, want, atol=1e-4)
-    assert not torch.allclose(got, plain, atol=1e-3)  # the adapter did change the model
-
-
 def test_adapter_of_another_base_model_is_refused(tmp_path):
     import json
 
@@ -128,13 +95,3 @@ def test_16bit_weights_stay_16bit_for_training():
     wrapper.model.train()
     wrapper.loss({"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}).backward()
     assert all(p.grad is not None for n, p in wrapper.model.named_parameters() if "lora_B" in n)
-
-
-def test_merge_refuses_a_non_empty_out_dir_before_loading_anything(tmp_path):
-    from emotion_summary.model import ModelError, merge_adapter
-
-    wrapper = Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke"))
-    wrapper.save(tmp_path / "adapter")
-    with pytest.raises(ModelError, match="not empty"):
-        merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "adapter"))
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
