@@ -3,7 +3,8 @@
 import pytest
 
 from emotion_summary.atomic_io import read_jsonl_tolerant
-from emotion_summary.inference import infer, side_file_for
+from emotion_summary.inference import infer
+from emotion_summary.replies import side_file_for
 from emotion_summary.submission import check_submission
 
 pytestmark = pytest.mark.slow

@@ -68,7 +68,7 @@ def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str |
     inputs = Path(predict_input) if predict_input else _heldout_inputs(run_dir, out_dir)
     submission = out_dir / SUBMISSION_FILE
     infer(input=str(inputs), output=str(submission), model_path=str(run_dir), backend="hf",
-          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, allow_leakage=allow_leakage)
+          allow_leakage=allow_leakage)  # max_new_tokens and batch size: the checkpoint's
     gold_file = gold or (str(inputs) if _has_gold(inputs) else None)
     if gold_file is None:
         print(f"no gold fields for {inputs}: submission written to {submission}, not scored")
