@@ -20,14 +20,14 @@ from typing import Sequence
 from tqdm import tqdm
 
 from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from emotion_summary.errors import UserError
+from emotion_summary.config import resolve_config
 from emotion_summary.presets import PRESETS
 from emotion_summary.encode import answer_token_ids, prompt_token_ids
-from emotion_summary.prompt import PromptSpec
+from emotion_summary.prompt import Language, PromptSpec
 from emotion_summary.records import Record, read_records
 
 WINDOWS = (4096, 8192, 16384, 32768)
-DEFAULT_NEW_TOKENS = PRESETS["24gb"]["max_new_tokens"]  # the budget used for the 4K..32K table
+DEFAULT_NEW_TOKENS = resolve_config("24gb").max_new_tokens  # the budget used for the 4K..32K table
 COUNTED = (
     "prompt = build_prompt(PromptSpec(language=...), record) through Qwen2's chat template with the "
     "assistant header (add_generation_prompt=True), untrimmed",
@@ -85,8 +85,9 @@ def fit_counts(rows: list[dict]) -> tuple[dict, list[dict]]:
     windows = {str(n): sum(r["prompt_tokens"] + DEFAULT_NEW_TOKENS <= n for r in rows) for n in WINDOWS}
     gold = [r for r in rows if r["answer_tokens"] is not None]
     presets = []
-    for name, p in PRESETS.items():
-        limit, new = p["max_seq_len"], p["max_new_tokens"]
+    for name in PRESETS:
+        cfg = resolve_config(name)
+        limit, new = cfg.max_seq_len, cfg.max_new_tokens
         presets.append({"preset": name, "max_seq_len": limit, "max_new_tokens": new,
                         "fit_inference": sum(r["prompt_tokens"] + new <= limit for r in rows),
                         "fit_training": sum(r["prompt_tokens"] + r["answer_tokens"] <= limit for r in gold)
@@ -172,7 +173,7 @@ def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:
             atomic_write_bytes(out / "prompt_tokens_hist.png", histogram_png(summary["records"]))]
 
 
-def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language: str = "auto",
+def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language: Language = "auto",
           tokenizer_cache: str | None = None) -> None:
     """Token lengths of ES files (Qwen2 tokenizer): mean/median/p90/max and what fits each preset.
 
@@ -183,8 +184,6 @@ def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language:
         language: prompt language rule used for the measured prompts: en, zh or auto.
         tokenizer_cache: folder for the offline-built Qwen2 tokenizer (default ~/.cache/emotion_summary).
     """
-    if language not in ("en", "zh", "auto"):
-        raise UserError(f"--language must be en, zh or auto, got {language!r}")
     files = {str(p): read_records(p) for p in (inputs, *more_inputs)}
     from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
 
