@@ -256,7 +256,7 @@ def test_leakage_guard_is_called(tmp_path, gold_file, checkpoint, monkeypatch):
     monkeypatch.setattr("emotion_summary.inference.guard_leakage", guard)
     with pytest.raises(UserError, match="LEAKAGE"):
         infer(input=str(gold_file), output=str(tmp_path / "o.jsonl"), model_path=str(checkpoint),
-              backend="hf", allow_leakage="false")
+              backend="hf", allow_leakage=False)
     assert calls == [(3, str(checkpoint), False)]
     assert not (tmp_path / "o.jsonl").exists()
 

@@ -178,3 +178,36 @@ def test_openai_prompts_fit_the_checkpoint_budget_even_when_the_template_costs_m
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     assert "tokens trimmed" in messages[1]["content"]
     assert 1024 - 64 - 40 < len(ids) <= 1024 - 64  # the checkpoint's max_new_tokens, and no more than the budget
+
+
+# ---------------------------------------------------------------- the command lines
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--batch_size", "abc"], "--batch_size: expected an integer, got 'abc'"),
+    (["--concurrency", "0"], "--concurrency: must be positive, got 0"),
+    (["--max_retries", "-1"], "--max_retries: must be 0 or more, got -1"),
+    (["--backend", "vllm"], "--backend: expected one of hf, openai, extractive, got 'vllm'"),
+    (["--language", "fr"], "--language: expected one of auto, en, zh, got 'fr'"),
+])
+def test_a_mistyped_option_is_one_line_and_exit_2(tmp_path, inputs, argv, said, capsys):
+    from emotion_summary.commands import inference
+
+    with pytest.raises(SystemExit) as stop:
+        inference([str(inputs), "--output", str(tmp_path / "o.jsonl"), "--backend", "extractive", *argv]
+                  if "--backend" not in argv else [str(inputs), "--output", str(tmp_path / "o.jsonl"), *argv])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {said}"
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("script", ["inference_qwen2.py", "merge_adapter.py"])
+def test_every_script_answers_help(script):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / script
+    out = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage:")
+    assert ("--max_new_tokens" in out.stdout) if script == "inference_qwen2.py" else ("--out_dir" in out.stdout)

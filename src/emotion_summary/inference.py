@@ -15,10 +15,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from emotion_summary.backends import BACKENDS, Backend, extractive_backend, hf_backend, openai_backend
-from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
 from emotion_summary.errors import UserError
 from emotion_summary.extractive import extract_fields
@@ -140,18 +139,20 @@ def assemble(records: Sequence[Record], raws: dict[int, str], refused: dict[int,
 
 
 def _check_options(backend: str, model_path: str | None, endpoint: str | None, model: str | None,
-                   language: str | None, quantization: str | None) -> None:
+                   numbers: dict[str, float | None]) -> None:
+    problems = [f"--{name}: must be positive, got {value}" for name, value in numbers.items()
+                if value is not None and value <= 0 and name != "max_retries"]
+    if numbers["max_retries"] < 0:
+        problems.append(f"--max_retries: must be 0 or more, got {numbers['max_retries']}")
     if backend not in BACKENDS:
-        raise UserError(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        problems.append(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "hf" and not (model_path and Path(model_path).is_dir()):
-        raise UserError(f"--backend hf needs --model_path: an adapter, a merged model or a plain model "
+        problems.append(f"--backend hf needs --model_path: an adapter, a merged model or a plain model "
                         f"directory such as Qwen2-7B-Instruct (got {model_path!r})")
     if backend == "openai" and not (endpoint and model):
-        raise UserError("--backend openai needs --endpoint URL and --model NAME (the served model)")
-    if language not in (None, "auto", "en", "zh"):
-        raise UserError(f"--language: expected auto, en or zh, got {language!r}")
-    if quantization not in (None, "nf4", "none"):
-        raise UserError(f"--quantization: expected nf4 or none, got {quantization!r}")
+        problems.append("--backend openai needs --endpoint URL and --model NAME (the served model)")
+    if problems:
+        raise UserError("\n".join(problems))
 
 
 def _make_backend(backend: str, info: ModelInfo | None, language: str | None, endpoint, model, max_new_tokens,
@@ -165,10 +166,11 @@ def _make_backend(backend: str, info: ModelInfo | None, language: str | None, en
     return openai_backend(client, spec, max_new_tokens, concurrency, info)
 
 
-def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = None, backend: str = "hf",
-          batch_size: int | None = None, max_new_tokens: int | None = None, endpoint: str | None = None,
-          model: str | None = None, concurrency: int = 8, allow_leakage: bool = False,
-          language: str | None = None, quantization: str | None = None, timeout_s: float = 300.0,
+def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = None,
+          backend: Literal["hf", "openai", "extractive"] = "hf", batch_size: int | None = None,
+          max_new_tokens: int | None = None, endpoint: str | None = None, model: str | None = None,
+          concurrency: int = 8, allow_leakage: bool = False, language: Literal["auto", "en", "zh"] | None = None,
+          quantization: Literal["nf4", "none"] | None = None, timeout_s: float = 300.0,
           max_retries: int = 4) -> None:
     """Write a leaderboard submission (Emotion_Summary_Result.jsonl) for an ES inputs file.
 
@@ -189,22 +191,20 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         timeout_s: per-request timeout in seconds (openai).
         max_retries: retries per request on connection errors, timeouts, 429 and 5xx (openai).
     """
-    input, output, model_path = str(input), str(output), as_opt_str(model_path)
-    endpoint, model, language = as_opt_str(endpoint), as_opt_str(model), as_opt_str(language)
-    quantization = as_opt_str(quantization)
-    _check_options(backend, model_path, endpoint, model, language, quantization)
+    _check_options(backend, model_path, endpoint, model,
+                   {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "concurrency": concurrency,
+                    "timeout_s": timeout_s, "max_retries": max_retries})
     side = side_file_for(output)
     refuse_overwrite({"--output": output, "--output's raw replies": side}, {"--input": input})
     check_output_file("--output", output)
     records = read_records(input)
     info = describe_model(model_path, language) if model_path and backend != "extractive" else None
     if info is not None and info.kind != "plain":  # a plain model was trained on none of our reports
-        guard_leakage(records, model_path, as_bool(allow_leakage, "allow_leakage"))
-    max_new_tokens = int(max_new_tokens) if max_new_tokens is not None else (info.max_new_tokens if info else 512)
+        guard_leakage(records, model_path, allow_leakage)
+    max_new_tokens = max_new_tokens or (info.max_new_tokens if info else 512)
     started = time.monotonic()
-    chosen = _make_backend(backend, info, language, endpoint, model, max_new_tokens,
-                           int(batch_size) if batch_size is not None else None, int(concurrency), float(timeout_s),
-                           int(max_retries), quantization)
+    chosen = _make_backend(backend, info, language, endpoint, model, max_new_tokens, batch_size, concurrency,
+                           timeout_s, max_retries, quantization)
     try:
         raws = predict(records, chosen, side)
     except KeyboardInterrupt:

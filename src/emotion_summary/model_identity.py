@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from emotion_summary.config import CONFIG_FILE, TrainConfig, resolve_config
+from emotion_summary.config import CONFIG_FILE, TrainConfig
 from emotion_summary.errors import ModelError
 from emotion_summary.prompt import PromptSpec
 
@@ -74,6 +74,5 @@ def plain_model_config(path: Path) -> TrainConfig:
         positions = int(model_config.get("max_position_embeddings") or 32768)
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise ModelError(f"{path / 'config.json'}: unreadable ({e})") from None
-    config = resolve_config("24gb", model_name_or_path=str(path), quantization="none", max_seq_len=positions,
-                            folds=0, description="a plain model, not trained by this project")
-    return dataclasses.replace(config, preset="plain", min_vram_gb=0.0, output_dir=str(path))
+    return TrainConfig(model_name_or_path=str(path), quantization="none", max_seq_len=positions,
+                       output_dir=str(path))
