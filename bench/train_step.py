@@ -98,6 +98,7 @@ def train_step(
     """
     import torch  # no CUDA context here: torch.cuda.is_available() creates none
 
+    from emotion_summary.config import resolve_config
     from emotion_summary.presets import PRESETS
 
     if arch not in ("qwen2-7b", "tiny"):
@@ -129,7 +130,7 @@ def train_step(
     model_path = model_dir or ensure_model_dir(arch, overrides, timeout_s)
     host = host_info()
     base = {"arch": arch, "arch_overrides": overrides, "preset": preset, "model_name_or_path": model_path,
-            "steps": steps, "batch_size": batch_size or PRESETS[preset]["batch_size"],
+            "steps": steps, "batch_size": batch_size or resolve_config(preset).batch_size,
             "answer_tokens": answer_tokens, "vram_gb": vram_gb, "seed": seed}
 
     rows: list[dict] = []

@@ -225,3 +225,48 @@ def test_train_config_fields_each_have_help():
     from dataclasses import fields
 
     assert all(f.metadata.get("help") for f in fields(TrainConfig))
+
+
+def refused(command, argv, capsys) -> list[str]:
+    with pytest.raises(SystemExit) as exit_info:
+        command(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.splitlines()
+
+
+def test_outputs_onto_inputs_directories_or_under_files_are_refused_before_any_work(tmp_path, capsys, fixtures):
+    gold = str(fixtures / "es_eval_gold.jsonl")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert refused(commands.stats, [gold, "--out_dir", str(a_file)], capsys) == [
+        f"error: --out_dir {a_file}: is a file, not a directory"]
+    assert refused(commands.write_fold, [gold, "--out_dir", str(a_file / "sub")], capsys) == [
+        f"error: --out_dir {a_file / 'sub'}: {a_file} is a file, not a directory"]
+    pred = tmp_path / "run.json"
+    pred.write_text("{}")
+    assert refused(commands.evaluate, ["--pred", str(pred), "--gold", gold, "--out_dir", str(tmp_path),
+                                       "--name", "run"], capsys) == [
+        f"error: --out_dir/run.json {pred}: is the input --pred {pred}; write the output elsewhere"]
+    (tmp_path / "scores.md").mkdir()
+    assert refused(commands.evaluate, ["--pred", str(pred), "--gold", gold, "--out_dir", str(tmp_path),
+                                       "--name", "scores", "--judge_cache", gold], capsys) == [
+        f"error: --out_dir/scores.md {tmp_path / 'scores.md'}: is a directory; give a file name",
+        f"error: --judge_cache {gold}: is the input --gold {gold}; write the output elsewhere"]
+    assert "output_dir: " + f"{a_file}: is a file, not a directory" in "\n".join(
+        validate(resolve_config("cpu-smoke", output_dir=str(a_file))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "run.json", "scores.md"]
+
+
+def test_a_failed_assertion_in_the_fake_servers_handler_fails_the_test():
+    from emotion_summary.client import ChatClient, EndpointError
+    from tests.chat_server import FakeChatServer
+
+    def reply(messages):
+        assert messages[0]["content"] == "expected", "the handler's own check"
+        return "ok"
+
+    with pytest.raises(AssertionError, match="the handler's own check"):
+        with FakeChatServer(reply) as server:
+            client = ChatClient(server.endpoint, "m", max_retries=0, backoff_s=0.0, timeout_s=10)
+            with pytest.raises(EndpointError):
+                client.chat([{"role": "user", "content": "other"}])

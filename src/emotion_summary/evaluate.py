@@ -16,6 +16,7 @@ from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, ato
 from emotion_summary.errors import UserError
 from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError
+from emotion_summary.paths import refuse_overwrite
 from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
                                      rouge_report)
 from emotion_summary.records import GOLD_FIELDS, Record, read_records
@@ -164,6 +165,9 @@ def output_name(labels: Sequence[str]) -> str:
     return re.sub(r"[^\w.-]+", "_", "_vs_".join(labels)).strip("_") or "evaluation"
 
 
+OUTPUT_SUFFIXES = (".json", ".md", ".png")
+
+
 def write_outputs(results: dict, out_dir: str | Path, name: str) -> list[Path]:
     out_dir = Path(out_dir)
     public = {**results, "systems": [{k: v for k, v in s.items() if not k.startswith("_")}
@@ -212,6 +216,9 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
         max_retries: judge retries on connection errors, timeouts, 429 and 5xx.
     """
     paths = [str(pred)] + ([str(compare)] if compare is not None else [])
+    name = str(name) if name else output_name(labels_for(paths))
+    outputs = {f"--out_dir/{name}{ext}": Path(out_dir) / f"{name}{ext}" for ext in OUTPUT_SUFFIXES}
+    refuse_overwrite({**outputs, "--judge_cache": judge_cache}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
     use_bertscore, use_judge = as_bool(bertscore, "bertscore"), as_bool(judge, "judge")
     endpoint, model = as_opt_str(endpoint), as_opt_str(model)
     if use_judge and not (endpoint and model):
@@ -242,7 +249,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
             judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
                                         "run the same command again to resume")
             results["notes"].append(str(judge_error))
-    written = write_outputs(results, out_dir, str(name) if name else output_name(labels))
+    written = write_outputs(results, out_dir, name)
     print(render_markdown(results))
     print("wrote " + ", ".join(map(str, written)))
     if judge_error:

@@ -23,6 +23,7 @@ from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, ato
 from emotion_summary.config import resolve_config
 from emotion_summary.presets import PRESETS
 from emotion_summary.encode import answer_token_ids, prompt_token_ids
+from emotion_summary.paths import refuse_overwrite
 from emotion_summary.prompt import Language, PromptSpec
 from emotion_summary.records import Record, read_records
 
@@ -167,10 +168,14 @@ def histogram_png(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
+OUTPUT_FILES = ("stats.json", "stats.md", "prompt_tokens_hist.png")
+
+
 def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
-    return [atomic_write_json(out / "stats.json", summary), atomic_write_text(out / "stats.md", markdown(summary)),
-            atomic_write_bytes(out / "prompt_tokens_hist.png", histogram_png(summary["records"]))]
+    json_name, md_name, png_name = OUTPUT_FILES
+    return [atomic_write_json(out / json_name, summary), atomic_write_text(out / md_name, markdown(summary)),
+            atomic_write_bytes(out / png_name, histogram_png(summary["records"]))]
 
 
 def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language: Language = "auto",
@@ -184,6 +189,8 @@ def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language:
         language: prompt language rule used for the measured prompts: en, zh or auto.
         tokenizer_cache: folder for the offline-built Qwen2 tokenizer (default ~/.cache/emotion_summary).
     """
+    refuse_overwrite({f"--out_dir/{n}": Path(out_dir) / n for n in OUTPUT_FILES},
+                     {f"input {i + 1}": p for i, p in enumerate((inputs, *more_inputs))}, dirs={"--out_dir": out_dir})
     files = {str(p): read_records(p) for p in (inputs, *more_inputs)}
     from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
 
