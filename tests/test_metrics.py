@@ -49,9 +49,9 @@ def test_one_mean_for_rouge_bertscore_and_the_judge():
     assert mean(x / 2 for x in range(1, 4)) == 1.0  # any iterable, a generator too
     assert mean([]) == 0.0  # ROUGE and BERTScore: no reports score 0
     assert mean([], empty=None) is None  # the judge: no scored items is "no figure", not 0
-    from emotion_summary.judge import summarize
+    from emotion_summary.judge import judge_totals
 
-    assert summarize([], "judge-model")["mean"] is None
+    assert judge_totals([], "judge-model")["mean"] is None
 
 
 def test_rouge_report_means_per_field_and_overall():

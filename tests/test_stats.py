@@ -7,7 +7,7 @@ import pytest
 
 from emotion_summary.prompt import PromptSpec
 from emotion_summary.records import read_records
-from emotion_summary.stats import measure, percentile, summarise, write_outputs
+from emotion_summary.stats import length_table, measure, percentile, write_outputs
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stats.py"
 
@@ -34,7 +34,7 @@ def test_percentile_matches_numpy_linear():
 def test_summary_counts_and_fits(fixtures, tmp_path):
     files = {"tiny": read_records(fixtures / "es_tiny.jsonl"), "gold": read_records(fixtures / "es_tiny_gold.jsonl")}
     rows = measure(CharTokenizer(), files, PromptSpec())
-    summary = summarise(rows, PromptSpec())
+    summary = length_table(rows, PromptSpec())
     assert summary["files"] == {"tiny": 3, "gold": 1}
     assert summary["sources"] == {"longemotion": 4}
     lengths = [r["prompt_tokens"] for r in rows]
@@ -59,7 +59,7 @@ def test_mixed_sources_get_their_own_rows(fixtures):
 
     psyqa = [record_from_dict(d) for d in convert_items(load_psyqa(fixtures / "psyqa_tiny.json"))]
     rows = measure(CharTokenizer(), {"a": read_records(fixtures / "es_tiny.jsonl"), "b": psyqa}, PromptSpec())
-    summary = summarise(rows, PromptSpec())
+    summary = length_table(rows, PromptSpec())
     assert set(summary["groups"]) == {"all", "longemotion", "psyqa"}
     assert summary["groups"]["psyqa"]["records"] == 2
 

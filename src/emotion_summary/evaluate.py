@@ -6,7 +6,6 @@ bars), each atomically. Imports no training code; torch only when BERTScore runs
 
 from __future__ import annotations
 
-import io
 import re
 import sys
 from pathlib import Path
@@ -134,11 +133,9 @@ def render_markdown(results: dict) -> str:
 
 
 def render_chart(results: dict) -> bytes:
-    import matplotlib
+    from emotion_summary.plots import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     metrics = _metrics(results)
     systems = results["systems"]
     keys = [*GOLD_FIELDS, "mean"]
@@ -155,10 +152,7 @@ def render_chart(results: dict) -> bytes:
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=len(systems),
                fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110)
 
 
 def output_name(labels: Sequence[str]) -> str:
@@ -181,13 +175,13 @@ def write_outputs(results: dict, out_dir: str | Path, name: str) -> list[Path]:
 
 
 def _judge_systems(systems, gold, endpoint, model, cache, concurrency, reference, timeout_s, max_retries):
-    from emotion_summary.judge import judge_predictions, summarize
+    from emotion_summary.judge import judge_predictions, judge_totals
 
     client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries)
     for s in systems:
         items = judge_predictions(gold, s["_preds"], client, cache, use_reference=reference,
                                   concurrency=concurrency, desc=f"judge {s['label']}")
-        s["judge"] = summarize(items, model)
+        s["judge"] = judge_totals(items, model)
 
 
 def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "eval/results",

@@ -26,7 +26,7 @@ from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
 from emotion_summary.extractive import extract_fields, extractive_generate
 from emotion_summary.folds import guard_leakage
-from emotion_summary.prompt import PromptSpec, build_prompt, parse_answer
+from emotion_summary.prompt import LANGUAGES, PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import Record, read_records
 from emotion_summary.submission import SUBMISSION_FILE, check_submission, write_submission
 
@@ -216,7 +216,7 @@ def _check_options(backend: str, model_path: str | None, endpoint: str | None, m
                         f"(got {model_path!r})")
     if backend == "openai" and not (endpoint and model):
         raise UserError("--backend openai needs --endpoint URL and --model NAME (the served model)")
-    if language not in (None, "auto", "en", "zh"):
+    if language not in (None, *LANGUAGES):
         raise UserError(f"--language: expected auto, en or zh, got {language!r}")
 
 

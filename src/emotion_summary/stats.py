@@ -10,7 +10,6 @@ Counted exactly as the model sees it:
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from collections import Counter
@@ -96,7 +95,7 @@ def fit_counts(rows: list[dict]) -> tuple[dict, list[dict]]:
     return windows, presets
 
 
-def summarise(rows: list[dict], spec: PromptSpec) -> dict:
+def length_table(rows: list[dict], spec: PromptSpec) -> dict:
     sources = Counter(r["source"] for r in rows)
     groups = {"all": _group(rows)}
     if len(sources) > 1:
@@ -142,13 +141,12 @@ def markdown(s: dict) -> str:
 
 
 def histogram_png(rows: list[dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
     import numpy as np
 
+    from emotion_summary.plots import png_bytes, pyplot
+
+    plt = pyplot()
     values = [r["prompt_tokens"] for r in rows]
     bins = np.geomspace(max(min(values), 16) * 0.9, max(max(values), WINDOWS[-1]) * 1.1, 60)
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -162,10 +160,7 @@ def histogram_png(rows: list[dict]) -> bytes:
     ax.set_xticks(ticks, [f"{t / 1024:g}K" for t in ticks])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=120, bbox_inches="tight")
 
 
 OUTPUT_FILES = ("stats.json", "stats.md", "prompt_tokens_hist.png")
@@ -196,7 +191,7 @@ def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language:
 
     print("loading the Qwen2 tokenizer (built once, ~1 min, then cached)", file=sys.stderr)
     spec = PromptSpec(language=language)
-    summary = summarise(measure(qwen2_tokenizer(tokenizer_cache), files, spec), spec)
+    summary = length_table(measure(qwen2_tokenizer(tokenizer_cache), files, spec), spec)
     paths = write_outputs(summary, out_dir)
     print(markdown(summary))
     print("wrote " + ", ".join(map(str, paths)))
