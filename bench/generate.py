@@ -23,9 +23,8 @@ from pathlib import Path
 
 from _common import append_rows, gb, gpu_info, host_info, markdown_table
 
-from emotion_summary.cli import run
+from emotion_summary.cli import comma_list, run
 from emotion_summary.errors import UserError
-from emotion_summary.cli_args import as_list
 from emotion_summary.sample_data import SAMPLE_EN
 
 SAMPLE = SAMPLE_EN
@@ -62,7 +61,7 @@ def generate(
     from emotion_summary.model import Qwen2EmotionSummaryModel, device
     from emotion_summary.records import read_records
 
-    chosen = as_list(modes, "modes")
+    chosen = comma_list(modes, "modes")
     if not chosen or any(m not in MODES for m in chosen):
         raise UserError(f"--modes: comma-separated from {', '.join(MODES)}, got {modes!r}")
     if min(n_records, batch_size, max_new_tokens, repeats) <= 0:

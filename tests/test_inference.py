@@ -203,7 +203,7 @@ def test_leakage_guard_is_called(tmp_path, gold_file, monkeypatch):
     monkeypatch.setattr("emotion_summary.inference.guard_leakage", guard)
     with pytest.raises(UserError, match="LEAKAGE"):
         infer(input=str(gold_file), output=str(tmp_path / "o.jsonl"), model_path=str(tmp_path),
-              backend="hf", allow_leakage="false")
+              backend="hf", allow_leakage=False)
     assert calls == [(3, str(tmp_path), False)]
     assert not (tmp_path / "o.jsonl").exists()
 

@@ -13,7 +13,6 @@ from typing import Sequence
 
 from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from emotion_summary.errors import UserError
-from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
@@ -213,8 +212,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     name = str(name) if name else output_name(labels_for(paths))
     outputs = {f"--out_dir/{name}{ext}": Path(out_dir) / f"{name}{ext}" for ext in OUTPUT_SUFFIXES}
     refuse_overwrite({**outputs, "--judge_cache": judge_cache}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
-    use_bertscore, use_judge = as_bool(bertscore, "bertscore"), as_bool(judge, "judge")
-    endpoint, model = as_opt_str(endpoint), as_opt_str(model)
+    use_bertscore, use_judge = bertscore, judge
     if use_judge and not (endpoint and model):
         raise UserError("--judge needs --endpoint URL and --model NAME")
     gold_records = read_gold(gold)
@@ -229,7 +227,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
         s["rouge"] = rouge_report(s["_preds"], golds)
     if use_bertscore:
         try:
-            bertscore_systems(systems, gold_records, as_opt_str(bertscore_model), bertscore_num_layers)
+            bertscore_systems(systems, gold_records, bertscore_model, bertscore_num_layers)
         except BertScoreUnavailable as e:
             results["notes"].append(f"BERTScore skipped: {e}")
             print(f"WARNING: BERTScore skipped: {e}", file=sys.stderr)
@@ -237,8 +235,8 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     if use_judge:
         cache = judge_cache or str(Path(out_dir) / "judge_cache.jsonl")
         try:
-            _judge_systems(systems, gold_records, endpoint, model, cache, int(concurrency),
-                           as_bool(judge_reference, "judge_reference"), float(timeout_s), int(max_retries))
+            _judge_systems(systems, gold_records, endpoint, model, cache, concurrency,
+                           judge_reference, timeout_s, max_retries)
         except EndpointError as e:
             judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
                                         "run the same command again to resume")

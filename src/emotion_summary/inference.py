@@ -22,7 +22,6 @@ from typing import Callable, Sequence
 
 from emotion_summary.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.errors import UserError
-from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
 from emotion_summary.extractive import extract_fields, extractive_generate
 from emotion_summary.folds import guard_leakage
@@ -280,12 +279,10 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         timeout_s: per-request timeout in seconds (openai).
         max_retries: retries per request on connection errors, timeouts, 429 and 5xx (openai).
     """
-    input, output, model_path = str(input), str(output), as_opt_str(model_path)
-    endpoint, model, language = as_opt_str(endpoint), as_opt_str(model), as_opt_str(language)
     _check_options(backend, model_path, endpoint, model, language)
     records = read_records(input)
     if model_path:
-        guard_leakage(records, model_path, as_bool(allow_leakage, "allow_leakage"))
+        guard_leakage(records, model_path, allow_leakage)
     started = time.monotonic()
     # Lazy: a finished run resumed for its final file never loads the model.
     generate = _lazy(lambda: _make_backend(backend, model_path, endpoint, model, language,
