@@ -132,19 +132,16 @@ def test_config_file_problems_name_the_option(tmp_path):
 
 # Every preset's values, written out when the presets became partial overrides of TrainConfig's
 # defaults: the restructuring changed no value.
+GPU_CARDS = dict(model_name_or_path="Qwen/Qwen2-7B-Instruct", learning_rate=2e-4, epochs=3, max_new_tokens=512,
+                 optimizer="paged_adamw_8bit", max_steps=0, folds=0, eval_every=50, save_every=50,
+                 offload_activations=True)
 PINNED = {
-    "8gb": dict(max_seq_len=8192, batch_size=1, grad_accum=16, offload_activations=True, mlp_tile_tokens=2048,
-                embedding_on_cpu=True, lm_head_4bit=True, model_name_or_path="Qwen/Qwen2-7B-Instruct",
-                learning_rate=2e-4, epochs=3, max_new_tokens=512, optimizer="paged_adamw_8bit", max_steps=0,
-                folds=0, eval_every=50, save_every=50),
-    "12gb": dict(max_seq_len=32768, batch_size=1, grad_accum=16, offload_activations=True, mlp_tile_tokens=4096,
-                 embedding_on_cpu=False, lm_head_4bit=False, model_name_or_path="Qwen/Qwen2-7B-Instruct",
-                 learning_rate=2e-4, epochs=3, max_new_tokens=512, optimizer="paged_adamw_8bit", max_steps=0,
-                 folds=0, eval_every=50, save_every=50),
-    "24gb": dict(max_seq_len=32768, batch_size=2, grad_accum=8, offload_activations=True, mlp_tile_tokens=8192,
-                 embedding_on_cpu=False, lm_head_4bit=False, model_name_or_path="Qwen/Qwen2-7B-Instruct",
-                 learning_rate=2e-4, epochs=3, max_new_tokens=512, optimizer="paged_adamw_8bit", max_steps=0,
-                 folds=0, eval_every=50, save_every=50),
+    "8gb": dict(GPU_CARDS, max_seq_len=8192, batch_size=1, grad_accum=16, mlp_tile_tokens=2048,
+                embedding_on_cpu=True, lm_head_4bit=True),
+    "12gb": dict(GPU_CARDS, max_seq_len=32768, batch_size=1, grad_accum=16, mlp_tile_tokens=4096,
+                 embedding_on_cpu=False, lm_head_4bit=False),
+    "24gb": dict(GPU_CARDS, max_seq_len=32768, batch_size=2, grad_accum=8, mlp_tile_tokens=8192,
+                 embedding_on_cpu=False, lm_head_4bit=False),
     "cpu-smoke": dict(max_seq_len=1024, batch_size=2, grad_accum=1, offload_activations=False, mlp_tile_tokens=0,
                       embedding_on_cpu=False, lm_head_4bit=False, model_name_or_path="tiny", learning_rate=5e-3,
                       epochs=1, max_new_tokens=96, optimizer="adamw", max_steps=6, folds=3, eval_every=3,
@@ -225,3 +222,48 @@ def test_train_config_fields_each_have_help():
     from dataclasses import fields
 
     assert all(f.metadata.get("help") for f in fields(TrainConfig))
+
+
+def refused(command, argv, capsys) -> list[str]:
+    with pytest.raises(SystemExit) as exit_info:
+        command(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.splitlines()
+
+
+def test_outputs_onto_inputs_directories_or_under_files_are_refused_before_any_work(tmp_path, capsys, fixtures):
+    gold = str(fixtures / "es_eval_gold.jsonl")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert refused(commands.stats, [gold, "--out_dir", str(a_file)], capsys) == [
+        f"error: --out_dir {a_file}: is a file, not a directory"]
+    assert refused(commands.write_fold, [gold, "--out_dir", str(a_file / "sub")], capsys) == [
+        f"error: --out_dir {a_file / 'sub'}: {a_file} is a file, not a directory"]
+    pred = tmp_path / "run.json"
+    pred.write_text("{}")
+    assert refused(commands.evaluate, ["--pred", str(pred), "--gold", gold, "--out_dir", str(tmp_path),
+                                       "--name", "run"], capsys) == [
+        f"error: --out_dir/run.json {pred}: is the input --pred {pred}; write the output elsewhere"]
+    (tmp_path / "scores.md").mkdir()
+    assert refused(commands.evaluate, ["--pred", str(pred), "--gold", gold, "--out_dir", str(tmp_path),
+                                       "--name", "scores", "--judge_cache", gold], capsys) == [
+        f"error: --out_dir/scores.md {tmp_path / 'scores.md'}: is a directory; give a file name",
+        f"error: --judge_cache {gold}: is the input --gold {gold}; write the output elsewhere"]
+    assert "output_dir: " + f"{a_file}: is a file, not a directory" in "\n".join(
+        validate(resolve_config("cpu-smoke", output_dir=str(a_file))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "run.json", "scores.md"]
+
+
+def test_a_failed_assertion_in_the_fake_servers_handler_fails_the_test():
+    from emotion_summary.client import ChatClient, EndpointError
+    from tests.chat_server import FakeChatServer
+
+    def reply(messages):
+        assert messages[0]["content"] == "expected", "the handler's own check"
+        return "ok"
+
+    with pytest.raises(AssertionError, match="the handler's own check"):
+        with FakeChatServer(reply) as server:
+            client = ChatClient(server.endpoint, "m", max_retries=0, backoff_s=0.0, timeout_s=10)
+            with pytest.raises(EndpointError):
+                client.chat([{"role": "user", "content": "other"}])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from emotion_summary.client import ChatClient, EndpointError
+from emotion_summary.errors import UserError
 from emotion_summary.label import label_file, label_source_counts, rejects_path, reply_problem
 from emotion_summary.prompt import LANGUAGE_RULES
 from emotion_summary.records import GOLD_FIELDS, Record, read_records, write_records
@@ -181,4 +182,17 @@ def test_cli_summary_and_bad_option(server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "labelled 1, skipped 0" in proc.stdout and "rejected 1 (see" in proc.stdout
     bad = subprocess.run(args + ["--language", "fr"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--language must be one of" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr == "error: --language: expected one of en, zh, auto, got 'fr'\n"
+
+
+def test_resume_with_another_teacher_or_language_is_refused(server, tmp_path):
+    src = write_input(tmp_path, ["good", "good"])
+    out = tmp_path / "out.jsonl"
+    label_file(src, out, client(server), language="en", limit=1)
+    assert read_records(out)[0].label_source["language"] == "en"
+    with pytest.raises(UserError, match=r"labelled before with --language en \(now auto\)"):
+        label_file(src, out, client(server), language="auto")
+    other = ChatClient(server.url, "another-teacher", max_retries=0, backoff_s=0.0, timeout_s=10)
+    with pytest.raises(UserError, match=r"labelled before with --model teacher \(now another-teacher\)"):
+        label_file(src, out, other, language="en")
+    assert len(server.messages) == 1

@@ -188,6 +188,15 @@ def check_value(value: Any, tp) -> Any:
     raise ValueError(f"expected {type_name(tp)}, got {value!r}")
 
 
+def comma_list(value: Any, name: str, item: type = str) -> list:
+    """`a,b` (a string from a command line or a Python call) or a list, as a list of `item`; a bad
+    value is a ConfigError naming --name."""
+    try:
+        return check_value(value, list[item])
+    except ValueError as e:
+        raise ConfigError(f"--{name}: {e}") from None
+
+
 # ---- parsing ----------------------------------------------------------------------------------
 
 class Usage(Exception):
@@ -392,5 +401,5 @@ def call(thunk: Callable[[], Any]):
         sys.exit(130)
 
 
-__all__ = ["ConfigError", "Option", "REQUIRED", "Usage", "call", "check_value", "dataclass_options", "fail",
+__all__ = ["Option", "REQUIRED", "Usage", "call", "check_value", "comma_list", "dataclass_options", "fail",
            "function_options", "help_text", "parse_command_line", "parse_or_exit", "parse_value", "run"]

@@ -220,7 +220,9 @@ def _value_problems(cfg: TrainConfig, vram_gb: float | None, check_files: bool) 
 
 
 def _data_problems(cfg: TrainConfig) -> list[str]:
-    problems = []
+    from emotion_summary.paths import output_dir_problems
+
+    problems = [p.replace("--output_dir ", "output_dir: ", 1) for p in output_dir_problems("--output_dir", cfg.output_dir)]
     if not cfg.train_data and cfg.preset != "cpu-smoke":
         problems.append("train_data: give one or more labelled ES files (JSONL or JSON)")
     for path in cfg.train_data + cfg.eval_data:

@@ -23,8 +23,8 @@ from emotion_summary.errors import UserError
 from emotion_summary.extractive import extract_fields
 from emotion_summary.folds import guard_leakage
 from emotion_summary.model_identity import ModelInfo, describe_model
-from emotion_summary.paths import check_output_file, refuse_overwrite
-from emotion_summary.prompt import PromptSpec, parse_answer
+from emotion_summary.paths import refuse_overwrite
+from emotion_summary.prompt import Language, PromptSpec, parse_answer
 from emotion_summary.records import Record, read_records
 from emotion_summary.replies import Replies, ReplyStore, request_key, side_file_for
 from emotion_summary.submission import SUBMISSION_FILE, check_submission, write_submission
@@ -169,7 +169,7 @@ def _make_backend(backend: str, info: ModelInfo | None, language: str | None, en
 def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = None,
           backend: Literal["hf", "openai", "extractive"] = "hf", batch_size: int | None = None,
           max_new_tokens: int | None = None, endpoint: str | None = None, model: str | None = None,
-          concurrency: int = 8, allow_leakage: bool = False, language: Literal["auto", "en", "zh"] | None = None,
+          concurrency: int = 8, allow_leakage: bool = False, language: Language | None = None,
           quantization: Literal["nf4", "none"] | None = None, timeout_s: float = 300.0,
           max_retries: int = 4) -> None:
     """Write a leaderboard submission (Emotion_Summary_Result.jsonl) for an ES inputs file.
@@ -195,8 +195,8 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
                    {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "concurrency": concurrency,
                     "timeout_s": timeout_s, "max_retries": max_retries})
     side = side_file_for(output)
-    refuse_overwrite({"--output": output, "--output's raw replies": side}, {"--input": input})
-    check_output_file("--output", output)
+    refuse_overwrite({"--output": output}, {"--input": input})
+    refuse_overwrite({"--output's raw replies": side}, {"--input": input})  # beside --output: fine if it is
     records = read_records(input)
     info = describe_model(model_path, language) if model_path and backend != "extractive" else None
     if info is not None and info.kind != "plain":  # a plain model was trained on none of our reports

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import warnings
@@ -320,18 +319,20 @@ def merge_adapter(adapter_dir: str, out_dir: str) -> str:
         adapter_dir: directory written by the trainer: a run or one of its checkpoints/step-N.
         out_dir: where the merged model goes (serve it with vLLM or load it with --model_path).
     """
-    from emotion_summary.paths import check_output_dir, refuse_overwrite
+    from emotion_summary.paths import refuse_overwrite
 
     adapter, out = Path(adapter_dir), Path(out_dir)
-    refuse_overwrite({"--out_dir": out}, {"--adapter_dir": adapter})
-    check_output_dir("--out_dir", out)
+    if out.resolve() == adapter.resolve():
+        raise ModelError(f"--out_dir {out}: is the input --adapter_dir {adapter}; write the merged model elsewhere")
+    refuse_overwrite({}, {}, dirs={"--out_dir": out})
     if out.exists() and any(out.iterdir()):
         raise ModelError(f"{out}: exists and is not empty; choose a new --out_dir")
     cfg, prompt = TrainConfig.load(adapter), PromptSpec.load(adapter)
     _check_adapter_base(adapter, cfg.model_name_or_path)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    from emotion_summary.architectures import is_complete_model_dir
+    from emotion_summary.atomic_io import atomic_dir
+
+    with atomic_dir(out, is_complete_model_dir) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             merged, tokenizer = merged_model(adapter, cfg)
@@ -341,12 +342,7 @@ def merge_adapter(adapter_dir: str, out_dir: str) -> str:
         prompt.save(tmp)
         cfg.save(tmp)
         copy_fingerprints(adapter, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    from emotion_summary.architectures import is_complete_model_dir, publish_dir
-
-    return str(publish_dir(tmp, out, is_complete_model_dir))
+    return str(out)
 
 
 def merged_model(adapter: Path, cfg: TrainConfig):

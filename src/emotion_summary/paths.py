@@ -1,57 +1,63 @@
-"""Checks on the files a command will write, made before any work: an output never replaces an input,
-and an output file can be created where it is asked for. Light: stdlib only."""
+"""Output paths checked before any work: never onto an input, never a directory where a file goes,
+never under a file. Every problem is listed at once (UserError, one line each). Light: no imports
+from the package but errors."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional, Union
 
 from emotion_summary.errors import UserError
 
-PathLike = str | os.PathLike
+PathLike = Union[str, "os.PathLike[str]"]
+Named = Mapping[str, Optional[PathLike]]  # option name (as the user typed it) -> path; None: not given
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
-    except OSError:
-        return False
-
-
-def refuse_overwrite(outputs: Mapping[str, PathLike | None], inputs: Mapping[str, PathLike | None]) -> None:
-    """UserError when an output resolves to an input (symlinks, `..` and hard links included) or two
-    outputs resolve to one file. Keys name the options, e.g. {"--output": path}; None values are skipped."""
-    outs = [(name, Path(p)) for name, p in outputs.items() if p is not None]
-    ins = [(name, Path(p)) for name, p in inputs.items() if p is not None]
-    for i, (out_name, out) in enumerate(outs):
-        for in_name, inp in ins:
-            if _same_file(out, inp):
-                raise UserError(f"{out_name} {out} is the input {in_name} {inp}; writing it would destroy "
-                                "the input: choose another output path")
-        for other_name, other in outs[i + 1:]:
-            if _same_file(out, other):
-                raise UserError(f"{out_name} {out} and {other_name} {other} are the same file")
-
-
-def check_output_file(option: str, path: PathLike) -> Path:
-    """UserError unless `path` can be written as a file: it is no directory, and no parent is a file."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{option} {path}: is a directory; give a file path (e.g. {path / 'out.jsonl'})")
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` when it is a file (nothing can be created under it)."""
     for parent in path.parents:
         if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{option} {path}: {parent} is a file, not a directory")
-            break
-    return path
+            return parent if not parent.is_dir() else None
+    return None
 
 
-def check_output_dir(option: str, path: PathLike) -> Path:
-    """UserError unless `path` can be a directory: it is no file, and no parent is a file."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{option} {path}: is a file, not a directory")
-    return check_output_file(option, path) if not path.exists() else path
+def output_file_problems(name: str, path: PathLike) -> list[str]:
+    p = Path(path)
+    if p.is_dir():
+        return [f"{name} {p}: is a directory; give a file name"]
+    above = _file_above(p)
+    return [f"{name} {p}: {above} is a file, not a directory"] if above else []
+
+
+def output_dir_problems(name: str, path: PathLike) -> list[str]:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        return [f"{name} {p}: is a file, not a directory"]
+    above = _file_above(p)
+    return [f"{name} {p}: {above} is a file, not a directory"] if above else []
+
+
+def refuse_overwrite(outputs: Named, inputs: Named, dirs: Named | None = None) -> None:
+    """Raise UserError before any work when an output file resolves to an input, is a directory or
+    lies under a file, or an output directory is a file or lies under one.
+
+    outputs: output files by option name, e.g. {"--output": "sub.jsonl"}; inputs likewise; dirs: output
+    directories (whose files are not known yet, or are listed in `outputs` too)."""
+    problems: list[str] = []
+    given_inputs = {name: Path(p) for name, p in inputs.items() if p is not None}
+    bad_dirs = set()
+    for name, path in (dirs or {}).items():
+        if path is not None and output_dir_problems(name, path):
+            problems += output_dir_problems(name, path)
+            bad_dirs.add(Path(path).resolve())
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        if not bad_dirs & set(Path(path).resolve().parents):  # else said once, for the directory
+            problems += output_file_problems(name, path)
+        target = Path(path).resolve()
+        problems += [f"{name} {path}: is the input {in_name} {in_path}; write the output elsewhere"
+                     for in_name, in_path in given_inputs.items() if in_path.resolve() == target]
+    if problems:
+        raise UserError("\n".join(dict.fromkeys(problems)))

@@ -10,7 +10,6 @@ Counted exactly as the model sees it:
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from collections import Counter
@@ -23,6 +22,7 @@ from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, ato
 from emotion_summary.config import resolve_config
 from emotion_summary.presets import PRESETS
 from emotion_summary.encode import answer_token_ids, prompt_token_ids
+from emotion_summary.paths import refuse_overwrite
 from emotion_summary.prompt import Language, PromptSpec
 from emotion_summary.records import Record, read_records
 
@@ -95,7 +95,7 @@ def fit_counts(rows: list[dict]) -> tuple[dict, list[dict]]:
     return windows, presets
 
 
-def summarise(rows: list[dict], spec: PromptSpec) -> dict:
+def length_table(rows: list[dict], spec: PromptSpec) -> dict:
     sources = Counter(r["source"] for r in rows)
     groups = {"all": _group(rows)}
     if len(sources) > 1:
@@ -141,13 +141,12 @@ def markdown(s: dict) -> str:
 
 
 def histogram_png(rows: list[dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
     import numpy as np
 
+    from emotion_summary.plots import png_bytes, pyplot
+
+    plt = pyplot()
     values = [r["prompt_tokens"] for r in rows]
     bins = np.geomspace(max(min(values), 16) * 0.9, max(max(values), WINDOWS[-1]) * 1.1, 60)
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -161,16 +160,17 @@ def histogram_png(rows: list[dict]) -> bytes:
     ax.set_xticks(ticks, [f"{t / 1024:g}K" for t in ticks])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=120, bbox_inches="tight")
+
+
+OUTPUT_FILES = ("stats.json", "stats.md", "prompt_tokens_hist.png")
 
 
 def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
-    return [atomic_write_json(out / "stats.json", summary), atomic_write_text(out / "stats.md", markdown(summary)),
-            atomic_write_bytes(out / "prompt_tokens_hist.png", histogram_png(summary["records"]))]
+    json_name, md_name, png_name = OUTPUT_FILES
+    return [atomic_write_json(out / json_name, summary), atomic_write_text(out / md_name, markdown(summary)),
+            atomic_write_bytes(out / png_name, histogram_png(summary["records"]))]
 
 
 def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language: Language = "auto",
@@ -184,12 +184,14 @@ def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language:
         language: prompt language rule used for the measured prompts: en, zh or auto.
         tokenizer_cache: folder for the offline-built Qwen2 tokenizer (default ~/.cache/emotion_summary).
     """
+    refuse_overwrite({f"--out_dir/{n}": Path(out_dir) / n for n in OUTPUT_FILES},
+                     {f"input {i + 1}": p for i, p in enumerate((inputs, *more_inputs))}, dirs={"--out_dir": out_dir})
     files = {str(p): read_records(p) for p in (inputs, *more_inputs)}
     from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
 
     print("loading the Qwen2 tokenizer (built once, ~1 min, then cached)", file=sys.stderr)
     spec = PromptSpec(language=language)
-    summary = summarise(measure(qwen2_tokenizer(tokenizer_cache), files, spec), spec)
+    summary = length_table(measure(qwen2_tokenizer(tokenizer_cache), files, spec), spec)
     paths = write_outputs(summary, out_dir)
     print(markdown(summary))
     print("wrote " + ", ".join(map(str, paths)))

@@ -5,6 +5,7 @@ The run directory's layout and state are `run_dir.RunDir`'s; the options are `co
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -14,7 +15,8 @@ from importlib import metadata
 from pathlib import Path
 
 from emotion_summary import distributed as dist
-from emotion_summary.atomic_io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_tolerant
+from emotion_summary.atomic_io import (append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
+                                       read_jsonl_tolerant)
 from emotion_summary.config import TrainConfig, detect_vram_gb, resolve_config, validate
 from emotion_summary.errors import ConfigError, UserError
 from emotion_summary.folds import save_fingerprints
@@ -154,11 +156,9 @@ def make_optimizer(cfg: TrainConfig, params):
 
 
 def plot_losses(log_path: Path, out_png: Path) -> None:
-    import matplotlib
+    from emotion_summary.plots import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = read_jsonl_tolerant(log_path)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
@@ -172,10 +172,7 @@ def plot_losses(log_path: Path, out_png: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out_png)
+    atomic_write_bytes(out_png, png_bytes(fig))
 
 
 class Trainer:
@@ -255,22 +252,19 @@ class Trainer:
             yield step, micro[dist.rank():: dist.world_size()], len(micro)
 
     def _all_micro_batches(self, start_step: int):
-        step, pending = 0, []
-        for epoch in range(10**9):
-            for batch in epoch_batches(len(self.train_examples), self.cfg.batch_size, self.cfg.seed, epoch):
-                pending.append(batch)
-                if len(pending) == self.micro_per_step:
-                    if step >= start_step:
-                        yield step, pending
-                    step, pending = step + 1, []
-                if step >= self.total_steps:
-                    return
-            if pending:  # an epoch's tail shorter than grad_accum still makes one step
-                if step >= start_step:
-                    yield step, pending
-                step, pending = step + 1, []
+        for step, micro in enumerate(self._step_batches()):
             if step >= self.total_steps:
                 return
+            if step >= start_step:
+                yield step, micro
+
+    def _step_batches(self):
+        """Each optimizer step's micro-batches, epoch after epoch; an epoch's tail shorter than
+        grad_accum still makes one step."""
+        for epoch in itertools.count():
+            batches = epoch_batches(len(self.train_examples), self.cfg.batch_size, self.cfg.seed, epoch)
+            for i in range(0, len(batches), self.micro_per_step):
+                yield batches[i: i + self.micro_per_step]
 
     def run(self, stop_after_step: int | None = None) -> Path:
         """Train to the end (or, for tests, stop after `stop_after_step` as if interrupted)."""
@@ -413,6 +407,7 @@ def resolve(preset: str = "auto", **options) -> tuple[TrainConfig, float | None]
 def training_language(language: str, records: list[Record]) -> str:
     """`auto` means: the language the labels are written in. That is the labeller's --language when it
     recorded one, else the gold text's; `auto` is kept when every label is in its report's language."""
+    from emotion_summary.prompt import LANGUAGE_RULES
     from emotion_summary.text import detect_language, record_language
 
     if language != "auto":
@@ -420,7 +415,7 @@ def training_language(language: str, records: list[Record]) -> str:
     fits: set[str] | None = None
     for r in records:
         label = (r.label_source or {}).get("language")
-        label = label if label in ("en", "zh") else detect_language(" ".join(r.gold().values()))
+        label = label if label in LANGUAGE_RULES else detect_language(" ".join(r.gold().values()))
         ok = {label, "auto"} if label == record_language(r) else {label}
         fits = ok if fits is None else fits & ok
     if fits is None or "auto" in fits:
