@@ -62,7 +62,7 @@ def hf_backend(info: ModelInfo, max_new_tokens: int, batch_size: int, quantizati
     model_id = info.identity()
 
     def request(record: Record) -> dict:
-        return {"backend": "hf", "model": model_id, "quantization": quantization or info.config.quantization,
+        return {"backend": "hf", "model": model_id, "quantization": info.quantization(quantization),
                 "messages": fit_prompt(tokenizer, info.spec, record, budget).messages,
                 "max_new_tokens": max_new_tokens, "decoding": "greedy"}
 

@@ -209,11 +209,11 @@ class Qwen2EmotionSummaryModel:
             from peft import PeftModel
 
             _check_adapter_base(info.path, cfg.model_name_or_path)
-            base, tokenizer = load_base_model(cfg.model_name_or_path, quantization or cfg.quantization,
+            base, tokenizer = load_base_model(cfg.model_name_or_path, info.quantization(quantization),
                                               cfg.compute_dtype, cfg.attn_implementation, cfg.lm_head_4bit)
             model = PeftModel.from_pretrained(base, str(info.path))
         else:
-            model, tokenizer = load_base_model(str(info.path), quantization or "none", cfg.compute_dtype,
+            model, tokenizer = load_base_model(str(info.path), info.quantization(quantization), cfg.compute_dtype,
                                                cfg.attn_implementation)
         model.eval()
         return cls(model, tokenizer, info.spec, cfg)

@@ -39,6 +39,11 @@ class ModelInfo:
         """Not the training micro-batch: generation keeps no activations, only the KV cache."""
         return max(1, min(MAX_DEFAULT_BATCH, TOKENS_PER_BATCH // self.config.max_seq_len))
 
+    def quantization(self, asked: str | None = None) -> str:
+        """What the weights load in: as asked, else an adapter's training quantization (its base is
+        loaded as it was trained), else 16-bit."""
+        return asked or (self.config.quantization if self.kind == "adapter" else "none")
+
     def identity(self) -> str:
         """Changes when the weights are rewritten (a retrained run in the same directory)."""
         files = sorted(self.path.glob("*.safetensors")) + sorted(self.path.glob("*.bin"))
