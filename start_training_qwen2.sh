@@ -9,6 +9,15 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PRESET="${PRESET:-auto}"
 VENV="${VENV:-$here/.venv}"
 
+for arg in "$@"; do
+  if [ "$arg" = "--help" ] || [ "$arg" = "-h" ]; then
+    sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    echo
+    if [ -x "$VENV/bin/python" ]; then py="$VENV/bin/python"; else py=python3; fi
+    PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" exec "$py" "$here/scripts/pipeline.py" --help
+  fi
+done
+
 if [ "$VENV" = "none" ]; then
   py=python3
 else

@@ -23,9 +23,8 @@ from pathlib import Path
 
 from _common import append_rows, gb, gpu_info, host_info, markdown_table
 
-from emotion_summary.cli import run
+from emotion_summary.cli import comma_list, run
 from emotion_summary.errors import UserError
-from emotion_summary.cli_args import as_list
 from emotion_summary.sample_data import SAMPLE_EN
 
 SAMPLE = SAMPLE_EN
@@ -62,7 +61,7 @@ def generate(
     from emotion_summary.model import Qwen2EmotionSummaryModel, device
     from emotion_summary.records import read_records
 
-    chosen = as_list(modes, "modes")
+    chosen = comma_list(modes, "modes")
     if not chosen or any(m not in MODES for m in chosen):
         raise UserError(f"--modes: comma-separated from {', '.join(MODES)}, got {modes!r}")
     if min(n_records, batch_size, max_new_tokens, repeats) <= 0:
@@ -142,15 +141,14 @@ def adapter_complete(path: Path) -> bool:
 def untrained_adapter(arch: str) -> Path:
     """An untrained LoRA adapter (B = 0: the base model's outputs) on the random-weight model of
     `arch`, saved once like a trainer's output, so the real inference loader reads it back. Saved into
-    `<path>.tmp-<pid>` and renamed: a killed build never leaves a directory that looks finished."""
+    a temporary directory and renamed (atomic_dir): a killed build never leaves one that looks finished."""
     import gc
-    import os
-    import shutil
 
     import torch
     from train_step import ensure_model_dir
 
-    from emotion_summary.architectures import cache_root, publish_dir
+    from emotion_summary.architectures import cache_root
+    from emotion_summary.atomic_io import atomic_dir
     from emotion_summary.config import resolve_config
     from emotion_summary.model import Qwen2EmotionSummaryModel
 
@@ -161,17 +159,13 @@ def untrained_adapter(arch: str) -> Path:
     cfg = (resolve_config("cpu-smoke") if arch == "tiny"
            else resolve_config("24gb", model_name_or_path=ensure_model_dir(arch, {}, 3600)))
     wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_dir(path, adapter_complete) as tmp:
         wrapper.save(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     del wrapper
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return publish_dir(tmp, path, adapter_complete)
+    return path
 
 
 def prompt_ids(wrapper, record, max_new_tokens: int) -> list[int]:

@@ -38,9 +38,8 @@ from pathlib import Path
 
 from _common import GB, append_rows, gb, gpu_info, host_info, markdown_table, read_status_kb, reset_peak_rss
 
-from emotion_summary.cli import run
+from emotion_summary.cli import comma_list, run
 from emotion_summary.errors import UserError
-from emotion_summary.cli_args import as_list
 from emotion_summary.qwen_tokenizer_offline import FIRST_SPECIAL_ID  # random ids stay below it
 
 VARIANTS = ("ours", "plain")
@@ -98,6 +97,7 @@ def train_step(
     """
     import torch  # no CUDA context here: torch.cuda.is_available() creates none
 
+    from emotion_summary.config import resolve_config
     from emotion_summary.presets import PRESETS
 
     if arch not in ("qwen2-7b", "tiny"):
@@ -105,7 +105,7 @@ def train_step(
     preset = preset or ("cpu-smoke" if arch == "tiny" else "24gb")
     if preset not in PRESETS:
         raise UserError(f"--preset: one of {', '.join(PRESETS)}, got {preset!r}")
-    chosen = as_list(variants, "variants")
+    chosen = comma_list(variants, "variants")
     if not chosen or any(v not in VARIANTS for v in chosen):
         raise UserError(f"--variants: comma-separated from {', '.join(VARIANTS)}, got {variants!r}")
     cuda = torch.cuda.is_available()
@@ -118,7 +118,7 @@ def train_step(
         raise UserError("--find_max needs --vram_gb")
     if steps < 0 or answer_tokens <= 0:
         raise UserError("--steps must be >= 0 and --answer_tokens > 0")
-    lengths = [] if find_max else as_list(seq_lens, "seq_lens", item=int)
+    lengths = [] if find_max else comma_list(seq_lens, "seq_lens", item=int)
     if not find_max and (not lengths or min(lengths) <= 0):
         raise UserError(f"--seq_lens: expected positive integers, got {seq_lens!r}")
 
@@ -129,7 +129,7 @@ def train_step(
     model_path = model_dir or ensure_model_dir(arch, overrides, timeout_s)
     host = host_info()
     base = {"arch": arch, "arch_overrides": overrides, "preset": preset, "model_name_or_path": model_path,
-            "steps": steps, "batch_size": batch_size or PRESETS[preset]["batch_size"],
+            "steps": steps, "batch_size": batch_size or resolve_config(preset).batch_size,
             "answer_tokens": answer_tokens, "vram_gb": vram_gb, "seed": seed}
 
     rows: list[dict] = []

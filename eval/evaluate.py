@@ -1,5 +1,6 @@
-from emotion_summary.cli import run
-from emotion_summary.evaluate import evaluate
+"""Score a submission against gold ES records: ROUGE, optional BERTScore and LLM judge."""
+
+from emotion_summary.commands import evaluate
 
 if __name__ == "__main__":
-    run(evaluate)
+    evaluate()

@@ -1,5 +1,6 @@
-from emotion_summary.check import check
-from emotion_summary.cli import run
+"""Check a submission file's ids, keys, values and language (exit 1 when not ready)."""
+
+from emotion_summary.commands import check_submission
 
 if __name__ == "__main__":
-    run(check)
+    check_submission()

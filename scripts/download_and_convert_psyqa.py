@@ -1,7 +1,6 @@
 """Convert a PsyQA JSON array into unlabelled ES records (one per question)."""
 
-from emotion_summary.cli import run
-from emotion_summary.psyqa import convert_psyqa
+from emotion_summary.commands import convert_psyqa
 
 if __name__ == "__main__":
-    run(convert_psyqa)
+    convert_psyqa()

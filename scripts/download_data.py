@@ -1,7 +1,6 @@
 """Download LongEmotion ES (Hugging Face) and the PsyQA sample (GitHub) into data/, validated."""
 
-from emotion_summary.cli import run
-from emotion_summary.download import download_data
+from emotion_summary.commands import download_data
 
 if __name__ == "__main__":
-    run(download_data)
+    download_data()

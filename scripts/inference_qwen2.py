@@ -1,5 +1,6 @@
-from emotion_summary.cli import run
-from emotion_summary.inference import infer
+"""Write a leaderboard submission (Emotion_Summary_Result.jsonl) for an ES inputs file."""
+
+from emotion_summary.commands import inference
 
 if __name__ == "__main__":
-    run(infer)
+    inference()

@@ -12,12 +12,15 @@ from typing import Callable
 class FakeChatServer:
     """`reply(messages)` answers each request with a text (HTTP 200) or a (status, text) pair;
     `requests` keeps every answered request body; after `fail_after` answered requests the server
-    answers 503 (an endpoint that went down)."""
+    answers 503 (an endpoint that went down). An exception raised by `reply` (a failed assertion)
+    is answered with HTTP 500 and raised again when the `with` block ends, so the test fails with it
+    instead of with "endpoint unreachable"."""
 
     def __init__(self, reply: Callable[[list[dict]], str | tuple[int, str]], delay_s: float = 0.0):
         self.reply, self.delay_s = reply, delay_s
         self.requests: list[dict] = []
         self.fail_after: int | None = None
+        self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         server = self
 
@@ -30,7 +33,11 @@ class FakeChatServer:
                         server.requests.append(body)
                 if server.delay_s:
                     time.sleep(server.delay_s)
-                answer = (503, "overloaded") if down else server.reply(body["messages"])
+                try:
+                    answer = (503, "overloaded") if down else server.reply(body["messages"])
+                except Exception as e:  # noqa: BLE001 - kept for the test thread, which raises it
+                    server.errors.append(e)
+                    answer = (500, f"the test's reply function raised {type(e).__name__}: {e}")
                 status, content = answer if isinstance(answer, tuple) else (200, answer)
                 payload = ({"choices": [{"message": {"role": "assistant", "content": content}}]}
                            if status == 200 else {"error": content})
@@ -55,9 +62,11 @@ class FakeChatServer:
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        if self.errors:
+            raise self.errors[0] from exc
 
 
 def unused_endpoint() -> str:

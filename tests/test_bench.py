@@ -142,7 +142,8 @@ def _model_dir(path: Path, tag: str) -> Path:
 
 
 def test_publish_dir_keeps_the_winner_and_replaces_an_incomplete_directory(tmp_path):
-    from emotion_summary.architectures import is_complete_model_dir, publish_dir
+    from emotion_summary.architectures import is_complete_model_dir
+    from emotion_summary.atomic_io import publish_dir
 
     out = tmp_path / "model"
     mine = _model_dir(tmp_path / "model.tmp-1", "mine")

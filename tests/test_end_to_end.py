@@ -37,6 +37,8 @@ def test_psyqa_to_labelled_training_to_scored_submission(tmp_path):
 
     run_dir = train(preset="cpu-smoke", train_data=str(labelled), folds=0, max_steps=2,
                     output_dir=str(tmp_path / "run"))
+    # English labels of Chinese reports: --language auto trains the prompt that asks for English
+    assert json.loads((tmp_path / "run" / "prompt.json").read_text())["language"] == "en"
     _, heldout = write_fold(str(SAMPLE_EN), str(tmp_path / "folds"), folds=3, fold=0)
     submission = tmp_path / "Emotion_Summary_Result.jsonl"
     infer(input=heldout, output=str(submission), model_path=run_dir, max_new_tokens=8)

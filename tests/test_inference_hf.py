@@ -3,7 +3,8 @@
 import pytest
 
 from emotion_summary.atomic_io import read_jsonl_tolerant
-from emotion_summary.inference import infer, side_file_for
+from emotion_summary.inference import infer
+from emotion_summary.replies import side_file_for
 from emotion_summary.submission import check_submission
 
 pytestmark = pytest.mark.slow
@@ -33,9 +34,9 @@ def test_hf_backend_writes_a_valid_submission_and_resumes_without_loading(tmp_pa
     assert "15 fields in 3 reports were missing" in capsys.readouterr().out
 
     loads = []
-    monkeypatch.setattr(Qwen2EmotionSummaryModel, "load", classmethod(lambda cls, path: loads.append(path)))
+    monkeypatch.setattr(Qwen2EmotionSummaryModel, "load", classmethod(lambda cls, *args: loads.append(args)))
     out.unlink()
-    infer(input=str(inputs), output=str(out), model_path=str(tiny_adapter), backend="hf")
+    infer(input=str(inputs), output=str(out), model_path=str(tiny_adapter), backend="hf", max_new_tokens=8)
     assert loads == [] and check_submission(out, inputs).ok
 
 
@@ -76,3 +77,21 @@ def test_openai_backend_trims_prompts_as_the_checkpoint_was_trained(tmp_path, ti
               backend="openai", endpoint=server.endpoint, model="served", max_new_tokens=64)
     user = server.requests[0]["messages"][1]["content"]
     assert "tokens trimmed" in user and len(user) < 6000
+
+
+def test_hf_backend_runs_a_plain_base_model_with_the_default_prompt(tmp_path, fixtures, tiny_adapter, capsys):
+    """Base vs fine-tuned is one command each on the same inputs: the plain model directory (no
+    prompt.json, no train_config.json) is asked with the project's default prompt."""
+    from emotion_summary.architectures import build_tiny_qwen2
+    from emotion_summary.prompt import PromptSpec
+
+    base = build_tiny_qwen2()
+    assert not (base / "prompt.json").exists()
+    inputs = fixtures / "es_eval_gold.jsonl"
+    for name, model_path in [("base", base), ("adapter", tiny_adapter)]:
+        out = tmp_path / name / "Emotion_Summary_Result.jsonl"
+        infer(input=str(inputs), output=str(out), model_path=str(model_path), backend="hf", max_new_tokens=4)
+        assert check_submission(out, inputs).ok
+        if name == "base":  # a plain model was trained on none of our reports: no leakage warning
+            assert "no data_fingerprints.json" not in capsys.readouterr().err
+    assert PromptSpec.load(tiny_adapter) == PromptSpec()  # the same prompt on both sides

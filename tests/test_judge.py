@@ -8,7 +8,7 @@ from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.errors import UserError
 from emotion_summary.evaluate import evaluate
 from emotion_summary.judge import (judge_messages, judge_predictions, parse_scores, report_text,
-                                   summarize)
+                                   judge_totals)
 from emotion_summary.records import GOLD_FIELDS
 from emotion_summary.submission import write_submission
 
@@ -62,7 +62,7 @@ def test_judge_scores_and_the_rerun_resends_nothing(tmp_path, records):
         again = judge_predictions(records, preds_of(records), client_for(server), cache, concurrency=4)
         assert len(server.requests) == 15
     assert [(i.id, i.field) for i in again] == [(r.id, f) for r in records for f in GOLD_FIELDS]
-    summary = summarize(items, "judge-model")
+    summary = judge_totals(items, "judge-model")
     assert summary["mean"] == pytest.approx(4.0) and summary["mean_x20"] == pytest.approx(80.0)
     assert summary["per_criterion"] == {"factual_consistency": 5, "completeness": 4, "clarity": 3}
     assert summary["n_failed"] == 0
@@ -104,7 +104,7 @@ def test_non_json_reply_is_retried_then_recorded_as_a_failure(tmp_path, records)
     cache = tmp_path / "cache.jsonl"
     with FakeChatServer(reply) as server:
         items = judge_predictions(records, preds, client_for(server), cache, attempts=3)
-        summary = summarize(items, "judge-model")
+        summary = judge_totals(items, "judge-model")
         assert summary["n_failed"] == 1
         assert summary["failures"][0]["id"] == 12 and summary["failures"][0]["field"] == "treatment_effect"
         assert len(server.requests) == 15 + 3 + 2  # 3 causes retried once; the failure asked 3 times

@@ -188,7 +188,7 @@ def test_cli_summary_and_bad_option(server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "labelled 1, skipped 0" in proc.stdout and "rejected 1 (see" in proc.stdout
     bad = subprocess.run(args + ["--language", "fr"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--language must be one of" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr == "error: --language: expected one of en, zh, auto, got 'fr'\n"
 
 
 @pytest.mark.parametrize("other", ["bare-inputs", "other-ids", "other-report"])
@@ -246,3 +246,17 @@ def test_a_password_in_the_endpoint_is_in_no_file(server, tmp_path):
     for path in (out, rejects_path(out)):
         text = path.read_text(encoding="utf-8")
         assert "s3cret" not in text and "me:***@127.0.0.1" in text
+
+
+
+def test_resume_with_another_teacher_or_language_is_refused(server, tmp_path):
+    src = write_input(tmp_path, ["good", "good"])
+    out = tmp_path / "out.jsonl"
+    label_file(src, out, client(server), language="en", limit=1)
+    assert read_records(out)[0].label_source["language"] == "en"
+    with pytest.raises(UserError, match=r"labelled before with --language en \(now auto\)"):
+        label_file(src, out, client(server), language="auto")
+    other = ChatClient(server.url, "another-teacher", max_retries=0, backoff_s=0.0, timeout_s=10)
+    with pytest.raises(UserError, match=r"labelled before with --model teacher \(now another-teacher\)"):
+        label_file(src, out, other, language="en")
+    assert len(server.messages) == 1

@@ -1,14 +1,14 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from emotion_summary.presets import PRESETS
 from emotion_summary.prompt import PromptSpec
-from emotion_summary.records import read_records
-from emotion_summary.stats import measure, percentile, summarise, write_outputs
+from emotion_summary.records import GOLD_FIELDS, Record, read_records, record_from_dict
+from emotion_summary.stats import length_table, measure, percentile, write_outputs
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stats.py"
 
@@ -32,25 +32,51 @@ def test_percentile_matches_numpy_linear():
     assert percentile([7], 0.9) == 7
 
 
-def test_summary_counts_and_fits(fixtures, tmp_path):
-    files = {"tiny": read_records(fixtures / "es_tiny.jsonl"), "gold": read_records(fixtures / "es_tiny_gold.jsonl")}
-    rows = measure(CharTokenizer(), files, PromptSpec())
-    summary = summarise(rows, PromptSpec())
-    assert summary["files"] == {"tiny": 3, "gold": 1}
-    assert summary["sources"] == {"longemotion": 4}
-    lengths = [r["prompt_tokens"] for r in rows]
-    assert summary["groups"]["all"]["prompt_tokens"]["max"] == max(lengths)
-    assert summary["groups"]["all"]["with_gold"] == 1 and summary["groups"]["all"]["answer_tokens"]["count"] == 1
-    assert rows[3]["answer_tokens"] > len("<|im_end|>")
-    smoke = next(p for p in summary["fits_presets"] if p["preset"] == "cpu-smoke")
-    limit = PRESETS["cpu-smoke"]["max_seq_len"] - PRESETS["cpu-smoke"]["max_new_tokens"]
-    assert smoke["fit_inference"] == sum(n <= limit for n in lengths)
-    assert summary["fits_windows"]["4096"] == 4  # tiny reports fit everywhere
+class MarkerTokenizer:
+    """A prompt is as many tokens as the report's `tokens=N` says; an answer is 199 tokens (+ <|im_end|>)."""
+
+    eos_token_id = 1
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt, return_dict):
+        return [0] * int(re.search(r"tokens=(\d+)", messages[-1]["content"]).group(1))
+
+    def encode(self, text, add_special_tokens):
+        return [0] * 199
+
+
+def marked(rid: int, tokens: int, gold: bool) -> Record:
+    fields = {f: "gold text" for f in GOLD_FIELDS} if gold else {}
+    return record_from_dict({"id": rid, "case_description": [f"tokens={tokens}"], "consultation_process": ["x"],
+                             "experience_and_reflection": "y", **fields})
+
+
+def test_summary_counts_and_fits_worked_out_by_hand(tmp_path):
+    records = [marked(1, 900, True), marked(2, 2000, False), marked(3, 3500, False), marked(4, 5000, True)]
+    rows = measure(MarkerTokenizer(), {"a.jsonl": records[:3], "b.jsonl": records[3:]}, PromptSpec())
+    summary = length_table(rows, PromptSpec())
+    assert summary["files"] == {"a.jsonl": 3, "b.jsonl": 1} and summary["sources"] == {"longemotion": 4}
+    everything = summary["groups"]["all"]
+    # prompts 900, 2000, 3500, 5000: mean 11400/4; median (2000+3500)/2; p90 at rank 0.9*3 = 2.7:
+    # 3500 + 0.7 * (5000 - 3500)
+    assert everything["prompt_tokens"] == {"count": 4, "mean": 2850.0, "median": 2750.0, "p90": 4550.0,
+                                           "min": 900, "max": 5000}
+    # two records with gold: answers 199 + 1 = 200 tokens; prompt + answer 1100 and 5200
+    assert everything["answer_tokens"] == {"count": 2, "mean": 200.0, "median": 200.0, "p90": 200.0,
+                                           "min": 200, "max": 200}
+    assert everything["prompt_plus_answer"] == {"count": 2, "mean": 3150.0, "median": 3150.0, "p90": 4790.0,
+                                                "min": 1100, "max": 5200}
+    # + 512 new tokens: 1412, 2512, 4012, 5512 -> 3 fit 4K, all fit 8K and up
+    assert summary["fits_windows"] == {"4096": 3, "8192": 4, "16384": 4, "32768": 4}
+    presets = {p["preset"]: p for p in summary["fits_presets"]}
+    # cpu-smoke: 1024 tokens, 96 new: only 900 + 96 fits; neither 1100 nor 5200 trains untrimmed
+    assert (presets["cpu-smoke"]["fit_inference"], presets["cpu-smoke"]["fit_training"]) == (1, 0)
+    assert (presets["8gb"]["fit_inference"], presets["8gb"]["fit_training"]) == (4, 2)
 
     paths = write_outputs(summary, tmp_path / "out")
     assert [p.name for p in paths] == ["stats.json", "stats.md", "prompt_tokens_hist.png"]
     assert json.loads(paths[0].read_text(encoding="utf-8"))["sources"] == {"longemotion": 4}
-    assert "| 8gb | 8,192 | 512 | 4/4 | 1/1 |" in paths[1].read_text(encoding="utf-8")
+    markdown = paths[1].read_text(encoding="utf-8")
+    assert "| 8gb | 8,192 | 512 | 4/4 | 2/2 |" in markdown and "| cpu-smoke | 1,024 | 96 | 1/4 | 0/2 |" in markdown
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -60,7 +86,7 @@ def test_mixed_sources_get_their_own_rows(fixtures):
 
     psyqa = [record_from_dict(d) for d in convert_items(load_psyqa(fixtures / "psyqa_tiny.json"))]
     rows = measure(CharTokenizer(), {"a": read_records(fixtures / "es_tiny.jsonl"), "b": psyqa}, PromptSpec())
-    summary = summarise(rows, PromptSpec())
+    summary = length_table(rows, PromptSpec())
     assert set(summary["groups"]) == {"all", "longemotion", "psyqa"}
     assert summary["groups"]["psyqa"]["records"] == 2
 

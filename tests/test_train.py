@@ -8,24 +8,30 @@ import torch
 from emotion_summary.errors import UserError
 from emotion_summary.config import resolve_config, validate
 from emotion_summary.presets import PRESETS
-from emotion_summary.train import train
+from emotion_summary.train import prepare_run, train
 
 pytestmark = pytest.mark.slow
 SMOKE = dict(preset="cpu-smoke", max_steps=4, save_every=2, eval_every=2)
+
+
+def train_until(step, **options):
+    """Train, then stop after `step` as if interrupted (the run directory is left unfinished)."""
+    return prepare_run(**options).run(stop_after_step=step)
 
 
 def losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_loads_and_validates(name, tmp_path):
+@pytest.mark.parametrize("name, fits, too_small", [("8gb", 8.0, 7.0), ("12gb", 12.0, 11.0),
+                                                    ("24gb", 24.0, 20.0), ("cpu-smoke", None, None)])
+def test_every_preset_validates_on_its_card_and_not_on_a_smaller_one(name, fits, too_small, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("{}")
     cfg = resolve_config(name, train_data=str(data))
-    vram = None if name == "cpu-smoke" else cfg.min_vram_gb + 0.5
-    assert validate(cfg, vram) == []
-    assert cfg.max_seq_len >= 1024 and cfg.preset == name
+    assert validate(cfg, fits) == [] and cfg.preset == name
+    if too_small is not None:
+        assert any(f"preset {name}: needs" in p for p in validate(cfg, too_small))
 
 
 def test_auto_preset_follows_gpu_memory():
@@ -82,17 +88,18 @@ def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path):
     whole = tmp_path / "whole"
     train(**SMOKE, output_dir=str(whole))
     split = tmp_path / "split"
-    train(**SMOKE, output_dir=str(split), _stop_after_step=2)
+    train_until(2, **SMOKE, output_dir=str(split))
     assert not (split / "COMPLETE").exists() and len(losses(split)) == 2
-    train(**SMOKE, output_dir=str(split), resume=True)
+    train(output_dir=str(split), resume=True)  # the saved config is all a resume needs
     assert (split / "COMPLETE").exists()
     assert losses(split) == pytest.approx(losses(whole), abs=1e-6)
 
 
 def test_run_directories_are_never_overwritten(tmp_path):
     run = tmp_path / "r"
-    train(**SMOKE, output_dir=str(run), _stop_after_step=2)
-    with pytest.raises(UserError, match="unfinished run; add --resume"):
+    train_until(2, **SMOKE, output_dir=str(run))
+    with pytest.raises(UserError, match="unfinished run; continue it with: python scripts/train_qwen2.py "
+                                        f"--output_dir {run} --resume"):
         train(**SMOKE, output_dir=str(run))
     with pytest.raises(UserError, match="another config: lora_r"):
         train(**SMOKE, output_dir=str(run), resume=True, lora_r=8)
@@ -146,9 +153,12 @@ def test_more_config_problems_are_caught_before_loading(tmp_path):
     cfg = resolve_config("cpu-smoke", max_steps=-1, warmup_ratio=1.5, lora_target="q_proj")
     text = "\n".join(validate(cfg))
     assert "max_steps" in text and "warmup_ratio" in text and "lora_target" in text
-    from emotion_summary.train import build_config
+    from emotion_summary.cli import parse_command_line
+    from emotion_summary.train import build_config, command_options
 
-    assert build_config("cpu-smoke", lora_target="q_proj,v_proj").lora_target == ["q_proj", "v_proj"]
+    parsed = parse_command_line(command_options(), ["--lora_target", "q_proj,v_proj"])
+    assert parsed == {"lora_target": ["q_proj", "v_proj"]}
+    assert parse_command_line(command_options(), ["--lora_target", "all-linear"]) == {"lora_target": "all-linear"}
     with pytest.raises(UserError, match="unknown option"):
         build_config("cpu-smoke", lora_rank=4)
 
@@ -164,8 +174,16 @@ def test_an_id_in_two_training_files_is_an_error_naming_both(tmp_path):
 
 def test_resume_after_logging_past_the_checkpoint_keeps_one_row_per_step(tmp_path):
     run = tmp_path / "r"
-    train(**{**SMOKE, "save_every": 2}, output_dir=str(run), _stop_after_step=3)  # checkpoint at 2, logged 3
+    train_until(3, **{**SMOKE, "save_every": 2}, output_dir=str(run))  # checkpoint at 2, logged 3
     train(**{**SMOKE, "save_every": 2}, output_dir=str(run), resume=True)
+    assert [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_resume_after_a_kill_before_the_first_checkpoint_keeps_one_row_per_step(tmp_path):
+    run = tmp_path / "r"
+    train_until(2, **{**SMOKE, "save_every": 10}, output_dir=str(run))
+    assert not list((run / "checkpoints").glob("step-*")) and len(losses(run)) == 2
+    train(output_dir=str(run), resume=True)
     assert [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
@@ -175,7 +193,7 @@ def test_resume_refuses_changed_training_data(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text(SAMPLE_EN.read_text())
     run = tmp_path / "r"
-    train(**SMOKE, train_data=str(data), folds=0, output_dir=str(run), _stop_after_step=2)
+    train_until(2, **SMOKE, train_data=str(data), folds=0, output_dir=str(run))
     rows = data.read_text().splitlines()
     edited = json.loads(rows[0])
     edited["causes"] = "Something else entirely."
@@ -191,7 +209,7 @@ def test_a_checkpoint_is_a_loadable_adapter_and_guarded_against_leakage(tmp_path
     from emotion_summary.sample_data import SAMPLE_EN
 
     run = tmp_path / "r"
-    train(**SMOKE, train_data=str(SAMPLE_EN), folds=0, output_dir=str(run), _stop_after_step=2)
+    train_until(2, **SMOKE, train_data=str(SAMPLE_EN), folds=0, output_dir=str(run))
     checkpoint = run / "checkpoints" / "step-2"
     assert find_leaks(read_records(SAMPLE_EN), checkpoint) == [9001, 9002, 9003, 9004, 9005, 9006]
     loaded = Qwen2EmotionSummaryModel.load(checkpoint)

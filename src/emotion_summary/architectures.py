@@ -65,44 +65,6 @@ def is_complete_model_dir(path: str | Path) -> bool:
     return (path / "model.safetensors").is_file()
 
 
-def publish_dir(tmp: str | Path, out: str | Path, complete) -> Path:
-    """Move the finished directory `tmp` onto `out` with os.replace, safe under concurrent builders:
-    if another process published a complete `out` first, `tmp` is removed and theirs is kept; an
-    incomplete `out` (a killed build of older code, a partial copy) is moved aside and deleted.
-    `complete(path) -> bool` says what a finished directory holds."""
-    import os
-    import shutil
-
-    tmp, out = Path(tmp), Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        for _ in range(5):
-            if complete(out):
-                return out
-            if out.exists():
-                stale = out.with_name(f"{out.name}.stale-{os.getpid()}")
-                try:
-                    os.replace(out, stale)  # atomic: no other process ever sees it half deleted
-                except FileNotFoundError:
-                    pass
-                else:
-                    if complete(stale):  # completed by another process just now: put it back
-                        try:
-                            os.replace(stale, out)
-                            return out
-                        except OSError:
-                            pass
-                    shutil.rmtree(stale, ignore_errors=True)
-            try:
-                os.replace(tmp, out)
-                return out
-            except OSError:  # a non-empty `out` appeared meanwhile: look at it again
-                continue
-        raise RuntimeError(f"could not publish {tmp} as {out}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # still there when another process won
-
-
 def build_random_qwen2(arch: str, out_dir: str | Path | None = None, seed: int = 0, dtype: str = "fp32",
                        **overrides) -> Path:
     """A randomly initialised Qwen2 of `qwen2_config(arch, **overrides)` with the real Qwen2 tokenizer,
@@ -111,13 +73,11 @@ def build_random_qwen2(arch: str, out_dir: str | Path | None = None, seed: int =
 
     Weights are created on the meta device and materialised on the CPU directly in `dtype` (fp32, bf16
     or fp16: the 7B shape is 15 GB in bf16, with no fp32 copy on the way), then filled with N(0, 0.02),
-    norms 1 and biases 0, seeded by `seed`. Built in `<out>.tmp-<pid>` and renamed onto `out`."""
-    import os
-    import shutil
-
+    norms 1 and biases 0, seeded by `seed`. Built beside `out` and renamed onto it (atomic_dir)."""
     import torch
     from transformers import Qwen2ForCausalLM
 
+    from emotion_summary.atomic_io import atomic_dir
     from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
 
     if dtype not in DTYPES:
@@ -145,15 +105,10 @@ def build_random_qwen2(arch: str, out_dir: str | Path | None = None, seed: int =
             else:
                 p.normal_(0.0, 0.02)
     model.config.dtype = torch_dtype
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed earlier build that had the same pid
-    try:
+    with atomic_dir(out, is_complete_model_dir) as tmp:
         model.save_pretrained(str(tmp))
         qwen2_tokenizer().save_pretrained(str(tmp))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return publish_dir(tmp, out, is_complete_model_dir)
+    return out
 
 
 def build_tiny_qwen2(out_dir: str | Path | None = None, seed: int = 0) -> Path:

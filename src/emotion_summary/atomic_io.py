@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 _UMASK_LOCK = threading.Lock()
 # Line ends for str.splitlines() and JavaScript, but ordinary characters inside a JSON string.
@@ -117,3 +119,55 @@ def repair_jsonl_tail(path: str | os.PathLike) -> None:
         return
     with open(path, "ab") as f:
         f.write(b"\n")
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike, complete: Callable[[Path], bool]) -> Iterator[Path]:
+    """Build a directory whole or not at all: the block writes into a fresh `<out>.tmp-<pid>` beside
+    `out`, which is published onto `out` when the block ends (publish_dir) and deleted when it raises.
+    `complete(path) -> bool` says what a finished directory holds."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed earlier build that had the same pid
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_dir(tmp, out, complete)
+
+
+def publish_dir(tmp: str | Path, out: str | Path, complete) -> Path:
+    """Move the finished directory `tmp` onto `out` with os.replace, safe under concurrent builders:
+    if another process published a complete `out` first, `tmp` is removed and theirs is kept; an
+    incomplete `out` (a killed build of older code, a partial copy) is moved aside and deleted.
+    `complete(path) -> bool` says what a finished directory holds."""
+    tmp, out = Path(tmp), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for _ in range(5):
+            if complete(out):
+                return out
+            if out.exists():
+                stale = out.with_name(f"{out.name}.stale-{os.getpid()}")
+                try:
+                    os.replace(out, stale)  # atomic: no other process ever sees it half deleted
+                except FileNotFoundError:
+                    pass
+                else:
+                    if complete(stale):  # completed by another process just now: put it back
+                        try:
+                            os.replace(stale, out)
+                            return out
+                        except OSError:
+                            pass
+                    shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.replace(tmp, out)
+                return out
+            except OSError:  # a non-empty `out` appeared meanwhile: look at it again
+                continue
+        raise RuntimeError(f"could not publish {tmp} as {out}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # still there when another process won

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from emotion_summary.cli_args import as_opt_str
 from emotion_summary.submission import check_submission
 
 
@@ -15,7 +14,7 @@ def check(file: str, inputs: str | None = None) -> None:
         file: the submission, e.g. submissions/Emotion_Summary_Result.jsonl.
         inputs: the ES inputs it answers (e.g. Emotion_Summary.jsonl): every id once, languages match.
     """
-    report = check_submission(str(file), as_opt_str(inputs))
+    report = check_submission(file, inputs)
     print(report.render())
     if not report.ok:
         sys.exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,17 +25,51 @@ def token_counter(tokenizer) -> Callable[[str], int]:
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
 
-def prompt_token_ids(tokenizer, spec: PromptSpec, record: Record,
-                     max_prompt_tokens: int | None = None) -> tuple[list[int], int]:
-    """(ids of system + user turns + the assistant header, tokens trimmed from the report)."""
+MIN_PROMPT_TOKENS = 256  # below this a report is mostly trim markers
+
+
+def prompt_budget(max_seq_len: int, reserved: int) -> int:
+    """Tokens left for the prompt (chat template included) when `reserved` tokens of `max_seq_len` go
+    to the answer: max_new_tokens at inference, the gold answer in training."""
+    budget = max_seq_len - reserved
+    if budget < MIN_PROMPT_TOKENS:
+        from emotion_summary.errors import UserError
+
+        raise UserError(f"max_seq_len={max_seq_len} leaves {budget} prompt tokens beside {reserved} answer "
+                        f"tokens (at least {MIN_PROMPT_TOKENS} needed); lower max_new_tokens")
+    return budget
+
+
+@dataclass
+class FittedPrompt:
+    messages: list[dict]  # system + user turns, the report trimmed in the middle when it did not fit
+    ids: list[int] | None  # the chat-templated ids with the assistant header (None without a tokenizer)
+    trimmed_tokens: int  # tokens cut from the report (0 when it fitted)
+
+
+def fit_prompt(tokenizer, spec: PromptSpec, record: Record, max_prompt_tokens: int | None = None) -> FittedPrompt:
+    """The prompt for `record` in at most `max_prompt_tokens` chat-templated tokens (see prompt_budget).
+
+    The report text gets the budget minus TEMPLATE_MARGIN; when the template costs more than that, the
+    report is trimmed again by the excess. With no budget the report is kept whole; with no tokenizer
+    (a hosted model whose tokenizer we do not have) the messages are built untrimmed and ids is None."""
+    if tokenizer is None:
+        return FittedPrompt(build_prompt(spec, record).messages, None, 0)
     budget = None if max_prompt_tokens is None else max_prompt_tokens - TEMPLATE_MARGIN
     while True:
         prompt = build_prompt(spec, record, budget, token_counter(tokenizer))
         ids = list(tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True,
                                                  tokenize=True, return_dict=False))
         if max_prompt_tokens is None or len(ids) <= max_prompt_tokens:
-            return ids, prompt.trimmed_tokens
+            return FittedPrompt(prompt.messages, ids, prompt.trimmed_tokens)
         budget -= len(ids) - max_prompt_tokens  # the template cost more than the margin; rare
+
+
+def prompt_token_ids(tokenizer, spec: PromptSpec, record: Record,
+                     max_prompt_tokens: int | None = None) -> tuple[list[int], int]:
+    """(ids, tokens trimmed) of fit_prompt, for the model's generate loop."""
+    fitted = fit_prompt(tokenizer, spec, record, max_prompt_tokens)
+    return fitted.ids, fitted.trimmed_tokens
 
 
 def answer_token_ids(tokenizer, fields: dict[str, str]) -> list[int]:
@@ -49,9 +84,9 @@ def encode_example(tokenizer, spec: PromptSpec, record: Record, max_seq_len: int
 
         raise UserError(f"record {record.id} ({record.source}): the gold answer alone is {len(answer)} "
                         f"tokens; max_seq_len={max_seq_len} is too small for it")
-    prompt, trimmed = prompt_token_ids(tokenizer, spec, record, max_seq_len - len(answer))
-    input_ids, labels = build_labels(prompt, answer)
-    return {"id": record.id, "input_ids": input_ids, "labels": labels, "trimmed_tokens": trimmed}
+    prompt = fit_prompt(tokenizer, spec, record, prompt_budget(max_seq_len, len(answer)))
+    input_ids, labels = build_labels(prompt.ids, answer)
+    return {"id": record.id, "input_ids": input_ids, "labels": labels, "trimmed_tokens": prompt.trimmed_tokens}
 
 
 def encoding_key(tokenizer, spec: PromptSpec, records: list[Record], max_seq_len: int) -> str:

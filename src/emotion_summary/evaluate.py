@@ -7,7 +7,6 @@ atomically. Imports no training code; torch only when BERTScore runs.
 
 from __future__ import annotations
 
-import io
 import re
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Sequence
 
 from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from emotion_summary.errors import UserError
-from emotion_summary.cli_args import as_bool, as_opt_str
 from emotion_summary.client import ChatClient, EndpointError
+from emotion_summary.paths import refuse_overwrite
 from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
                                      rouge_report)
 from emotion_summary.records import GOLD_FIELDS, Record, read_records
@@ -135,11 +134,9 @@ def render_markdown(results: dict) -> str:
 
 
 def render_chart(results: dict) -> bytes:
-    import matplotlib
+    from emotion_summary.plots import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     metrics = _metrics(results)
     systems = results["systems"]
     keys = [*GOLD_FIELDS, "mean"]
@@ -156,14 +153,14 @@ def render_chart(results: dict) -> bytes:
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=len(systems),
                fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110)
 
 
 def output_name(labels: Sequence[str]) -> str:
     return re.sub(r"[^\w.-]+", "_", "_vs_".join(labels)).strip("_") or "evaluation"
+
+
+OUTPUT_SUFFIXES = (".json", ".md", ".png", ".html")
 
 
 def write_outputs(results: dict, out_dir: str | Path, name: str, gold: Sequence[Record] = ()) -> list[Path]:
@@ -182,13 +179,13 @@ def write_outputs(results: dict, out_dir: str | Path, name: str, gold: Sequence[
 
 
 def _judge_systems(systems, gold, client: ChatClient, cache, concurrency, reference):
-    from emotion_summary.judge import judge_predictions, summarize
+    from emotion_summary.judge import judge_predictions, judge_totals
 
     model = client.model
     for s in systems:
         items = judge_predictions(gold, s["_preds"], client, cache, use_reference=reference,
                                   concurrency=concurrency, desc=f"judge {s['label']}")
-        s["judge"] = {**summarize(items, model), "per_id": per_id_judge(items)}
+        s["judge"] = {**judge_totals(items, model), "per_id": per_id_judge(items)}
 
 
 def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "eval/results",
@@ -217,8 +214,10 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
         max_retries: judge retries on connection errors, timeouts, 429 and 5xx.
     """
     paths = [str(pred)] + ([str(compare)] if compare is not None else [])
-    use_bertscore, use_judge = as_bool(bertscore, "bertscore"), as_bool(judge, "judge")
-    endpoint, model = as_opt_str(endpoint), as_opt_str(model)
+    name = str(name) if name else output_name(labels_for(paths))
+    outputs = {f"--out_dir/{name}{ext}": Path(out_dir) / f"{name}{ext}" for ext in OUTPUT_SUFFIXES}
+    refuse_overwrite({**outputs, "--judge_cache": judge_cache}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
+    use_bertscore, use_judge = bertscore, judge
     if use_judge and not (endpoint and model):
         raise UserError("--judge needs --endpoint URL and --model NAME")
     client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries) if use_judge else None
@@ -234,7 +233,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
         s["rouge"] = rouge_report(s["_preds"], golds)
     if use_bertscore:
         try:
-            bertscore_systems(systems, gold_records, as_opt_str(bertscore_model), bertscore_num_layers)
+            bertscore_systems(systems, gold_records, bertscore_model, bertscore_num_layers)
         except BertScoreUnavailable as e:
             results["notes"].append(f"BERTScore skipped: {e}")
             print(f"WARNING: BERTScore skipped: {e}", file=sys.stderr)
@@ -242,13 +241,12 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     if use_judge:
         cache = judge_cache or str(Path(out_dir) / "judge_cache.jsonl")
         try:
-            _judge_systems(systems, gold_records, client, cache, int(concurrency),
-                           as_bool(judge_reference, "judge_reference"))
+            _judge_systems(systems, gold_records, client, cache, concurrency, judge_reference)
         except EndpointError as e:
             judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
                                         "run the same command again to resume")
             results["notes"].append(str(judge_error))
-    written = write_outputs(results, out_dir, str(name) if name else output_name(labels), gold_records)
+    written = write_outputs(results, out_dir, name, gold_records)
     print(render_markdown(results))
     print("wrote " + ", ".join(map(str, written)))
     if judge_error:

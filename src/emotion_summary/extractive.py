@@ -11,10 +11,9 @@ import re
 from dataclasses import dataclass
 
 from emotion_summary.prompt import answer_text
-from emotion_summary.records import GOLD_FIELDS, Record
+from emotion_summary.records import GOLD_FIELDS, INPUT_FIELDS, Record
 from emotion_summary.text import record_language, split_sentences
 
-SECTIONS = ("case_description", "consultation_process", "experience_and_reflection")
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class Sentence:
 
 
 def report_sentences(record: Record) -> list[Sentence]:
-    texts = [(sec, s) for sec in SECTIONS for p in _paragraphs(record, sec) for s in split_sentences(p)]
+    texts = [(sec, s) for sec in INPUT_FIELDS for p in _paragraphs(record, sec) for s in split_sentences(p)]
     n = max(len(texts) - 1, 1)
     return [Sentence(s, sec, i / n) for i, (sec, s) in enumerate(texts)]
 

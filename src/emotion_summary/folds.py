@@ -65,12 +65,15 @@ def write_fold(input: str, out_dir: str = "data/folds", folds: int = 5, fold: in
         folds: number of folds.
         fold: the fold to hold out (0-based).
     """
+    from emotion_summary.paths import refuse_overwrite
     from emotion_summary.records import read_records, write_records
 
-    train, heldout = split_folds(read_records(input), int(folds), int(fold))
     stem = f"{Path(input).stem}.fold{fold}of{folds}"
-    out = Path(out_dir)
-    paths = (write_records(out / f"{stem}-train.jsonl", train), write_records(out / f"{stem}-heldout.jsonl", heldout))
+    targets = {part: Path(out_dir) / f"{stem}-{part}.jsonl" for part in ("train", "heldout")}
+    refuse_overwrite({f"--out_dir ({part})": path for part, path in targets.items()}, {"--input": input},
+                     dirs={"--out_dir": out_dir})
+    train, heldout = split_folds(read_records(input), folds, fold)
+    paths = (write_records(targets["train"], train), write_records(targets["heldout"], heldout))
     print(f"{len(train)} training and {len(heldout)} held-out records: {paths[0]}, {paths[1]}")
     return str(paths[0]), str(paths[1])
 

@@ -211,7 +211,7 @@ def _split_cached(records, preds, model: str, cache: dict[str, dict], use_refere
     return items, todo
 
 
-def summarize(items: Sequence[JudgeItem], model: str) -> dict:
+def judge_totals(items: Sequence[JudgeItem], model: str) -> dict:
     """Means per field and criterion, the overall mean (the leaderboard's ES figure) and x20."""
     ok = [it for it in items if it.scores]
     per_field = {}

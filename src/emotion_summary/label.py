@@ -21,11 +21,10 @@ from emotion_summary.atomic_io import (append_jsonl, atomic_write_jsonl, jsonl_l
                                        repair_jsonl_tail)
 from emotion_summary.errors import UserError
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool
-from emotion_summary.prompt import NOT_DESCRIBED, PromptSpec, build_prompt, parse_answer
+from emotion_summary.prompt import NOT_DESCRIBED, Language, PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, is_blank, read_records, record_from_dict
 from emotion_summary.text import detect_language
 
-LANGUAGES = ("en", "zh", "auto")
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 RETRY_MESSAGE = ("Your reply could not be used: {reason}. Answer again with only one JSON object with "
                  "exactly these keys: {keys}; every value a non-empty paragraph{language}, or exactly "
@@ -165,7 +164,8 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
     output = Path(output)
     if output.exists() and output.resolve() == Path(input).resolve():
         raise UserError(f"{output}: --output must differ from --input")
-    done = done_ids(output, records)
+    done = done_ids(output, records)  # both refuse before anything is trimmed or appended
+    _check_same_teacher(output, client.model, language)
     repair_jsonl_tail(output)
     repair_jsonl_tail(rejects_path(output))
     copied = [r for r in records if r.has_gold and r.id not in done]
@@ -176,7 +176,8 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
     spec = PromptSpec(language=language)
     run = _Run(output, rejects_path(output), {
         "model": client.model, "endpoint": public_url(client.endpoint),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "prompt_version": spec.version})
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "prompt_version": spec.version,
+        "language": language})
     try:
         _label_all(todo, lambda r: label_one(client, spec, r, max_retries, max_tokens), run, concurrency)
     except EndpointError as e:
@@ -187,6 +188,20 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
     return {"labelled": run.labelled, "skipped_done": len(done & {r.id for r in records}),
             "copied_with_gold": len(copied), "rejected": run.rejected, "rejects_file_entries": remaining,
             "left_for_later": len([r for r in records if not r.has_gold and r.id not in done]) - len(todo)}
+
+
+def _check_same_teacher(output: Path, model: str, language: str) -> None:
+    """A resume must not mix teachers or summary languages in one training file."""
+    for row in read_jsonl_tolerant(output):
+        source = row.get("label_source") if isinstance(row, dict) else None
+        if not isinstance(source, dict):
+            continue
+        before = {"--model": source.get("model", model), "--language": source.get("language", language)}
+        changed = [f"{k} {v} (now {model if k == '--model' else language})"
+                   for k, v in before.items() if v != (model if k == "--model" else language)]
+        if changed:
+            raise UserError(f"{output}: labelled before with {', '.join(changed)}; resume with the same "
+                            "options, or write to another --output")
 
 
 def _ids_in(output: Path) -> set[int]:
@@ -206,7 +221,7 @@ def label_source_counts(records: Iterable[Record]) -> dict[str, int]:
     return dict(sorted(Counter(key(r) for r in records).items()))
 
 
-def label_with_teacher(input: str, output: str, endpoint: str, model: str, language: str = "auto",
+def label_with_teacher(input: str, output: str, endpoint: str, model: str, language: Language = "auto",
                        concurrency: int = 4, requests_per_minute: float = 0.0,
                        api_key_env: str = "OPENAI_API_KEY", max_retries: int = 2, max_tokens: int = 1024,
                        limit: int = 0, timeout_s: float = 120.0) -> None:
@@ -226,8 +241,6 @@ def label_with_teacher(input: str, output: str, endpoint: str, model: str, langu
         limit: label at most this many records in this run; 0 for all.
         timeout_s: seconds to wait for one reply.
     """
-    if language not in LANGUAGES:
-        raise UserError(f"--language must be one of {', '.join(LANGUAGES)}, got {language!r}")
     if concurrency < 1 or max_retries < 0 or requests_per_minute < 0:
         raise UserError("--concurrency must be >= 1, --max_retries and --requests_per_minute >= 0")
     client = ChatClient(endpoint, model, api_key_env=api_key_env, timeout_s=timeout_s,

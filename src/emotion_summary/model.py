@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import warnings
@@ -19,7 +18,7 @@ import torch
 
 from emotion_summary.errors import ModelError
 from emotion_summary.config import TrainConfig
-from emotion_summary.encode import prompt_token_ids
+from emotion_summary.encode import prompt_budget, prompt_token_ids
 from emotion_summary.loss import answer_only_loss
 from emotion_summary.prompt import PromptSpec, parse_answer
 from emotion_summary.records import Record
@@ -199,28 +198,25 @@ class Qwen2EmotionSummaryModel:
 
     @classmethod
     def load(cls, model_path: str | Path, quantization: str | None = None) -> "Qwen2EmotionSummaryModel":
-        """An adapter directory (base model and quantisation read from its train_config.json) or a
-        merged model directory (16-bit unless `quantization='nf4'`); both carry prompt.json."""
-        path = Path(model_path)
-        if not path.is_dir():
-            raise ModelError(f"{path}: no such model directory")
-        prompt = PromptSpec.load(path)
-        if (path / "adapter_config.json").is_file():
+        """An adapter directory (base model and quantisation read from its train_config.json), a merged
+        model directory (16-bit unless `quantization='nf4'`; both carry prompt.json), or a plain model
+        directory such as Qwen2-7B-Instruct (16-bit unless told, the project's default prompt)."""
+        from emotion_summary.model_identity import describe_model
+
+        info = describe_model(model_path)
+        cfg = info.config
+        if info.kind == "adapter":
             from peft import PeftModel
 
-            cfg = TrainConfig.load(path)
-            _check_adapter_base(path, cfg.model_name_or_path)
-            base, tokenizer = load_base_model(cfg.model_name_or_path, quantization or cfg.quantization,
+            _check_adapter_base(info.path, cfg.model_name_or_path)
+            base, tokenizer = load_base_model(cfg.model_name_or_path, info.quantization(quantization),
                                               cfg.compute_dtype, cfg.attn_implementation, cfg.lm_head_4bit)
-            model = PeftModel.from_pretrained(base, str(path))
-        elif (path / "config.json").is_file():
-            cfg = TrainConfig.load(path)
-            model, tokenizer = load_base_model(str(path), quantization or "none", cfg.compute_dtype,
-                                               cfg.attn_implementation)
+            model = PeftModel.from_pretrained(base, str(info.path))
         else:
-            raise ModelError(f"{path}: neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
+            model, tokenizer = load_base_model(str(info.path), info.quantization(quantization), cfg.compute_dtype,
+                                               cfg.attn_implementation)
         model.eval()
-        return cls(model, tokenizer, prompt, cfg)
+        return cls(model, tokenizer, info.spec, cfg)
 
     def load_adapter(self, adapter_dir: str | Path) -> None:
         """Load trained LoRA weights into this model (same base model required)."""
@@ -255,7 +251,7 @@ class Qwen2EmotionSummaryModel:
 
     # ---- inference ----------------------------------------------------------------------------
     def max_prompt_tokens(self, max_new_tokens: int) -> int:
-        return self.config.max_seq_len - max_new_tokens
+        return prompt_budget(self.config.max_seq_len, max_new_tokens)
 
     @torch.no_grad()
     def generate(self, records: list[Record], max_new_tokens: int = 512, batch_size: int = 4) -> list[str]:
@@ -290,35 +286,6 @@ class Qwen2EmotionSummaryModel:
     def summarise(self, record: Record, max_new_tokens: int = 512) -> dict[str, str]:
         return parse_answer(self.generate([record], max_new_tokens, 1)[0]).fields
 
-    # ---- export -------------------------------------------------------------------------------
-    def merge_and_save(self, out_dir: str | Path, adapter_dir: str | Path) -> Path:
-        """Merge the adapter into the 16-bit base (never the 4-bit one: merging into NF4 weights
-        rounds the LoRA update away) and save a standalone model for vLLM or plain transformers.
-        Written beside `out_dir` and renamed onto it, so a killed save leaves no half model."""
-        from peft import PeftModel
-
-        out = Path(out_dir)
-        if out.exists() and any(out.iterdir()):
-            raise ModelError(f"{out}: exists and is not empty; choose a new --out_dir")
-        cfg = self.config
-        _check_adapter_base(Path(adapter_dir), cfg.model_name_or_path)
-        base, tokenizer = load_base_model(cfg.model_name_or_path, "none", cfg.compute_dtype,
-                                          cfg.attn_implementation)
-        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        merged.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        self.prompt.save(tmp)
-        cfg.save(tmp)
-        fingerprints = Path(adapter_dir) / "data_fingerprints.json"
-        if fingerprints.is_file():  # the leakage guard must keep working on the merged model
-            shutil.copy(fingerprints, tmp / fingerprints.name)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(tmp, out)
-        return out
-
 
 def _base_name(name_or_path: str) -> str:
     """Last path component of a base model's name: hub id, local copy and cache dir compare equal."""
@@ -342,12 +309,81 @@ def _check_adapter_base(adapter_dir: Path, base_name: str) -> None:
 def merge_adapter(adapter_dir: str, out_dir: str) -> str:
     """Merge a trained LoRA adapter into its 16-bit base model and save it standalone.
 
+    Never into the 4-bit base: merging into NF4 weights rounds the LoRA update away. The merged
+    directory carries prompt.json, train_config.json and the run's data_fingerprints.json (the leakage
+    guard keeps working on it; for a checkpoint they are in the run directory two levels up), and a
+    config.json that servers built on transformers 4.x read the same as 5.x. Built beside `out_dir` and
+    renamed onto it, so a killed merge leaves no half model.
+
     Args:
-        adapter_dir: directory written by the trainer (adapter_config.json, train_config.json, prompt.json).
+        adapter_dir: directory written by the trainer: a run or one of its checkpoints/step-N.
         out_dir: where the merged model goes (serve it with vLLM or load it with --model_path).
     """
-    cfg = TrainConfig.load(adapter_dir)
-    wrapper = Qwen2EmotionSummaryModel(None, None, PromptSpec.load(adapter_dir), cfg)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return str(wrapper.merge_and_save(out_dir, adapter_dir))
+    from emotion_summary.paths import refuse_overwrite
+
+    adapter, out = Path(adapter_dir), Path(out_dir)
+    if out.resolve() == adapter.resolve():
+        raise ModelError(f"--out_dir {out}: is the input --adapter_dir {adapter}; write the merged model elsewhere")
+    refuse_overwrite({}, {}, dirs={"--out_dir": out})
+    if out.exists() and any(out.iterdir()):
+        raise ModelError(f"{out}: exists and is not empty; choose a new --out_dir")
+    cfg, prompt = TrainConfig.load(adapter), PromptSpec.load(adapter)
+    _check_adapter_base(adapter, cfg.model_name_or_path)
+    from emotion_summary.architectures import is_complete_model_dir
+    from emotion_summary.atomic_io import atomic_dir
+
+    with atomic_dir(out, is_complete_model_dir) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            merged, tokenizer = merged_model(adapter, cfg)
+            merged.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        write_portable_config(tmp)
+        prompt.save(tmp)
+        cfg.save(tmp)
+        copy_fingerprints(adapter, tmp)
+    return str(out)
+
+
+def merged_model(adapter: Path, cfg: TrainConfig):
+    """(the 16-bit base with the adapter merged in, the tokenizer)."""
+    from peft import PeftModel
+
+    base, tokenizer = load_base_model(cfg.model_name_or_path, "none", cfg.compute_dtype, cfg.attn_implementation)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload(), tokenizer
+
+
+def copy_fingerprints(adapter: Path, out: Path) -> Path | None:
+    """The training data's fingerprints (the adapter's own, else its run directory's) into `out`."""
+    from emotion_summary.folds import FINGERPRINTS_FILE, fingerprints_path
+
+    found = fingerprints_path(adapter)
+    if found is None:
+        print(f"warning: {adapter} has no {FINGERPRINTS_FILE} (nor its run directory); the merged model "
+              "cannot be guarded against evaluation on its training reports", file=sys.stderr)
+        return None
+    return Path(shutil.copy(found, out / FINGERPRINTS_FILE))
+
+
+def write_portable_config(model_dir: Path) -> dict:
+    """Make config.json read the same by transformers 5.x and by readers of the 4.x layout.
+
+    transformers 5.x writes `rope_theta` (and any scaling) only inside `rope_parameters` and the dtype
+    as `dtype`; a server built on transformers 4.x reads top-level `rope_theta`, `rope_scaling` and
+    `torch_dtype`, and without them silently falls back to base 10,000 instead of Qwen2's 1,000,000.
+    Both spellings are written; 5.x reads `rope_parameters` first."""
+    from emotion_summary.atomic_io import atomic_write_json
+
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        config.setdefault("rope_theta", rope["rope_theta"])
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default" and not config.get("rope_scaling"):
+        config["rope_scaling"] = {**{k: v for k, v in rope.items() if k != "rope_theta"},
+                                  "type": rope_type, "rope_type": rope_type}
+    if "dtype" in config:
+        config.setdefault("torch_dtype", config["dtype"])
+    atomic_write_json(path, config)
+    return config

@@ -9,27 +9,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emotion_summary.errors import UserError
 from emotion_summary.config import TrainConfig
+from emotion_summary.errors import RunDirError, UserError
 from emotion_summary.records import write_records
+from emotion_summary.run_dir import RunDir
 from emotion_summary.submission import SUBMISSION_FILE
 
 
 def _train_or_reuse(preset: str, output_dir: str | None, train_options: dict) -> Path:
     """Train; or resume the unfinished run; or reuse the finished one when it has the same config."""
-    from emotion_summary.train import COMPLETE_MARKER, build_config, train
+    from emotion_summary.train import resolve, train
 
-    cfg = build_config(preset, output_dir=output_dir, **train_options)
-    run_dir = Path(cfg.output_dir)
-    if (run_dir / COMPLETE_MARKER).is_file():
-        diffs = TrainConfig.load(run_dir).differences(cfg, free={"resume", "output_dir"})
+    cfg, _ = resolve(preset, output_dir=output_dir, **train_options)
+    run = RunDir(cfg.output_dir)
+    if run.is_complete:
+        free = {"output_dir"} | ({"language"} if cfg.language == "auto" else set())  # auto: resolved from the labels
+        diffs = run.config().differences(cfg, free=free)
         if diffs:
-            raise UserError(f"{run_dir} holds a finished run with another config ({'; '.join(diffs)}); "
-                            "choose another --output_dir")
-        print(f"reusing the finished run in {run_dir} (same config; choose another --output_dir to train again)")
-        return run_dir
-    resume = (run_dir / "train_config.json").is_file()
-    return Path(train(preset=preset, output_dir=str(run_dir), resume=resume, **train_options))
+            raise RunDirError(f"{run} holds a finished run with another config ({'; '.join(diffs)}); "
+                              "choose another --output_dir")
+        print(f"reusing the finished run in {run} (same config; choose another --output_dir to train again)")
+        return run.path
+    if run.is_started:
+        print(f"resuming the unfinished run in {run}")
+    return Path(train(preset=preset, output_dir=str(run.path), resume=run.is_started, **train_options))
 
 
 def _heldout_inputs(run_dir: Path, out_dir: Path) -> Path:
@@ -51,9 +54,11 @@ def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str |
 
     Args:
         preset: 8gb, 12gb, 24gb, cpu-smoke or auto (by GPU memory; cpu-smoke without a GPU).
-        predict_input: ES inputs to predict (e.g. data/longemotion/Emotion_Summary.jsonl); default: the held-out fold.
+        predict_input: ES inputs to predict (e.g. data/longemotion/Emotion_Summary.jsonl); default: the
+            held-out fold.
         gold: labelled file to score against; default: predict_input when it carries gold fields.
-        output_dir: training run directory (default model/qwen2-es-PRESET); reused when finished.
+        output_dir: training run directory (default model/qwen2-es-PRESET); reused when finished,
+            resumed when unfinished.
         submission_dir: where Emotion_Summary_Result.jsonl goes (default submissions/PRESET).
         bertscore: also compute BERTScore (needs its model locally; ROUGE is always reported).
         allow_leakage: predict reports that were in the training data (scores then mean little).
@@ -68,7 +73,7 @@ def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str |
     inputs = Path(predict_input) if predict_input else _heldout_inputs(run_dir, out_dir)
     submission = out_dir / SUBMISSION_FILE
     infer(input=str(inputs), output=str(submission), model_path=str(run_dir), backend="hf",
-          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, allow_leakage=allow_leakage)
+          allow_leakage=allow_leakage)  # max_new_tokens and batch size: the checkpoint's
     gold_file = gold or (str(inputs) if _has_gold(inputs) else None)
     if gold_file is None:
         print(f"no gold fields for {inputs}: submission written to {submission}, not scored")
@@ -81,3 +86,19 @@ def _has_gold(path: Path) -> bool:
     from emotion_summary.records import read_records
 
     return all(r.has_gold for r in read_records(path))
+
+
+def command_options():
+    """pipeline's own options, then every training option but the two it names itself."""
+    from emotion_summary.cli import dataclass_options, function_options
+
+    return function_options(pipeline) + dataclass_options(TrainConfig, exclude=("preset", "output_dir"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train (or reuse/resume the run), write a submission, check it and score it (the main job)."""
+    from emotion_summary.cli import call, parse_or_exit
+    from emotion_summary.train import PRESET_NOTE
+
+    values = parse_or_exit(command_options(), argv, main.__doc__, config_file=True, defaults_note=PRESET_NOTE)
+    call(lambda: pipeline(**values))

@@ -15,87 +15,58 @@ Memory arithmetic for Qwen2-7B (7.6B params, 28 layers, hidden 3584, MLP 18944, 
 
 from __future__ import annotations
 
-BASE_MODEL = "Qwen/Qwen2-7B-Instruct"
+from emotion_summary.errors import ConfigError
 
-_COMMON = {
-    "model_name_or_path": BASE_MODEL,
-    "quantization": "nf4",  # "nf4" (4-bit QLoRA), or "none" (16-bit LoRA)
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.05,
-    "lora_target": "all-linear",
-    "gradient_checkpointing": True,
-    "learning_rate": 2e-4,
-    "warmup_ratio": 0.05,
-    "weight_decay": 0.0,
-    "epochs": 3,
-    "max_new_tokens": 512,
-    "optimizer": "paged_adamw_8bit",
-    "attn_implementation": "auto",  # flash_attention_2 when installed, else sdpa
-    "liger_kernels": "auto",
-    "eval_every": 50,
-    "save_every": 50,
-    "seed": 42,
-}
-
+# Each preset is plain data: `description` and `min_vram_gb` describe the card (they are not saved in
+# a run's config); `config` overrides TrainConfig's defaults (emotion_summary.config), which are the
+# 24gb card's values.
 PRESETS: dict[str, dict] = {
     "8gb": {
-        **_COMMON,
         "description": "8 GB cards (RTX 3070/4060): every official report untruncated",
         "min_vram_gb": 7.5,
-        "max_seq_len": 8192,
-        "batch_size": 1,
-        "grad_accum": 16,
-        "offload_activations": True,
-        "mlp_tile_tokens": 2048,
-        "embedding_on_cpu": True,
-        "lm_head_4bit": True,
+        "config": {
+            "max_seq_len": 8192,
+            "batch_size": 1,
+            "grad_accum": 16,
+            "mlp_tile_tokens": 2048,
+            "embedding_on_cpu": True,
+            "lm_head_4bit": True,
+        },
     },
     "12gb": {
-        **_COMMON,
         "description": "12-16 GB cards (RTX 3060/4070, T4): Qwen2's native 32K window",
         "min_vram_gb": 11.5,
-        "max_seq_len": 32768,
-        "batch_size": 1,
-        "grad_accum": 16,
-        "offload_activations": True,
-        "mlp_tile_tokens": 4096,
-        "embedding_on_cpu": False,
-        "lm_head_4bit": False,
+        "config": {
+            "batch_size": 1,
+            "grad_accum": 16,
+            "mlp_tile_tokens": 4096,
+        },
     },
     "24gb": {
-        **_COMMON,
         "description": "24 GB and larger cards (RTX 3090/4090, A10, L4, A100, H100)",
         "min_vram_gb": 22.0,
-        "max_seq_len": 32768,
-        "batch_size": 2,
-        "grad_accum": 8,
-        "offload_activations": True,
-        "mlp_tile_tokens": 8192,
-        "embedding_on_cpu": False,
-        "lm_head_4bit": False,
+        "config": {},
     },
     "cpu-smoke": {
-        **_COMMON,
         "description": "any machine, no GPU: a tiny random Qwen2-architecture model, a few steps",
-        "model_name_or_path": "tiny",  # built locally from a config, no download
-        "quantization": "nf4",  # bitsandbytes' CPU backend: the same QLoRA path as on a GPU
         "min_vram_gb": 0.0,
-        "max_seq_len": 1024,
-        "max_new_tokens": 96,
-        "batch_size": 2,
-        "grad_accum": 1,
-        "epochs": 1,
-        "max_steps": 6,
-        "learning_rate": 5e-3,
-        "optimizer": "adamw",
-        "folds": 3,  # hold out a third of the samples: the validation loss path runs too
-        "offload_activations": False,
-        "mlp_tile_tokens": 0,
-        "embedding_on_cpu": False,
-        "lm_head_4bit": False,
-        "eval_every": 3,
-        "save_every": 3,
+        "config": {
+            "model_name_or_path": "tiny",  # built locally from a config, no download
+            "quantization": "nf4",  # bitsandbytes' CPU backend: the same QLoRA path as on a GPU
+            "max_seq_len": 1024,
+            "max_new_tokens": 96,
+            "batch_size": 2,
+            "grad_accum": 1,
+            "epochs": 1,
+            "max_steps": 6,
+            "learning_rate": 5e-3,
+            "optimizer": "adamw",
+            "folds": 3,  # hold out a third of the samples: the validation loss path runs too
+            "offload_activations": False,
+            "mlp_tile_tokens": 0,
+            "eval_every": 3,
+            "save_every": 3,
+        },
     },
 }
 PRESET_NAMES = (*PRESETS, "auto")
@@ -107,12 +78,13 @@ def pick_preset(vram_gb: float | None) -> str:
         return "cpu-smoke"
     fitting = [n for n in ("24gb", "12gb", "8gb") if vram_gb >= PRESETS[n]["min_vram_gb"]]
     if not fitting:
-        raise ValueError(f"the GPU has {vram_gb:.1f} GB; the smallest preset (8gb) needs "
-                         f"{PRESETS['8gb']['min_vram_gb']} GB")
+        raise ConfigError(f"the GPU has {vram_gb:.1f} GB; the smallest preset (8gb) needs "
+                          f"{PRESETS['8gb']['min_vram_gb']} GB")
     return fitting[0]
 
 
-def preset(name: str) -> dict:
+def preset_overrides(name: str) -> dict:
+    """The options preset `name` sets (a copy); everything else keeps TrainConfig's default."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
-    return dict(PRESETS[name])
+        raise ConfigError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    return dict(PRESETS[name]["config"])

@@ -9,8 +9,9 @@ statistics and for the tiny cpu-smoke model; real runs load the hub tokenizer wi
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
+
+from emotion_summary.atomic_io import atomic_dir
 
 QWEN2_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
@@ -72,15 +73,6 @@ def qwen2_tokenizer(cache_dir: str | Path | None = None):
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-    tok.save_pretrained(str(tmp))
-    try:
-        if not (cache / "tokenizer.json").is_file():
-            shutil.rmtree(cache, ignore_errors=True)  # a half-written cache from a killed run
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, cache)
-    except OSError:  # another process published an equal copy first
-        pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(cache, lambda d: (d / "tokenizer.json").is_file()) as tmp:
+        tok.save_pretrained(str(tmp))
     return PreTrainedTokenizerFast.from_pretrained(str(cache))

@@ -112,6 +112,13 @@ def _str_list(value: Any, name: str, path, where: str, allow_str: bool) -> tuple
     return tuple(value)
 
 
+def integer_id_problem(value: Any) -> str | None:
+    """Why `value` is not a record id (an integer; JSON true/false are not), or None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"expected an integer, got {json.dumps(value, ensure_ascii=False)}"
+    return None
+
+
 def record_from_dict(d: Any, path: str | os.PathLike = "<dict>", where: str = "") -> Record:
     if not isinstance(d, dict):
         raise RecordError(path, where, None, f"expected a JSON object, got {type(d).__name__}")
@@ -119,8 +126,8 @@ def record_from_dict(d: Any, path: str | os.PathLike = "<dict>", where: str = ""
         if name not in d:
             raise RecordError(path, where, name, "is missing")
     rid = d["id"]
-    if isinstance(rid, bool) or not isinstance(rid, int):
-        raise RecordError(path, where, "id", f"expected an integer, got {json.dumps(rid, ensure_ascii=False)}")
+    if integer_id_problem(rid):
+        raise RecordError(path, where, "id", integer_id_problem(rid))
     reflection = d["experience_and_reflection"]
     if not isinstance(reflection, str):
         raise RecordError(path, where, "experience_and_reflection",

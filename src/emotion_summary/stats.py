@@ -10,7 +10,6 @@ Counted exactly as the model sees it:
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from collections import Counter
@@ -20,14 +19,15 @@ from typing import Sequence
 from tqdm import tqdm
 
 from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from emotion_summary.errors import UserError
+from emotion_summary.config import resolve_config
 from emotion_summary.presets import PRESETS
 from emotion_summary.encode import answer_token_ids, prompt_token_ids
-from emotion_summary.prompt import PromptSpec
+from emotion_summary.paths import refuse_overwrite
+from emotion_summary.prompt import Language, PromptSpec
 from emotion_summary.records import Record, read_records
 
 WINDOWS = (4096, 8192, 16384, 32768)
-DEFAULT_NEW_TOKENS = PRESETS["24gb"]["max_new_tokens"]  # the budget used for the 4K..32K table
+DEFAULT_NEW_TOKENS = resolve_config("24gb").max_new_tokens  # the budget used for the 4K..32K table
 COUNTED = (
     "prompt = build_prompt(PromptSpec(language=...), record) through Qwen2's chat template with the "
     "assistant header (add_generation_prompt=True), untrimmed",
@@ -85,8 +85,9 @@ def fit_counts(rows: list[dict]) -> tuple[dict, list[dict]]:
     windows = {str(n): sum(r["prompt_tokens"] + DEFAULT_NEW_TOKENS <= n for r in rows) for n in WINDOWS}
     gold = [r for r in rows if r["answer_tokens"] is not None]
     presets = []
-    for name, p in PRESETS.items():
-        limit, new = p["max_seq_len"], p["max_new_tokens"]
+    for name in PRESETS:
+        cfg = resolve_config(name)
+        limit, new = cfg.max_seq_len, cfg.max_new_tokens
         presets.append({"preset": name, "max_seq_len": limit, "max_new_tokens": new,
                         "fit_inference": sum(r["prompt_tokens"] + new <= limit for r in rows),
                         "fit_training": sum(r["prompt_tokens"] + r["answer_tokens"] <= limit for r in gold)
@@ -94,7 +95,7 @@ def fit_counts(rows: list[dict]) -> tuple[dict, list[dict]]:
     return windows, presets
 
 
-def summarise(rows: list[dict], spec: PromptSpec) -> dict:
+def length_table(rows: list[dict], spec: PromptSpec) -> dict:
     sources = Counter(r["source"] for r in rows)
     groups = {"all": _group(rows)}
     if len(sources) > 1:
@@ -140,13 +141,12 @@ def markdown(s: dict) -> str:
 
 
 def histogram_png(rows: list[dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
     import numpy as np
 
+    from emotion_summary.plots import png_bytes, pyplot
+
+    plt = pyplot()
     values = [r["prompt_tokens"] for r in rows]
     bins = np.geomspace(max(min(values), 16) * 0.9, max(max(values), WINDOWS[-1]) * 1.1, 60)
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -160,19 +160,20 @@ def histogram_png(rows: list[dict]) -> bytes:
     ax.set_xticks(ticks, [f"{t / 1024:g}K" for t in ticks])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=120, bbox_inches="tight")
+
+
+OUTPUT_FILES = ("stats.json", "stats.md", "prompt_tokens_hist.png")
 
 
 def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
-    return [atomic_write_json(out / "stats.json", summary), atomic_write_text(out / "stats.md", markdown(summary)),
-            atomic_write_bytes(out / "prompt_tokens_hist.png", histogram_png(summary["records"]))]
+    json_name, md_name, png_name = OUTPUT_FILES
+    return [atomic_write_json(out / json_name, summary), atomic_write_text(out / md_name, markdown(summary)),
+            atomic_write_bytes(out / png_name, histogram_png(summary["records"]))]
 
 
-def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language: str = "auto",
+def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language: Language = "auto",
           tokenizer_cache: str | None = None) -> None:
     """Token lengths of ES files (Qwen2 tokenizer): mean/median/p90/max and what fits each preset.
 
@@ -183,14 +184,14 @@ def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language:
         language: prompt language rule used for the measured prompts: en, zh or auto.
         tokenizer_cache: folder for the offline-built Qwen2 tokenizer (default ~/.cache/emotion_summary).
     """
-    if language not in ("en", "zh", "auto"):
-        raise UserError(f"--language must be en, zh or auto, got {language!r}")
+    refuse_overwrite({f"--out_dir/{n}": Path(out_dir) / n for n in OUTPUT_FILES},
+                     {f"input {i + 1}": p for i, p in enumerate((inputs, *more_inputs))}, dirs={"--out_dir": out_dir})
     files = {str(p): read_records(p) for p in (inputs, *more_inputs)}
     from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
 
     print("loading the Qwen2 tokenizer (built once, ~1 min, then cached)", file=sys.stderr)
     spec = PromptSpec(language=language)
-    summary = summarise(measure(qwen2_tokenizer(tokenizer_cache), files, spec), spec)
+    summary = length_table(measure(qwen2_tokenizer(tokenizer_cache), files, spec), spec)
     paths = write_outputs(summary, out_dir)
     print(markdown(summary))
     print("wrote " + ", ".join(map(str, paths)))

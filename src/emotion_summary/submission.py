@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emotion_summary.atomic_io import atomic_write_jsonl, jsonl_lines
-from emotion_summary.records import GOLD_FIELDS, Record, RecordError, is_blank, read_records
+from emotion_summary.records import GOLD_FIELDS, Record, RecordError, integer_id_problem, is_blank, read_records
 from emotion_summary.text import detect_language, record_language, script_language
 
 SUBMISSION_FILE = "Emotion_Summary_Result.jsonl"
@@ -72,8 +72,8 @@ def _check_row(path: Path, n: int, row, seen: dict, report: SubmissionReport) ->
         report.errors.append(f"{at}: expected a JSON object")
         return
     rid = row.get("id")
-    if isinstance(rid, bool) or not isinstance(rid, int):
-        report.errors.append(f"{at}: field 'id': expected an integer, got {json.dumps(rid)}")
+    if integer_id_problem(rid):
+        report.errors.append(f"{at}: field 'id': {integer_id_problem(rid)}")
     elif rid in seen:
         report.errors.append(f"{at}: field 'id': duplicate id {rid} (first at line {seen[rid]})")
     else:

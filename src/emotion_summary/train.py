@@ -1,17 +1,11 @@
 """The QLoRA trainer: answer-only loss, cosine schedule, checkpoints that resume exactly, Ctrl-C safe.
 
-Layout of a run directory (`--output_dir`):
-  train_config.json          resolved config, written before the first step
-  checkpoints/step-N/        adapter, optimizer, scheduler, RNG and trainer state (last two kept)
-  log.jsonl, loss.png        per-step train loss and validation loss
-  adapter_model.safetensors  final adapter, with adapter_config.json, tokenizer, prompt.json,
-  data_fingerprints.json     fingerprints of the training inputs (the leakage guard reads them),
-  versions.json, COMPLETE    library versions; the marker that the run finished
+The run directory's layout and state are `run_dir.RunDir`'s; the options are `config.TrainConfig`'s.
 """
 
 from __future__ import annotations
 
-import inspect
+import itertools
 import json
 import math
 import shutil
@@ -21,15 +15,15 @@ from importlib import metadata
 from pathlib import Path
 
 from emotion_summary import distributed as dist
-from emotion_summary.atomic_io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_tolerant
-from emotion_summary.errors import UserError
-from emotion_summary.cli_args import as_bool, as_list
+from emotion_summary.atomic_io import (append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_jsonl,
+                                       read_jsonl_tolerant)
 from emotion_summary.config import TrainConfig, detect_vram_gb, resolve_config, validate
+from emotion_summary.errors import ConfigError, UserError
 from emotion_summary.folds import save_fingerprints
 from emotion_summary.records import Record, read_records
+from emotion_summary.run_dir import RunDir, resume_command
 from emotion_summary.sample_data import SMOKE_DATA
 
-COMPLETE_MARKER = "COMPLETE"
 KEEP_CHECKPOINTS = 2
 
 
@@ -78,20 +72,17 @@ def library_versions() -> dict[str, str]:
 
 
 class Checkpoints:
-    def __init__(self, run_dir: Path):
-        self.dir = run_dir / "checkpoints"
-
-    def latest(self) -> Path | None:
-        done = [p for p in self.dir.glob("step-*") if (p / "state.json").is_file()]
-        return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    def __init__(self, run_dir: RunDir):
+        self.run_dir = run_dir
+        self.dir = run_dir.checkpoints_dir
 
     def save(self, wrapper, optimizer, scheduler, state: dict) -> Path:
         """Every process writes its RNG state; the main one writes the rest (all ranks hold the same
         LoRA weights and optimizer state, since gradients are summed over processes) and publishes it by rename."""
         import torch
 
-        final = self.dir / f"step-{state['step']}"
-        tmp = self.dir / f".step-{state['step']}.tmp"
+        final = self.run_dir.checkpoint_path(state["step"])
+        tmp = final.with_name(f".{final.name}.tmp")
         if dist.is_main():
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -105,8 +96,7 @@ class Checkpoints:
             atomic_write_json(tmp / "state.json", state)  # written last: marks a whole checkpoint
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-            steps = sorted(self.dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-            for old in steps[:-KEEP_CHECKPOINTS]:
+            for old in self.run_dir.checkpoints()[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         return final
@@ -166,11 +156,9 @@ def make_optimizer(cfg: TrainConfig, params):
 
 
 def plot_losses(log_path: Path, out_png: Path) -> None:
-    import matplotlib
+    from emotion_summary.plots import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = read_jsonl_tolerant(log_path)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
@@ -184,18 +172,17 @@ def plot_losses(log_path: Path, out_png: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out_png)
+    atomic_write_bytes(out_png, png_bytes(fig))
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, train_records: list[Record], eval_records: list[Record]):
-        self.cfg, self.run_dir = cfg, Path(cfg.output_dir)
+        self.cfg, self.dir = cfg, RunDir(cfg.output_dir)
+        self.run_dir = self.dir.path
         self.train_records, self.eval_records = train_records, eval_records
-        self.checkpoints = Checkpoints(self.run_dir)
-        self.log_path = self.run_dir / "log.jsonl"
+        self.checkpoints = Checkpoints(self.dir)
+        self.log_path = self.dir.log_path
+        self.resume = False
 
     def prepare(self) -> None:
         import torch
@@ -265,37 +252,37 @@ class Trainer:
             yield step, micro[dist.rank():: dist.world_size()], len(micro)
 
     def _all_micro_batches(self, start_step: int):
-        step, pending = 0, []
-        for epoch in range(10**9):
-            for batch in epoch_batches(len(self.train_examples), self.cfg.batch_size, self.cfg.seed, epoch):
-                pending.append(batch)
-                if len(pending) == self.micro_per_step:
-                    if step >= start_step:
-                        yield step, pending
-                    step, pending = step + 1, []
-                if step >= self.total_steps:
-                    return
-            if pending:  # an epoch's tail shorter than grad_accum still makes one step
-                if step >= start_step:
-                    yield step, pending
-                step, pending = step + 1, []
+        for step, micro in enumerate(self._step_batches()):
             if step >= self.total_steps:
                 return
+            if step >= start_step:
+                yield step, micro
+
+    def _step_batches(self):
+        """Each optimizer step's micro-batches, epoch after epoch; an epoch's tail shorter than
+        grad_accum still makes one step."""
+        for epoch in itertools.count():
+            batches = epoch_batches(len(self.train_examples), self.cfg.batch_size, self.cfg.seed, epoch)
+            for i in range(0, len(batches), self.micro_per_step):
+                yield batches[i: i + self.micro_per_step]
 
     def run(self, stop_after_step: int | None = None) -> Path:
         """Train to the end (or, for tests, stop after `stop_after_step` as if interrupted)."""
         from tqdm import tqdm
 
         start = 0
-        latest = self.checkpoints.latest() if self.cfg.resume else None
+        latest = self.dir.latest_checkpoint() if self.resume else None
         if latest is not None:
             state = self.checkpoints.restore(latest, self.wrapper, self.optimizer, self.scheduler)
             if state.get("data_key", self.data_key) != self.data_key:
                 raise UserError(f"cannot resume from {latest}: the training data changed since it was "
                                 "written (same paths, other records or text); start a new --output_dir")
             start = state["step"]
-            self._truncate_log(start)
             print(f"resumed from {latest} at step {start}")
+        elif self.resume:
+            print(f"resuming {self.run_dir}: no checkpoint was saved yet, starting at step 0")
+        if self.resume:
+            self._truncate_log(start)  # also when killed before the first checkpoint: start is then 0
         self.wrapper.model.train()
         done = start
         bar = tqdm(total=self.total_steps, initial=start, desc="training", unit="step")
@@ -317,9 +304,11 @@ class Trainer:
                 if stop_after_step is not None and done >= stop_after_step:
                     return self.run_dir
         except KeyboardInterrupt:
+            saved = "nothing new to save"
             if done > start:
-                path = self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, self._state(done))
-                print(f"\ninterrupted: saved {path}; continue with --resume", file=sys.stderr)
+                saved = f"saved {self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, self._state(done))}"
+            print(f"\ninterrupted at step {done}: {saved}; continue with:\n  {resume_command(self.run_dir)}",
+                  file=sys.stderr)
             raise SystemExit(130)
         finally:
             bar.close()
@@ -361,138 +350,122 @@ class Trainer:
         self.wrapper.save(self.run_dir)
         atomic_write_json(self.run_dir / "versions.json", library_versions())
         plot_losses(self.log_path, self.run_dir / "loss.png")
-        (self.run_dir / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        self.dir.mark_complete()
         print(f"done: adapter, config and loss plot in {self.run_dir}")
         return self.run_dir
 
 
-def check_run_dir(cfg: TrainConfig) -> None:
-    """Never overwrite: a finished run stays finished; an unfinished one resumes only with its config."""
-    run_dir = Path(cfg.output_dir)
-    if (run_dir / COMPLETE_MARKER).is_file():
-        raise UserError(f"{run_dir} holds a finished run; choose another --output_dir")
-    saved = run_dir / "train_config.json"
-    if saved.is_file():
-        if not cfg.resume:
-            raise UserError(f"{run_dir} holds an unfinished run; add --resume to continue it, "
-                            "or choose another --output_dir")
-        diffs = TrainConfig.load(run_dir).differences(cfg)
-        if diffs:
-            raise UserError(f"cannot resume {run_dir} with another config: " + "; ".join(diffs))
+def train(preset: str = "auto", resume: bool = False, **options) -> str:
+    """Fine-tune Qwen2-7B-Instruct with QLoRA on labelled ES records; options as `config.TrainConfig`
+    (unset ones take the preset's value). `resume=True` continues the unfinished run in `output_dir`
+    with its saved config: only `output_dir` is needed."""
+    return str(prepare_run(preset, resume, **options).run())
 
 
-def train(
-    preset: str = "auto",
-    train_data: str | None = None,
-    eval_data: str | None = None,
-    output_dir: str | None = None,
-    resume: bool = False,
-    folds: int | None = None,
-    fold: int | None = None,
-    language: str | None = None,
-    model_name_or_path: str | None = None,
-    quantization: str | None = None,
-    compute_dtype: str | None = None,
-    max_seq_len: int | None = None,
-    batch_size: int | None = None,
-    grad_accum: int | None = None,
-    epochs: int | None = None,
-    max_steps: int | None = None,
-    learning_rate: float | None = None,
-    lora_r: int | None = None,
-    lora_alpha: int | None = None,
-    lora_dropout: float | None = None,
-    lora_target: str | None = None,
-    warmup_ratio: float | None = None,
-    weight_decay: float | None = None,
-    max_new_tokens: int | None = None,
-    gradient_checkpointing: bool | None = None,
-    attn_implementation: str | None = None,
-    liger_kernels: str | None = None,
-    offload_activations: bool | None = None,
-    mlp_tile_tokens: int | None = None,
-    embedding_on_cpu: bool | None = None,
-    lm_head_4bit: bool | None = None,
-    optimizer: str | None = None,
-    eval_every: int | None = None,
-    save_every: int | None = None,
-    seed: int | None = None,
-    _stop_after_step: int | None = None,
-) -> str:
-    """Fine-tune Qwen2-7B-Instruct with QLoRA on labelled ES records. Unset options take the preset's value.
-
-    Args:
-        preset: 8gb, 12gb, 24gb, cpu-smoke, or auto (by the GPU's memory; cpu-smoke without a GPU).
-        train_data: labelled ES file(s), comma-separated (JSONL or JSON array; all five gold fields).
-            cpu-smoke defaults to the project's own sample reports.
-        eval_data: labelled file(s) for the validation loss, comma-separated.
-        output_dir: run directory (default model/qwen2-es-PRESET); never overwritten.
-        resume: continue the unfinished run in output_dir from its last checkpoint.
-        folds: hold out one of this many folds (by id) of train_data for validation.
-        fold: which fold to hold out (0-based).
-        language: summary language in the prompt: en, zh or auto (the report's language).
-        model_name_or_path: base model (hub name or local directory); 'tiny' builds a random tiny Qwen2.
-        quantization: nf4 (QLoRA) or none (16-bit LoRA).
-        compute_dtype: auto, bf16, fp16 or fp32 (auto: bf16 where supported, fp16 older GPUs, fp32 CPU).
-        max_seq_len: tokens per example (prompt + answer); longer reports are trimmed in the middle.
-        batch_size: examples per micro-batch.
-        grad_accum: micro-batches per optimizer step.
-        epochs: passes over the training data.
-        max_steps: stop after this many optimizer steps (0: all epochs).
-        learning_rate: peak learning rate (cosine schedule with warm-up).
-        lora_r: LoRA rank.
-        lora_alpha: LoRA scaling numerator.
-        lora_dropout: dropout on the LoRA input.
-        lora_target: modules that get LoRA: all-linear, or a comma-separated list (q_proj,v_proj).
-        warmup_ratio: share of the steps spent warming the learning rate up.
-        weight_decay: AdamW weight decay.
-        max_new_tokens: generation budget the trained model is used with (reserved in max_seq_len).
-        gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
-        attn_implementation: auto (flash_attention_2 when installed, else sdpa), sdpa, eager.
-        liger_kernels: auto (on a GPU when liger-kernel is installed) or off.
-        offload_activations: keep checkpointed activations in CPU RAM (GPU only).
-        mlp_tile_tokens: run the MLP in tiles of this many tokens (0: off).
-        embedding_on_cpu: keep the input embedding in CPU RAM (GPU only).
-        lm_head_4bit: quantise the LM head to NF4 too.
-        optimizer: paged_adamw_8bit (GPU) or adamw.
-        eval_every: optimizer steps between validation losses.
-        save_every: optimizer steps between checkpoints.
-        seed: seed for data order, dropout and initialisation.
-    """
-    options = {k: v for k, v in locals().items() if k not in ("preset", "_stop_after_step")}
-    cfg = build_config(preset, **options)
-    dist.init()
-    check_run_dir(cfg)
-    train_records, eval_records = load_data(cfg)
+def prepare_run(preset: str = "auto", resume: bool = False, **options) -> "Trainer":
+    """Check the config, the run directory and the data (all before any model loads), save the config,
+    load the model and encode the data: a Trainer ready to `run()`."""
+    cfg, records = build_config(preset, resume=resume, **options)
+    train_records, eval_records = records
     dist.barrier()  # every process has checked the run directory before the main one writes to it
     if dist.is_main():
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         cfg.save(cfg.output_dir)
     trainer = Trainer(cfg, train_records, eval_records)
+    trainer.resume = resume
     trainer.prepare()
-    return str(trainer.run(stop_after_step=_stop_after_step))
+    return trainer
 
 
-def build_config(preset: str = "auto", **options) -> TrainConfig:
-    """The resolved, validated config for `train`'s command-line options; every problem at once."""
-    unknown = sorted(set(options) - set(inspect.signature(train).parameters))
-    if unknown:
-        raise UserError(f"unknown option(s): {', '.join('--' + u for u in unknown)} "
-                        "(python scripts/train_qwen2.py --help lists them)")
-    for flag in ("resume", "offload_activations", "embedding_on_cpu", "lm_head_4bit", "gradient_checkpointing"):
-        if options.get(flag) is not None:  # fire hands `--resume false` over as the string 'false'
-            options[flag] = as_bool(options[flag], flag)
-    for name in ("train_data", "eval_data"):
-        options[name] = as_list(options.get(name), name)
-    target = options.get("lora_target")
-    if target is not None and target != "all-linear":
-        options["lora_target"] = as_list(target, "lora_target")
-    vram = detect_vram_gb()
-    try:
-        cfg = resolve_config(preset, vram, **options)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+def build_config(preset: str = "auto", resume: bool = False, **options) -> tuple[TrainConfig, tuple]:
+    """The resolved, validated config (every problem at once) and its (training, validation) records.
+    A new run refuses an existing run directory; a resume takes the saved config."""
+    dist.init()
+    if resume:
+        if not options.get("output_dir"):
+            raise ConfigError("--resume: give --output_dir, the run directory to continue")
+        cfg = RunDir(options["output_dir"]).resume_config({"preset": preset, **options})
+        vram = detect_vram_gb()
+    else:
+        cfg, vram = resolve(preset, **options)
+        RunDir(cfg.output_dir).check_new()
     problems = validate(cfg, vram)
     if problems:
-        raise UserError("the config has problems:\n  - " + "\n  - ".join(problems))
-    return cfg
+        raise ConfigError("the config has problems:\n  - " + "\n  - ".join(problems))
+    records = load_data(cfg)
+    if not resume:
+        cfg.language = training_language(cfg.language, records[0])
+    print_choices(cfg, preset, vram, options)
+    return cfg, records
+
+
+def resolve(preset: str = "auto", **options) -> tuple[TrainConfig, float | None]:
+    vram = detect_vram_gb()
+    return resolve_config(preset, vram, **options), vram
+
+
+def training_language(language: str, records: list[Record]) -> str:
+    """`auto` means: the language the labels are written in. That is the labeller's --language when it
+    recorded one, else the gold text's; `auto` is kept when every label is in its report's language."""
+    from emotion_summary.prompt import LANGUAGE_RULES
+    from emotion_summary.text import detect_language, record_language
+
+    if language != "auto":
+        return language
+    fits: set[str] | None = None
+    for r in records:
+        label = (r.label_source or {}).get("language")
+        label = label if label in LANGUAGE_RULES else detect_language(" ".join(r.gold().values()))
+        ok = {label, "auto"} if label == record_language(r) else {label}
+        fits = ok if fits is None else fits & ok
+    if fits is None or "auto" in fits:
+        return "auto"
+    if not fits:
+        raise ConfigError("language: the training labels are in more than one language, and not always "
+                          "in their report's; pass --language en or --language zh (the prompt says which)")
+    chosen = fits.pop()
+    print(f"language: {chosen} (--language auto: every training label is in {chosen})")
+    return chosen
+
+
+def print_choices(cfg: TrainConfig, asked_preset: str, vram: float | None, options: dict) -> None:
+    """The resolved choices, before anything loads: which preset and why, and what it decided."""
+    why = ""
+    if asked_preset == "auto":
+        why = f" (--preset auto: {'no CUDA GPU' if vram is None else f'{vram:.1f} GB GPU'})"
+    from emotion_summary.model import attn_implementation, compute_dtype
+
+    from_preset = [f"{k}={getattr(cfg, k)}" for k in _preset_keys(cfg.preset) if options.get(k) is None]
+    dtype = str(compute_dtype(cfg.compute_dtype)).removeprefix("torch.")
+    print(f"preset {cfg.preset}{why}; model {cfg.model_name_or_path}, quantization {cfg.quantization}, "
+          f"compute dtype {dtype}, attention {attn_implementation(cfg.attn_implementation)}; "
+          f"output {cfg.output_dir}")
+    if from_preset:
+        print(f"from the preset: {', '.join(from_preset)}")
+
+
+def _preset_keys(name: str) -> list[str]:
+    from emotion_summary.presets import preset_overrides
+
+    return list(preset_overrides(name))
+
+
+def command_options():
+    """The train command's options: every TrainConfig field, and --resume."""
+    from emotion_summary.cli import Option, dataclass_options
+
+    return dataclass_options(TrainConfig) + [Option(
+        "resume", bool, False, "continue the unfinished run in --output_dir from its last checkpoint with "
+        "its saved config (--output_dir is all it needs)")]
+
+
+PRESET_NOTE = ("Unset options take the preset's value (python -c 'from emotion_summary.presets import PRESETS; "
+               "print(PRESETS)' lists them); the defaults shown are the 24gb card's.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Fine-tune Qwen2-7B-Instruct with QLoRA on labelled ES records (resumable, never overwrites a run)."""
+    from emotion_summary.cli import call, parse_or_exit
+
+    values = parse_or_exit(command_options(), argv, main.__doc__, config_file=True, defaults_note=PRESET_NOTE)
+    call(lambda: train(**values))

@@ -1,0 +1,54 @@
+"""Every command of the project, as a `main(argv=None)`: the scripts in scripts/ and eval/ and the
+console entry points in pyproject.toml call these. Modules load only when their command runs, so
+`--help` answers at once."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+# command -> (module, function, accepts --config FILE)
+FUNCTION_COMMANDS = {
+    "check_submission": ("check", "check", False),
+    "convert_psyqa": ("psyqa", "convert_psyqa", False),
+    "download_data": ("download", "download_data", False),
+    "inference": ("inference", "infer", True),
+    "label_with_teacher": ("label", "label_with_teacher", True),
+    "merge_adapter": ("model", "merge_adapter", False),
+    "stats": ("stats", "stats", False),
+    "write_fold": ("folds", "write_fold", False),
+    "evaluate": ("evaluate", "evaluate", True),
+}
+
+
+def _function_command(module: str, name: str, config_file: bool) -> Callable[..., None]:
+    def main(argv: list[str] | None = None) -> None:
+        from emotion_summary.cli import run
+
+        run(getattr(importlib.import_module(f"emotion_summary.{module}"), name), argv, config_file)
+
+    main.__name__ = name
+    return main
+
+
+check_submission = _function_command(*FUNCTION_COMMANDS["check_submission"])
+convert_psyqa = _function_command(*FUNCTION_COMMANDS["convert_psyqa"])
+download_data = _function_command(*FUNCTION_COMMANDS["download_data"])
+inference = _function_command(*FUNCTION_COMMANDS["inference"])
+label_with_teacher = _function_command(*FUNCTION_COMMANDS["label_with_teacher"])
+merge_adapter = _function_command(*FUNCTION_COMMANDS["merge_adapter"])
+stats = _function_command(*FUNCTION_COMMANDS["stats"])
+write_fold = _function_command(*FUNCTION_COMMANDS["write_fold"])
+evaluate = _function_command(*FUNCTION_COMMANDS["evaluate"])
+
+
+def train(argv: list[str] | None = None) -> None:
+    from emotion_summary.train import main
+
+    main(argv)
+
+
+def pipeline(argv: list[str] | None = None) -> None:
+    from emotion_summary.pipeline import main
+
+    main(argv)

@@ -1,0 +1,63 @@
+"""Output paths checked before any work: never onto an input, never a directory where a file goes,
+never under a file. Every problem is listed at once (UserError, one line each). Light: no imports
+from the package but errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+from emotion_summary.errors import UserError
+
+PathLike = Union[str, "os.PathLike[str]"]
+Named = Mapping[str, Optional[PathLike]]  # option name (as the user typed it) -> path; None: not given
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` when it is a file (nothing can be created under it)."""
+    for parent in path.parents:
+        if parent.exists():
+            return parent if not parent.is_dir() else None
+    return None
+
+
+def output_file_problems(name: str, path: PathLike) -> list[str]:
+    p = Path(path)
+    if p.is_dir():
+        return [f"{name} {p}: is a directory; give a file name"]
+    above = _file_above(p)
+    return [f"{name} {p}: {above} is a file, not a directory"] if above else []
+
+
+def output_dir_problems(name: str, path: PathLike) -> list[str]:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        return [f"{name} {p}: is a file, not a directory"]
+    above = _file_above(p)
+    return [f"{name} {p}: {above} is a file, not a directory"] if above else []
+
+
+def refuse_overwrite(outputs: Named, inputs: Named, dirs: Named | None = None) -> None:
+    """Raise UserError before any work when an output file resolves to an input, is a directory or
+    lies under a file, or an output directory is a file or lies under one.
+
+    outputs: output files by option name, e.g. {"--output": "sub.jsonl"}; inputs likewise; dirs: output
+    directories (whose files are not known yet, or are listed in `outputs` too)."""
+    problems: list[str] = []
+    given_inputs = {name: Path(p) for name, p in inputs.items() if p is not None}
+    bad_dirs = set()
+    for name, path in (dirs or {}).items():
+        if path is not None and output_dir_problems(name, path):
+            problems += output_dir_problems(name, path)
+            bad_dirs.add(Path(path).resolve())
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        if not bad_dirs & set(Path(path).resolve().parents):  # else said once, for the directory
+            problems += output_file_problems(name, path)
+        target = Path(path).resolve()
+        problems += [f"{name} {path}: is the input {in_name} {in_path}; write the output elsewhere"
+                     for in_name, in_path in given_inputs.items() if in_path.resolve() == target]
+    if problems:
+        raise UserError("\n".join(dict.fromkeys(problems)))

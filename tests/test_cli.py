@@ -1,0 +1,269 @@
+"""The command lines: generated from one definition per option, typed at the boundary, one line per problem."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from emotion_summary import commands
+from emotion_summary.cli import Option, Usage, function_options, parse_command_line
+from emotion_summary.config import TrainConfig, resolve_config, validate
+from emotion_summary.errors import ConfigError, RunDirError
+from tests.conftest import ROOT
+
+SCRIPTS = sorted([*ROOT.glob("scripts/*.py"), *ROOT.glob("eval/*.py")])
+
+
+def command_of(script):
+    """The emotion_summary.commands function a script calls (its last import line names it)."""
+    line = next(x for x in script.read_text().splitlines() if x.startswith("from emotion_summary.commands import"))
+    return line.split()[-1]
+
+
+def options_of(command: str) -> list[Option]:
+    if command == "train":
+        from emotion_summary.train import command_options
+    elif command == "pipeline":
+        from emotion_summary.pipeline import command_options
+    else:
+        import importlib
+
+        module, name, _ = commands.FUNCTION_COMMANDS[command]
+        return function_options(getattr(importlib.import_module(f"emotion_summary.{module}"), name))
+    return command_options()
+
+
+def run_script(script, *args, cwd=None):
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_script_answers_help_and_rejects_a_mistyped_number_in_one_line(script, tmp_path):
+    shown = run_script(script, "--help", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: ") and "--" in shown.stdout
+    options = options_of(command_of(script))
+    numeric = [o for o in options if o.type in (int, float, int | None, float | None)]
+    required = [a for o in options if o.required for a in (o.flag, "x")]
+    if numeric:
+        bad = run_script(script, *required, numeric[0].flag, "abc", cwd=tmp_path)
+        expected = f"error: {numeric[0].flag}: expected "
+    else:  # no numeric option: an unknown one is refused the same way
+        bad = run_script(script, *required, "--no_such_option", "1", cwd=tmp_path)
+        expected = "error: --no_such_option: unknown option"
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [bad.stderr.strip()] and bad.stderr.startswith(expected), bad.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before any work
+
+
+def test_start_training_script_passes_help_through(tmp_path):
+    import os
+
+    shown = subprocess.run(["bash", str(ROOT / "start_training_qwen2.sh"), "--help"], capture_output=True,
+                           text=True, timeout=120, cwd=tmp_path, env={**os.environ, "VENV": str(tmp_path / "venv")})
+    assert shown.returncode == 0, shown.stderr
+    assert "PRESET=" in shown.stdout and "--predict_input" in shown.stdout and "--lora_r" in shown.stdout
+    assert not (tmp_path / "venv").exists()  # --help creates and installs nothing
+
+
+def test_seed_abc_leaves_no_half_written_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        commands.train(["--preset", "cpu-smoke", "--output_dir", str(tmp_path / "r"), "--seed", "abc"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --seed: expected an integer, got 'abc'\n"
+    assert not (tmp_path / "r").exists()
+
+
+def test_every_command_line_problem_is_reported_at_once(capsys):
+    with pytest.raises(SystemExit):
+        commands.train(["--batch_size", "abc", "--fold", "1.5", "--train_data", "", "--lora_rank", "4",
+                        "--language", "fr", "--resume=maybe", "--seed", "1", "--seed", "2"])
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --batch_size: expected an integer, got 'abc'",
+        "error: --fold: expected an integer, got '1.5'",
+        "error: --train_data: expected a value, got an empty string",
+        "error: --lora_rank: unknown option",
+        "error: --language: expected one of en, zh, auto, got 'fr'",
+        "error: --resume: expected true or false, got 'maybe'",
+        "error: --seed: given more than once",
+    ]
+
+
+def test_values_are_typed_and_flags_take_every_spelling():
+    opts = [Option("n", int, 0), Option("x", float, 1.0), Option("flag", bool, False), Option("path", str),
+            Option("ids", list[int] | None, None), Option("more", str, variadic=True)]
+    got = parse_command_line(opts, ["a.jsonl", "b", "c", "--n=3", "--x", "2.5", "--flag", "--ids", "1,2"])
+    assert got == {"path": "a.jsonl", "more": ["b", "c"], "n": 3, "x": 2.5, "flag": True, "ids": [1, 2]}
+    assert parse_command_line(opts, ["--path", "p", "--noflag"]) == {"path": "p", "flag": False}
+    assert parse_command_line(opts, ["--path", "p", "--flag", "false"]) == {"path": "p", "flag": False}
+    assert parse_command_line(opts, ["--path", "p", "--ids", "none"]) == {"path": "p", "ids": None}
+    with pytest.raises(Usage) as e:
+        parse_command_line(opts, ["--x", "nan", "--ids", "1,,2"])
+    assert e.value.problems == ["--x: expected a finite number, got 'nan'",
+                                "--ids: expected a comma-separated list without empty items, got '1,,2'",
+                                "--path: required"]
+
+
+@pytest.mark.parametrize("suffix, text", [
+    (".yaml", "lora_r: 8\nlearning_rate: 1.0e-4\ntrain_data: [a.jsonl, b.jsonl]\nseed: 7\n"),
+    (".json", json.dumps({"lora_r": 8, "learning_rate": 1e-4, "train_data": ["a.jsonl", "b.jsonl"], "seed": 7})),
+])
+def test_config_file_gives_values_and_the_command_line_wins(suffix, text, tmp_path):
+    from emotion_summary.train import command_options
+
+    path = tmp_path / f"run{suffix}"
+    path.write_text(text)
+    got = parse_command_line(command_options(), ["--config", str(path), "--seed", "3"], config_file=True)
+    assert got == {"seed": 3, "lora_r": 8, "learning_rate": 1e-4, "train_data": ["a.jsonl", "b.jsonl"]}
+
+
+def test_config_file_problems_name_the_option(tmp_path):
+    from emotion_summary.train import command_options
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("lora_r: eight\nlora_rank: 4\nresume: 1\n")
+    with pytest.raises(Usage) as e:
+        parse_command_line(command_options(), ["--config", str(path)], config_file=True)
+    assert e.value.problems == ["--lora_r: expected an integer, got 'eight'", "--config: unknown option 'lora_rank'",
+                                "--resume: expected bool, got 1"]
+
+
+# Every preset's values, written out when the presets became partial overrides of TrainConfig's
+# defaults: the restructuring changed no value.
+GPU_CARDS = dict(model_name_or_path="Qwen/Qwen2-7B-Instruct", learning_rate=2e-4, epochs=3, max_new_tokens=512,
+                 optimizer="paged_adamw_8bit", max_steps=0, folds=0, eval_every=50, save_every=50,
+                 offload_activations=True)
+PINNED = {
+    "8gb": dict(GPU_CARDS, max_seq_len=8192, batch_size=1, grad_accum=16, mlp_tile_tokens=2048,
+                embedding_on_cpu=True, lm_head_4bit=True),
+    "12gb": dict(GPU_CARDS, max_seq_len=32768, batch_size=1, grad_accum=16, mlp_tile_tokens=4096,
+                 embedding_on_cpu=False, lm_head_4bit=False),
+    "24gb": dict(GPU_CARDS, max_seq_len=32768, batch_size=2, grad_accum=8, mlp_tile_tokens=8192,
+                 embedding_on_cpu=False, lm_head_4bit=False),
+    "cpu-smoke": dict(max_seq_len=1024, batch_size=2, grad_accum=1, offload_activations=False, mlp_tile_tokens=0,
+                      embedding_on_cpu=False, lm_head_4bit=False, model_name_or_path="tiny", learning_rate=5e-3,
+                      epochs=1, max_new_tokens=96, optimizer="adamw", max_steps=6, folds=3, eval_every=3,
+                      save_every=3),
+}
+COMMON = dict(quantization="nf4", lora_r=16, lora_alpha=32, lora_target="all-linear", gradient_checkpointing=True,
+              warmup_ratio=0.05, weight_decay=0.0, attn_implementation="auto", liger_kernels="auto", seed=42,
+              compute_dtype="auto", fold=0, language="auto", train_data=[], eval_data=[])
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_presets_resolve_to_their_pinned_values_and_keep_card_metadata_out_of_the_run_config(name):
+    saved = resolve_config(name).to_dict()
+    assert {k: saved[k] for k in {**PINNED[name], **COMMON}} == {**PINNED[name], **COMMON}
+    assert saved["preset"] == name and saved["output_dir"] == f"model/qwen2-es-{name}"
+    assert "description" not in saved and "min_vram_gb" not in saved and "resume" not in saved
+
+
+def test_silently_accepted_options_are_errors(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}")
+    same = validate(resolve_config("cpu-smoke", train_data=str(data), eval_data=str(data)))
+    assert any("eval_data" in p and "is also training data" in p for p in same)
+    assert validate(resolve_config("cpu-smoke", train_data="")) == ["train_data: expected a value, got an empty string"]
+    assert validate(resolve_config("cpu-smoke", fold=1.5)) == ["fold: expected int, got 1.5"]
+    assert "fold: 2 given without --folds N" in validate(resolve_config("cpu-smoke", folds=0, fold=2))
+
+
+def test_resume_needs_an_existing_unfinished_run(tmp_path):
+    from emotion_summary.run_dir import RunDir
+
+    with pytest.raises(RunDirError, match="no run to resume here"):
+        RunDir(tmp_path / "missing").resume_config({})
+    resolve_config("cpu-smoke", lora_r=8, output_dir=str(tmp_path / "r")).save(tmp_path / "r")
+    cfg = RunDir(tmp_path / "r").resume_config({"preset": "auto", "max_steps": 9})
+    assert cfg.lora_r == 8 and cfg.max_steps == 9 and cfg.preset == "cpu-smoke"
+    with pytest.raises(RunDirError, match="another config: lora_r: 8 != 4"):
+        RunDir(tmp_path / "r").resume_config({"lora_r": 4})
+
+
+def _labelled(rid, report, gold, language=None):
+    from emotion_summary.records import GOLD_FIELDS, record_from_dict
+
+    row = {"id": rid, "case_description": [report], "consultation_process": [report],
+           "experience_and_reflection": report, **{k: gold for k in GOLD_FIELDS}}
+    if language:
+        row["label_source"] = {"model": "teacher", "language": language}
+    return record_from_dict(row, "t.jsonl", rid)
+
+
+EN = "The client felt anxious about work and slept badly for months."
+ZH = "来访者因工作压力感到焦虑，几个月来睡眠不好。"
+
+
+def test_training_prompt_language_follows_the_labels():
+    from emotion_summary.train import training_language
+
+    assert training_language("auto", [_labelled(1, EN, EN), _labelled(2, ZH, ZH)]) == "auto"
+    assert training_language("auto", [_labelled(1, ZH, EN, "en"), _labelled(2, EN, EN)]) == "en"
+    assert training_language("auto", [_labelled(1, ZH, EN)]) == "en"  # no record of the labeller: the gold's
+    assert training_language("zh", [_labelled(1, ZH, EN, "en")]) == "zh"  # said explicitly: kept
+    with pytest.raises(ConfigError, match="more than one language"):
+        training_language("auto", [_labelled(1, ZH, EN, "en"), _labelled(2, EN, ZH, "zh")])
+
+
+def test_preset_auto_prints_what_it_chose_before_anything_loads(tmp_path, capsys, monkeypatch):
+    from emotion_summary import train as train_module
+
+    monkeypatch.setattr(train_module, "detect_vram_gb", lambda: None)
+    train_module.build_config("auto", output_dir=str(tmp_path / "r"))
+    out = capsys.readouterr().out
+    assert "preset cpu-smoke (--preset auto: no CUDA GPU); model tiny, quantization nf4, compute dtype float32" in out
+    assert "from the preset: " in out and "folds=3" in out and "max_steps=6" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_config_fields_each_have_help():
+    from dataclasses import fields
+
+    assert all(f.metadata.get("help") for f in fields(TrainConfig))
+
+
+def refused(command, argv, capsys) -> list[str]:
+    with pytest.raises(SystemExit) as exit_info:
+        command(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.splitlines()
+
+
+def test_outputs_onto_inputs_directories_or_under_files_are_refused_before_any_work(tmp_path, capsys, fixtures):
+    gold = str(fixtures / "es_eval_gold.jsonl")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert refused(commands.stats, [gold, "--out_dir", str(a_file)], capsys) == [
+        f"error: --out_dir {a_file}: is a file, not a directory"]
+    assert refused(commands.write_fold, [gold, "--out_dir", str(a_file / "sub")], capsys) == [
+        f"error: --out_dir {a_file / 'sub'}: {a_file} is a file, not a directory"]
+    pred = tmp_path / "run.json"
+    pred.write_text("{}")
+    assert refused(commands.evaluate, ["--pred", str(pred), "--gold", gold, "--out_dir", str(tmp_path),
+                                       "--name", "run"], capsys) == [
+        f"error: --out_dir/run.json {pred}: is the input --pred {pred}; write the output elsewhere"]
+    (tmp_path / "scores.md").mkdir()
+    assert refused(commands.evaluate, ["--pred", str(pred), "--gold", gold, "--out_dir", str(tmp_path),
+                                       "--name", "scores", "--judge_cache", gold], capsys) == [
+        f"error: --out_dir/scores.md {tmp_path / 'scores.md'}: is a directory; give a file name",
+        f"error: --judge_cache {gold}: is the input --gold {gold}; write the output elsewhere"]
+    assert "output_dir: " + f"{a_file}: is a file, not a directory" in "\n".join(
+        validate(resolve_config("cpu-smoke", output_dir=str(a_file))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "run.json", "scores.md"]
+
+
+def test_a_failed_assertion_in_the_fake_servers_handler_fails_the_test():
+    from emotion_summary.client import ChatClient, EndpointError
+    from tests.chat_server import FakeChatServer
+
+    def reply(messages):
+        assert messages[0]["content"] == "expected", "the handler's own check"
+        return "ok"
+
+    with pytest.raises(AssertionError, match="the handler's own check"):
+        with FakeChatServer(reply) as server:
+            client = ChatClient(server.endpoint, "m", max_retries=0, backoff_s=0.0, timeout_s=10)
+            with pytest.raises(EndpointError):
+                client.chat([{"role": "user", "content": "other"}])
