@@ -1,6 +1,6 @@
 """Install the torch build that fits this machine's GPU (run by the launchers; --dry_run to preview)."""
 
-from emotion_summary.install_torch import main
+from emotion_summary.commands import install_torch
 
 if __name__ == "__main__":
-    main()
+    install_torch()

@@ -1,7 +1,6 @@
 """Synthetic case reports in the ES input schema, written by a teacher model from seeds (resumable)."""
 
-from emotion_summary.cli import run
-from emotion_summary.synthesize import synthesize_reports
+from emotion_summary.commands import synthesize_reports
 
 if __name__ == "__main__":
-    run(synthesize_reports)
+    synthesize_reports()

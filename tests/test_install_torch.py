@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from emotion_summary import install_torch as it
-from emotion_summary.errors import UserError
+from emotion_summary.commands import install_torch as main
+from emotion_summary.errors import ConfigError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMI = ROOT / "tests" / "fixtures" / "nvidia_smi"
@@ -46,7 +47,7 @@ def no_installed_torch(monkeypatch):
 def dry_run(capsys, *args):
     """stdout of `install_torch.py --dry_run ARGS` (in process), or the one-line error."""
     try:
-        it.main(["--dry_run", *args])
+        main(["--dry_run", *args])
     except SystemExit as e:
         assert e.code == 2
         return capsys.readouterr().err.strip()
@@ -148,7 +149,7 @@ def test_check_refuses_a_cpu_torch_on_a_gpu_machine(monkeypatch):
     monkeypatch.setattr(it, "installed_torch_version", lambda: "2.13.0+cpu")
     smi = it.read_nvidia_smi(str(SMI / "driver_560_cuda_12.6.txt"))
     with pytest.raises(UserError) as e:
-        it.check(smi, "win32")
+        it.post_install_check(smi, "win32")
     msg = str(e.value)
     assert "CUDA Version: 12.6" in msg and "torch 2.13.0+cpu is a CPU-only build" in msg
     assert msg.endswith("fix: " + subprocess.list2cmdline(CU126.split(" ")))
@@ -159,17 +160,17 @@ def test_without_dry_run_pip_runs_with_this_interpreter_then_the_check(monkeypat
     monkeypatch.setattr(it.subprocess, "run", lambda cmd: ran.append(cmd) or types.SimpleNamespace(returncode=0))
     monkeypatch.setattr(it, "bitsandbytes_problem", lambda smi: None)
     fake_torch(monkeypatch, "12.6", True, "2.13.0+cu126")
-    it.main(["--platform", "linux", "--nvidia_smi_output", str(SMI / "driver_560_cuda_12.6.txt")])
+    main(["--platform", "linux", "--nvidia_smi_output", str(SMI / "driver_560_cuda_12.6.txt")])
     assert ran == [CU126.split(" ")]
     assert capsys.readouterr().err.strip().endswith("torch uses the GPU: NVIDIA GeForce RTX 4070 ... (12282 MiB); "
                                                     "driver 560.94, CUDA Version: 12.6")
     fake_torch(monkeypatch, None, False)  # pip "installed" a CPU build: the check stops the installer
     with pytest.raises(SystemExit):
-        it.main(["--platform", "linux", "--nvidia_smi_output", str(SMI / "driver_560_cuda_12.6.txt")])
+        main(["--platform", "linux", "--nvidia_smi_output", str(SMI / "driver_560_cuda_12.6.txt")])
     assert "cannot use the GPU" in capsys.readouterr().err
     monkeypatch.setattr(it.subprocess, "run", lambda cmd: types.SimpleNamespace(returncode=1))
     with pytest.raises(SystemExit):
-        it.main(["--platform", "win32", "--nvidia_smi_output", str(SMI / "driver_560_cuda_12.6.txt")])
+        main(["--platform", "win32", "--nvidia_smi_output", str(SMI / "driver_560_cuda_12.6.txt")])
     assert capsys.readouterr().err.strip().endswith("error: pip failed: " + subprocess.list2cmdline(CU126.split(" ")))
 
 
@@ -185,22 +186,22 @@ def test_check_names_a_cuda_visible_devices_that_hides_the_gpu(monkeypatch):
     fake_torch(monkeypatch, "12.6", False, "2.13.0+cu126")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES='' hides it from torch 2.13.0.cu126; unset"):
-        it.check(it.read_nvidia_smi(str(SMI / "driver_560_cuda_12.6.txt")), "linux")
+        it.post_install_check(it.read_nvidia_smi(str(SMI / "driver_560_cuda_12.6.txt")), "linux")
 
 
 def test_check_names_the_driver_update_when_no_build_fits(monkeypatch):
     fake_torch(monkeypatch, "12.6", False, "2.13.0+cu126")
     smi = it.read_nvidia_smi(str(SMI / "driver_470_cuda_11.4.txt"))
     with pytest.raises(UserError, match=r"CUDA 12.6 build .* fix: the NVIDIA driver 470.256.02 supports CUDA 11.4"):
-        it.check(smi, "linux")
+        it.post_install_check(smi, "linux")
 
 
 def test_check_passes_a_working_gpu_torch_and_any_torch_without_a_gpu(monkeypatch):
     monkeypatch.setattr(it, "bitsandbytes_problem", lambda smi: None)
     fake_torch(monkeypatch, "12.6", True, "2.13.0+cu126")
-    assert it.check(it.read_nvidia_smi(str(SMI / "driver_560_cuda_12.6.txt")), "win32").startswith("torch uses")
+    assert it.post_install_check(it.read_nvidia_smi(str(SMI / "driver_560_cuda_12.6.txt")), "win32").startswith("torch uses")
     fake_torch(monkeypatch, None, False)
-    assert "CPU torch is right" in it.check(it.read_nvidia_smi(str(SMI / "no_gpu_linux.txt")), "linux")
+    assert "CPU torch is right" in it.post_install_check(it.read_nvidia_smi(str(SMI / "no_gpu_linux.txt")), "linux")
 
 
 def test_check_reports_a_bitsandbytes_without_its_cuda_library():
@@ -217,7 +218,7 @@ def test_auto_preset_refuses_a_gpu_torch_cannot_use(monkeypatch):
     monkeypatch.setattr(it, "read_nvidia_smi", lambda path=None: it.parse_nvidia_smi(
         (SMI / "driver_560_cuda_12.6.txt").read_text()))
     fake_torch(monkeypatch, None, False)
-    with pytest.raises(ValueError, match=r"--preset auto: nvidia-smi shows NVIDIA GeForce RTX 4070 .* fix: "):
+    with pytest.raises(ConfigError, match=r"--preset auto: nvidia-smi shows NVIDIA GeForce RTX 4070 .* fix: "):
         resolve_config("auto", None)
     assert resolve_config("cpu-smoke", None).preset == "cpu-smoke"
     monkeypatch.setattr(it, "read_nvidia_smi", lambda path=None: it.NvidiaSmi(message="not found"))

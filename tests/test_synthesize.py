@@ -232,12 +232,18 @@ def test_dry_run_prints_the_cost_and_sends_nothing(tmp_path, capsys):
 
 
 def test_cli_reports_bad_options_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--n", "abc", "--concurrency", "0", "--output",
-                             str(tmp_path / "o.jsonl")], capture_output=True, text=True)
-    assert result.returncode == 2
-    err = result.stderr.strip()
-    assert "\n" not in err and "--n: expected a int >= 1, got 'abc'" in err and "--concurrency" in err
-    assert "--endpoint and --model are required" in err
+    def run(*args):
+        return subprocess.run([sys.executable, str(SCRIPT), *args, "--output", str(tmp_path / "o.jsonl")],
+                              capture_output=True, text=True)
+
+    mistyped = run("--n", "abc")
+    assert mistyped.returncode == 2 and mistyped.stderr.startswith("error: --n: expected ")
+    assert mistyped.stderr.count("\n") == 1
+    out_of_range = run("--concurrency", "0")
+    err = out_of_range.stderr.strip()
+    assert out_of_range.returncode == 2 and "\n" not in err
+    assert "--concurrency: expected a int >= 1, got 0" in err and "--endpoint and --model are required" in err
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_cli_end_to_end_prints_counts_and_writes_the_histogram(tmp_path):

@@ -18,6 +18,8 @@ FUNCTION_COMMANDS = {
     "stats": ("stats", "stats", False),
     "write_fold": ("folds", "write_fold", False),
     "evaluate": ("evaluate", "evaluate", True),
+    "install_torch": ("install_torch", "install_torch", False),
+    "synthesize_reports": ("synthesize", "synthesize_reports", True),
 }
 
 
@@ -40,6 +42,8 @@ merge_adapter = _function_command(*FUNCTION_COMMANDS["merge_adapter"])
 stats = _function_command(*FUNCTION_COMMANDS["stats"])
 write_fold = _function_command(*FUNCTION_COMMANDS["write_fold"])
 evaluate = _function_command(*FUNCTION_COMMANDS["evaluate"])
+install_torch = _function_command(*FUNCTION_COMMANDS["install_torch"])
+synthesize_reports = _function_command(*FUNCTION_COMMANDS["synthesize_reports"])
 
 
 def train(argv: list[str] | None = None) -> None:

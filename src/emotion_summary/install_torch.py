@@ -8,7 +8,6 @@ installed (fresh venv, no fire yet), so its CLI is argparse, not `cli.run`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform as platform_module
 import re
@@ -17,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from emotion_summary.errors import UserError
 
@@ -271,7 +271,7 @@ def gpu_visible_but_unusable() -> str | None:
     return torch_problem(smi, normalise_platform(sys.platform))
 
 
-def check(smi: NvidiaSmi, platform: str, requirements: Path = REQUIREMENTS) -> str:
+def post_install_check(smi: NvidiaSmi, platform: str, requirements: Path = REQUIREMENTS) -> str:
     """The post-install check: raises UserError naming every problem, else a one-line summary."""
     problem = torch_problem(smi, platform, requirements) or bitsandbytes_problem(smi)  # bnb needs CUDA torch
     if problem:
@@ -296,33 +296,25 @@ def install(smi: NvidiaSmi, platform: str, index_url: str | None, requirements: 
         print(format_command(command, platform), file=sys.stderr)
         if subprocess.run(command).returncode != 0:
             raise UserError(f"pip failed: {format_command(command, platform)}")
-    print(check(smi, platform, requirements), file=sys.stderr)
+    print(post_install_check(smi, platform, requirements), file=sys.stderr)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dry_run", action="store_true", help="print the pip command instead of running it")
-    parser.add_argument("--check", action="store_true",
-                        help="only the post-install check: does torch (and bitsandbytes) use the GPU?")
-    parser.add_argument("--nvidia_smi_output", metavar="FILE",
-                        help="a recorded plain `nvidia-smi` table instead of running nvidia-smi")
-    parser.add_argument("--platform", choices=PLATFORMS, help="the platform to choose for (default: this one)")
-    parser.add_argument("--index_url", default=os.environ.get("TORCH_INDEX_URL") or None,
-                        help="install torch from this index (default: $TORCH_INDEX_URL, else chosen)")
-    parser.add_argument("--requirements", type=Path, default=REQUIREMENTS,
-                        help="the requirements file whose torch==VERSION is installed")
-    return parser.parse_args(argv)
+def install_torch(dry_run: bool = False, check: bool = False, nvidia_smi_output: str | None = None,
+                  platform: Literal["win32", "linux", "darwin"] | None = None, index_url: str | None = None,
+                  requirements: str = str(REQUIREMENTS)) -> None:
+    """Install the torch build that fits this machine's GPU, then check that torch (and bitsandbytes) use it.
 
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        platform = normalise_platform(args.platform or sys.platform)
-        smi = read_nvidia_smi(args.nvidia_smi_output)
-        if args.check:
-            print(check(smi, platform, args.requirements), file=sys.stderr)
-        else:
-            install(smi, platform, args.index_url, args.requirements, args.dry_run)
-    except (UserError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    Args:
+        dry_run: print the pip command instead of running it.
+        check: only the post-install check: does torch (and bitsandbytes) use the GPU?
+        nvidia_smi_output: a recorded plain `nvidia-smi` table instead of running nvidia-smi.
+        platform: the platform to choose for (default: this one).
+        index_url: install torch from this index (default: $TORCH_INDEX_URL, else chosen).
+        requirements: the requirements file whose torch==VERSION is installed.
+    """
+    platform = normalise_platform(platform or sys.platform)
+    smi = read_nvidia_smi(nvidia_smi_output)
+    if check:
+        print(post_install_check(smi, platform, Path(requirements)), file=sys.stderr)
+    else:
+        install(smi, platform, index_url or os.environ.get("TORCH_INDEX_URL") or None, Path(requirements), dry_run)

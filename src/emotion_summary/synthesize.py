@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from itertools import product
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
@@ -586,7 +587,7 @@ def _number(value, name: str, kind, minimum, problems: list[str]):
 
 
 def synthesize_reports(seeds: str = "builtin", n: int = 100, output: str = "data/synthetic/synthetic_reports.jsonl",
-                       endpoint: str = "", model: str = "", language: str = "en", official: str | None = None,
+                       endpoint: str = "", model: str = "", language: Literal["en", "zh"] = "en", official: str | None = None,
                        sessions: int = Targets.sessions, case_words: int = Targets.case_words,
                        process_words: int = Targets.process_words, reflection_words: int = Targets.reflection_words,
                        length_tolerance: float = Targets.tolerance, concurrency: int = 4,
@@ -619,11 +620,7 @@ def synthesize_reports(seeds: str = "builtin", n: int = 100, output: str = "data
         timeout_s: seconds to wait for one reply.
         dry_run: print the plan and the cost estimate per 1,000 reports; send nothing.
     """
-    from emotion_summary.cli_args import as_bool
-
-    problems: list[str] = []
-    if language not in ("en", "zh"):
-        problems.append(f"--language: expected en or zh, got {language!r}")
+    problems: list[str] = []  # the command line checked the types; these are the ranges
     targets = Targets(*(_number(v, k, int, 1, problems) for k, v in (
         ("sessions", sessions), ("case_words", case_words), ("process_words", process_words),
         ("reflection_words", reflection_words))), tolerance=_number(length_tolerance, "length_tolerance", float, 1.0, problems))
@@ -632,7 +629,6 @@ def synthesize_reports(seeds: str = "builtin", n: int = 100, output: str = "data
         ("concurrency", concurrency, int, 1), ("max_retries", max_retries, int, 0), ("max_tokens", max_tokens, int, 1),
         ("requests_per_minute", requests_per_minute, float, 0.0), ("temperature", temperature, float, 0.0),
         ("timeout_s", timeout_s, float, 0.001))}
-    dry_run = as_bool(dry_run, "dry_run")
     if not dry_run and not (str(endpoint).strip() and str(model).strip()):
         problems.append("--endpoint and --model are required (or pass --dry_run for the cost estimate)")
     if problems:
