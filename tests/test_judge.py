@@ -159,7 +159,7 @@ def test_a_very_long_prediction_is_capped_so_the_judge_can_answer(tmp_path, reco
     preds[11]["causes"] = "A runaway generation. " + "again and again " * 20_000 + "The end."
     with FakeChatServer(reply) as server:
         items = judge_predictions(records, preds, client_for(server), tmp_path / "c.jsonl")
-    assert summarize(items, "judge-model")["n_failed"] == 0
+    assert judge_totals(items, "judge-model")["n_failed"] == 0
     sent = next(m[1]["content"] for m in (b["messages"] for b in server.requests) if "runaway" in m[1]["content"])
     assert "trimmed ...]" in sent and "The end." in sent
 
@@ -172,7 +172,7 @@ def test_a_refused_item_is_a_recorded_failure_and_the_run_finishes(tmp_path, rec
     preds[13]["symptoms"] += " refuse-me"
     cache = tmp_path / "c.jsonl"
     with FakeChatServer(reply) as server:
-        summary = summarize(judge_predictions(records, preds, client_for(server), cache), "judge-model")
+        summary = judge_totals(judge_predictions(records, preds, client_for(server), cache), "judge-model")
         assert summary["n_failed"] == 1 and summary["n_refused"] == 1
         assert summary["failures"][0]["id"] == 13 and "HTTP 400" in summary["failures"][0]["error"]
         judge_predictions(records, preds, client_for(server), cache)
