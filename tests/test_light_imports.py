@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 LIGHT = ["records", "atomic_io", "prompt", "submission", "check", "metrics", "evaluate", "extractive", "judge",
-         "psyqa", "folds", "label", "client", "presets", "config", "inference", "download", "pipeline", "encode", "stats", "sample_data", "text"]
+         "psyqa", "folds", "label", "client", "presets", "config", "inference", "download", "pipeline", "encode", "stats", "sample_data", "text",
+         "cli", "commands", "run_dir", "paths", "plots", "errors"]
 
 
 def test_light_modules_import_no_heavy_library():
