@@ -267,3 +267,22 @@ def test_a_failed_assertion_in_the_fake_servers_handler_fails_the_test():
             client = ChatClient(server.endpoint, "m", max_retries=0, backoff_s=0.0, timeout_s=10)
             with pytest.raises(EndpointError):
                 client.chat([{"role": "user", "content": "other"}])
+
+
+def test_console_entry_points_are_the_scripts_commands():
+    import tomllib
+
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    targets = {v.split(":")[1] for v in entry.values()}
+    assert all(v.startswith("emotion_summary.commands:") and callable(getattr(commands, v.split(":")[1]))
+               for v in entry.values())
+    assert targets == {command_of(script) for script in SCRIPTS}  # one console command per script
+
+
+def test_resuming_a_missing_run_is_an_error_not_a_new_run(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert refused(commands.train, ["--output_dir", str(missing), "--resume"], capsys) == [
+        f"error: {missing}: no run to resume here (no train_config.json); start one without --resume"]
+    assert refused(commands.train, ["--resume"], capsys) == [
+        "error: --resume: give --output_dir, the run directory to continue"]
+    assert not missing.exists()

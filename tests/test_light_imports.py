@@ -5,7 +5,8 @@ import sys
 
 LIGHT = ["records", "atomic_io", "prompt", "submission", "check", "metrics", "evaluate", "extractive", "judge",
          "psyqa", "folds", "label", "client", "presets", "config", "inference", "download", "pipeline", "encode", "stats", "sample_data", "text",
-         "report_html", "quiet"]
+         "report_html", "quiet", "cli", "commands", "run_dir", "paths", "plots", "errors", "overlap", "synthesize",
+         "install_torch", "replies", "backends", "model_identity"]
 
 
 def test_light_modules_import_no_heavy_library():

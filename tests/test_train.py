@@ -108,7 +108,7 @@ def test_run_directories_are_never_overwritten(tmp_path):
         train(**SMOKE, output_dir=str(run), resume=True)
 
 
-def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
+def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch, capsys):
     from emotion_summary import train as train_module
 
     calls = {"n": 0}
@@ -126,6 +126,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):
         train(**{**SMOKE, "save_every": 10}, output_dir=str(run))
     assert exit_info.value.code == 130
     assert (run / "checkpoints" / "step-2" / "state.json").is_file()
+    assert f"continue with:\n  python scripts/train_qwen2.py --output_dir {run} --resume" in capsys.readouterr().err
     monkeypatch.setattr(train_module.Trainer, "_optimizer_step", real_step)
     train(**{**SMOKE, "save_every": 10}, output_dir=str(run), resume=True)
     assert len(losses(run)) == 4 and (run / "COMPLETE").is_file()

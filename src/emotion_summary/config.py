@@ -132,6 +132,20 @@ def detect_vram_gb() -> float | None:
     return torch.cuda.get_device_properties(0).total_memory / 1e9
 
 
+def with_path_lists(options: dict) -> dict:
+    """train_data/eval_data given from Python as one path or "a.jsonl,b.jsonl", as lists."""
+    from emotion_summary.cli import parse_value
+
+    out = dict(options)
+    for key in ("train_data", "eval_data"):
+        if isinstance(out.get(key), (str, Path)):
+            try:
+                out[key] = parse_value(str(out[key]), list[str])
+            except ValueError:
+                out[key] = [str(out[key])]  # validate() names the problem with the others
+    return out
+
+
 def check_known(options: dict) -> None:
     unknown = sorted(k for k in options if k not in OPTION_NAMES)
     if unknown:
@@ -152,9 +166,7 @@ def resolve_config(preset_name: str = "auto", vram_gb: float | None = None, **ov
         if problem := gpu_visible_but_unusable():
             raise ConfigError(f"--preset auto: {problem}")
     name = pick_preset(vram_gb) if preset_name == "auto" else preset_name
-    for key in ("train_data", "eval_data"):
-        if isinstance(given.get(key), (str, Path)):
-            given[key] = [str(given[key])]
+    given = with_path_lists(given)
     cfg = TrainConfig(**{**preset_overrides(name), **given, "preset": name})
     cfg.output_dir = cfg.output_dir or default_output_dir(cfg.preset)
     return cfg

@@ -17,7 +17,7 @@ import shlex
 import time
 from pathlib import Path
 
-from emotion_summary.config import CONFIG_FILE, TrainConfig
+from emotion_summary.config import CONFIG_FILE, TrainConfig, with_path_lists
 from emotion_summary.errors import RunDirError
 
 COMPLETE_MARKER = "COMPLETE"
@@ -89,9 +89,7 @@ class RunDir:
         options = {k: v for k, v in options.items() if v is not None}
         if options.get("preset") in ("auto", saved.preset):
             options.pop("preset")
-        for key in ("train_data", "eval_data"):
-            if isinstance(options.get(key), str):
-                options[key] = [options[key]]
+        options = with_path_lists(options)
         diffs = saved.differences(saved.with_options(**options))
         if diffs:
             raise RunDirError(f"cannot resume {self.path} with another config: " + "; ".join(diffs))
