@@ -141,13 +141,22 @@ def test_bad_replies_are_reasked_then_rejected_with_the_reason_and_retried_on_re
     assert len(read_records(tmp_path / "synthetic.jsonl")) == 1
 
 
+def tear_last_line(out):
+    """As a run killed while writing its second report leaves the file."""
+    lines = out.read_text(encoding="utf-8").split("\n")
+    out.write_text(lines[0] + "\n" + lines[1][:50], encoding="utf-8")
+
+
 def test_torn_last_line_is_repaired_and_its_report_requested_again(tmp_path):
     seeds = seeds_file(tmp_path, SEEDS[:2])
     out = tmp_path / "synthetic.jsonl"
     with FakeChatServer(teacher) as server:
         synth(server, tmp_path, seeds, n=2)
-        lines = out.read_text(encoding="utf-8").split("\n")
-        out.write_text(lines[0] + "\n" + lines[1][:50], encoding="utf-8")  # killed mid-write
+        tear_last_line(out)
+        before = out.read_bytes()
+        with pytest.raises(UserError, match="this run uses 'other'"):  # another teacher's run: refused
+            synth(server, tmp_path, seeds, n=2, model="other")
+        assert out.read_bytes() == before  # before any repair
         assert synth(server, tmp_path, seeds, n=2)["kept"] == 1 and len(server.requests) == 3
     assert len(read_records(out)) == 2
 
@@ -158,19 +167,6 @@ def test_rerun_with_another_teacher_is_refused(tmp_path):
         synth(server, tmp_path, seeds, n=1)
         with pytest.raises(UserError, match="teacher 'teacher', this run uses 'other'"):
             synth(server, tmp_path, seeds, n=2, model="other")
-
-
-def test_another_teachers_file_with_a_torn_last_line_is_refused_untouched(tmp_path):
-    seeds = seeds_file(tmp_path, SEEDS[:2])
-    out = tmp_path / "synthetic.jsonl"
-    with FakeChatServer(teacher) as server:
-        synth(server, tmp_path, seeds, n=2)
-        lines = out.read_text(encoding="utf-8").split("\n")
-        out.write_text(lines[0] + "\n" + lines[1][:50], encoding="utf-8")
-        before = out.read_bytes()
-        with pytest.raises(UserError, match="this run uses 'other'"):
-            synth(server, tmp_path, seeds, n=2, model="other")
-    assert out.read_bytes() == before  # the refusal came before any repair
 
 
 def test_output_that_is_a_directory_or_under_a_file_is_refused_before_any_request(tmp_path):

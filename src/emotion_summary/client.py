@@ -253,6 +253,19 @@ def reply_text(body: dict) -> str:
     return content
 
 
+def run_pool_with_bar(items: list[T], work: Callable[[T], R], on_result: Callable[[R], None],
+                      concurrency: int, desc: str, unit: str = "report") -> None:
+    """`run_pool` with a progress bar that advances as each result is handled."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(items), desc=desc, unit=unit) as bar:
+        def handled(result: R) -> None:
+            on_result(result)
+            bar.update(1)
+
+        run_pool(items, work, handled, concurrency)
+
+
 def run_pool(items: Iterable[T], work: Callable[[T], R], on_result: Callable[[R], None],
              concurrency: int = 1) -> None:
     """`work(item)` for every item, at most `concurrency` at once; `on_result` runs in this thread.

@@ -15,12 +15,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from tqdm import tqdm
-
 from emotion_summary.atomic_io import (append_jsonl, atomic_write_jsonl, jsonl_lines, read_jsonl_tolerant,
                                        repair_jsonl_tail)
+from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool_with_bar
 from emotion_summary.errors import UserError
-from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool
 from emotion_summary.prompt import NOT_DESCRIBED, Language, PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, is_blank, read_records, record_from_dict
 from emotion_summary.text import detect_language
@@ -149,12 +147,7 @@ class _Run:
 
 
 def _label_all(todo: list[Record], work, run: _Run, concurrency: int) -> None:
-    with tqdm(total=len(todo), desc="labelling", unit="report") as bar:
-        def record(outcome: Outcome) -> None:
-            run.record(outcome)
-            bar.update(1)
-
-        run_pool(todo, work, record, concurrency)
+    run_pool_with_bar(todo, work, run.record, concurrency, "labelling")
 
 
 def label_file(input: str | Path, output: str | Path, client: ChatClient, language: str = "auto",

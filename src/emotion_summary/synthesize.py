@@ -33,10 +33,8 @@ from itertools import product
 from pathlib import Path
 from typing import Literal
 
-from tqdm import tqdm
-
 from emotion_summary.atomic_io import append_jsonl, atomic_write_bytes, read_jsonl_tolerant, repair_jsonl_tail
-from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool
+from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool_with_bar
 from emotion_summary.errors import UserError
 from emotion_summary.label import LANGUAGE_NAMES, finish_rejects, rejects_path
 from emotion_summary.overlap import OverlapIndex, Signature, record_text
@@ -549,12 +547,7 @@ def _run(todo, previous, output, rejects, client, synth_source, official_records
         return synthesize_one(client, job, ids[job.key], targets, language, max_retries, max_tokens, temperature)
 
     try:
-        with tqdm(total=len(todo), desc="synthesizing", unit="report") as bar:
-            def record(outcome: Outcome) -> None:
-                run.record(outcome)
-                bar.update(1)
-
-            run_pool(todo, work, record, concurrency)
+        run_pool_with_bar(todo, work, run.record, concurrency, "synthesizing")
     except EndpointError as e:
         raise EndpointError(f"{e}; {run.kept} reports were kept before it failed. Rerun the same command to "
                             "resume.", e.status) from None
