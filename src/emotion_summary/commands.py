@@ -33,17 +33,8 @@ def _function_command(module: str, name: str, config_file: bool) -> Callable[...
     return main
 
 
-check_submission = _function_command(*FUNCTION_COMMANDS["check_submission"])
-convert_psyqa = _function_command(*FUNCTION_COMMANDS["convert_psyqa"])
-download_data = _function_command(*FUNCTION_COMMANDS["download_data"])
-inference = _function_command(*FUNCTION_COMMANDS["inference"])
-label_with_teacher = _function_command(*FUNCTION_COMMANDS["label_with_teacher"])
-merge_adapter = _function_command(*FUNCTION_COMMANDS["merge_adapter"])
-stats = _function_command(*FUNCTION_COMMANDS["stats"])
-write_fold = _function_command(*FUNCTION_COMMANDS["write_fold"])
-evaluate = _function_command(*FUNCTION_COMMANDS["evaluate"])
-install_torch = _function_command(*FUNCTION_COMMANDS["install_torch"])
-synthesize_reports = _function_command(*FUNCTION_COMMANDS["synthesize_reports"])
+# check_submission, convert_psyqa, ..., one `main` per entry of FUNCTION_COMMANDS (pyproject's es-* names them)
+globals().update({command: _function_command(*spec) for command, spec in FUNCTION_COMMANDS.items()})
 
 
 def train(argv: list[str] | None = None) -> None:
