@@ -5,6 +5,8 @@ setlocal
 set HERE=%~dp0
 if "%PRESET%"=="" set PRESET=auto
 if "%VENV%"=="" set VENV=%HERE%.venv
+if "%~1"=="--help" goto help
+if "%~1"=="-h" goto help
 
 REM VENV=none uses the Python already on PATH, as in start_training_qwen2.sh.
 if /I "%VENV%"=="none" (
@@ -12,7 +14,8 @@ if /I "%VENV%"=="none" (
 ) else (
   if not exist "%VENV%\Scripts\python.exe" (
     echo creating virtual environment %VENV%
-    python -m venv "%VENV%" || exit /b 1
+    python -m venv "%VENV%"
+    if errorlevel 1 exit /b 1
   )
   set PY=%VENV%\Scripts\python.exe
 )
@@ -37,4 +40,13 @@ call "%PY%" "%HERE%scripts\install_torch.py" --check
 if errorlevel 1 exit /b 1
 
 "%PY%" "%HERE%scripts\pipeline.py" --preset %PRESET% %*
+exit /b %errorlevel%
+
+:help
+REM Like the .sh: the pipeline's options, without creating or installing anything.
+echo Main job: creates .venv when missing, installs, then runs scripts\pipeline.py (PRESET=auto^|8gb^|12gb^|24gb^|cpu-smoke).
+set PYTHONPATH=%HERE%src;%PYTHONPATH%
+set HPY=python
+if exist "%VENV%\Scripts\python.exe" set HPY=%VENV%\Scripts\python.exe
+"%HPY%" "%HERE%scripts\pipeline.py" --help
 exit /b %errorlevel%

@@ -258,7 +258,7 @@ def wineprefix(tmp_path_factory):
     return tmp_path_factory.mktemp("wineprefix")
 
 
-def run_bat(tmp_path, wineprefix, fail=""):
+def run_bat(tmp_path, wineprefix, fail="", args=("--train_data", "data\\train.jsonl")):
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     (stubs / "python.bat").write_text(STUB_BAT.replace("\n", "\r\n"))
@@ -266,13 +266,13 @@ def run_bat(tmp_path, wineprefix, fail=""):
     env = {**os.environ, "WINEPREFIX": str(wineprefix), "WINEDEBUG": "-all",
            "WINEPATH": windows_path(stubs), "STUB_LOG": windows_path(log), "STUB_FAIL": fail,
            "VENV": "none", "PRESET": "auto"}
-    done = subprocess.run([wine_cmd(), "cmd", "/c", windows_path(ROOT / "start_training_qwen2.bat"),
-                           "--train_data", "data\\train.jsonl"], env=env, capture_output=True, timeout=300)
+    done = subprocess.run([wine_cmd(), "cmd", "/c", windows_path(ROOT / "start_training_qwen2.bat"), *args],
+                          env=env, capture_output=True, timeout=300)
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines()] if log.exists() else []
     return done.returncode, lines
 
 
-def run_sh(tmp_path, fail=""):
+def run_sh(tmp_path, fail="", args=("--train_data", "data/train.jsonl")):
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     (stubs / "python3").write_text(STUB_SH)
@@ -280,7 +280,7 @@ def run_sh(tmp_path, fail=""):
     log = tmp_path / "log.txt"
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "STUB_LOG": str(log), "STUB_FAIL": fail,
            "VENV": "none", "PRESET": "auto"}
-    done = subprocess.run(["bash", str(ROOT / "start_training_qwen2.sh"), "--train_data", "data/train.jsonl"],
+    done = subprocess.run(["bash", str(ROOT / "start_training_qwen2.sh"), *args],
                           env=env, capture_output=True, timeout=60)
     return done.returncode, log.read_text().splitlines()
 
@@ -320,3 +320,11 @@ def test_sh_has_the_same_flow_as_the_bat(tmp_path):
 def test_sh_stops_when_the_torch_installer_fails(tmp_path):
     code, lines = run_sh(tmp_path, fail="install_torch.py")
     assert code != 0 and len(lines) == 3 and lines[-1].endswith("install_torch.py")
+
+
+def test_help_of_both_launchers_installs_nothing_and_shows_the_pipelines_options(tmp_path, wineprefix):
+    (tmp_path / "sh").mkdir(), (tmp_path / "bat").mkdir()
+    code, lines = run_sh(tmp_path / "sh", args=("--help",))
+    assert code == 0 and lines == [f"{ROOT}/scripts/pipeline.py --help"]
+    code, lines = run_bat(tmp_path / "bat", wineprefix, args=("--help",))
+    assert code == 0 and lines == [f'"{windows_path(ROOT)}\\scripts\\pipeline.py" --help']
