@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from emotion_summary.errors import ConfigError, UserError
+from emotion_summary.paths import set_command_line_inputs
 
 REQUIRED = inspect.Parameter.empty
 _TRUE = {"true", "yes", "y", "1", "on"}
@@ -228,7 +229,7 @@ def read_config_file(path: str) -> dict:
     """`--config FILE`: a YAML or JSON mapping of option names to values."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"{path}: no such file")
+        raise ValueError(f"{path}: {'is a directory' if p.is_dir() else 'no such file'}")
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix.lower() == ".json":
@@ -256,6 +257,7 @@ def parse_command_line(options: list[Option], argv: list[str], config_file: bool
     positional = [o for o in options if o.required] + [o for o in options if o.variadic]
     problems, values, given, loose = [], {}, set(), []
     config_values: dict = {}
+    config_path, config_failed = None, False
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -276,8 +278,10 @@ def parse_command_line(options: list[Option], argv: list[str], config_file: bool
                 raw, i = argv[i], i + 1
             try:
                 config_values = read_config_file(raw)
+                config_path = raw
             except ValueError as e:
                 problems.append(f"--config: {e}")
+                config_failed = True
             continue
         option = by_name.get(name)
         if option is None and name.startswith("no") and name[2:] in by_name and _is_bool(by_name[name[2:]]):
@@ -318,9 +322,11 @@ def parse_command_line(options: list[Option], argv: list[str], config_file: bool
         elif option.name not in given:  # the command line wins over the file
             given.add(option.name)
             _convert(option, raw, problems, values)
-    problems += [f"{o.flag}: required" for o in options if o.required and o.name not in given]
+    if not config_failed:  # else the file that could not be read is the one problem to fix
+        problems += [f"{o.flag}: required" for o in options if o.required and o.name not in given]
     if problems:
         raise Usage(problems)
+    set_command_line_inputs({"--config": config_path})
     return values
 
 

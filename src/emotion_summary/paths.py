@@ -5,6 +5,7 @@ from the package but errors."""
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -12,6 +13,15 @@ from emotion_summary.errors import UserError
 
 PathLike = Union[str, "os.PathLike[str]"]
 Named = Mapping[str, Optional[PathLike]]  # option name (as the user typed it) -> path; None: not given
+
+# Files the command line itself read (`--config FILE`): inputs of whatever command runs next.
+_COMMAND_LINE_INPUTS: ContextVar[dict] = ContextVar("command_line_inputs", default={})
+
+
+def set_command_line_inputs(named: Named) -> None:
+    """Record the files the command line read (the parser calls this once per command line), so
+    `refuse_overwrite` protects them as it protects the command's own inputs."""
+    _COMMAND_LINE_INPUTS.set(dict(named))
 
 
 def _file_above(path: Path) -> Path | None:
@@ -45,7 +55,7 @@ def refuse_overwrite(outputs: Named, inputs: Named, dirs: Named | None = None) -
     outputs: output files by option name, e.g. {"--output": "sub.jsonl"}; inputs likewise; dirs: output
     directories (whose files are not known yet, or are listed in `outputs` too)."""
     problems: list[str] = []
-    given_inputs = {name: Path(p) for name, p in inputs.items() if p is not None}
+    given_inputs = {name: Path(p) for name, p in {**_COMMAND_LINE_INPUTS.get(), **inputs}.items() if p is not None}
     bad_dirs = set()
     for name, path in (dirs or {}).items():
         if path is not None and output_dir_problems(name, path):

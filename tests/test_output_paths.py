@@ -1,0 +1,116 @@
+"""Output paths across every command that writes files: never onto an input (the --config file
+included), never a directory where a file goes, never under a file; one line, exit 2, nothing written."""
+
+import json
+
+import pytest
+
+from emotion_summary import commands
+
+
+def refused(command, argv, capsys) -> list[str]:
+    with pytest.raises(SystemExit) as exit_info:
+        command(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.splitlines()
+
+
+def tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*"))}
+
+
+def test_an_output_never_overwrites_the_config_file_it_was_given(tmp_path, capsys, gold_file):
+    config = tmp_path / "scores.json"
+    config.write_text(json.dumps({"pred": str(gold_file), "gold": str(gold_file), "bertscore": False}))
+    before = tree(tmp_path)
+    assert refused(commands.evaluate, ["--config", str(config), "--out_dir", str(tmp_path), "--name", "scores"],
+                   capsys) == [f"error: --out_dir/scores.json {config}: is the input --config {config}; "
+                               "write the output elsewhere"]
+    infer_config = tmp_path / "infer.yaml"
+    infer_config.write_text(f"input: {gold_file}\nbackend: extractive\n")
+    before = tree(tmp_path)
+    assert refused(commands.inference, ["--config", str(infer_config), "--output", str(infer_config)], capsys) == [
+        f"error: --output {infer_config}: is the input --config {infer_config}; write the output elsewhere"]
+    assert tree(tmp_path) == before
+
+
+def test_a_config_file_that_cannot_be_read_is_the_only_problem_reported(tmp_path, capsys):
+    (tmp_path / "cfg.json").write_text('{"pred": "a.jsonl"')
+    lines = refused(commands.evaluate, ["--config", str(tmp_path / "cfg.json")], capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"error: --config: {tmp_path / 'cfg.json'}: not valid JSON")
+    assert refused(commands.evaluate, ["--config", str(tmp_path)], capsys) == [
+        f"error: --config: {tmp_path}: is a directory"]
+
+
+@pytest.fixture
+def blockers(tmp_path):
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    return tmp_path / "a_dir", tmp_path / "a_file"
+
+
+def test_convert_psyqa_refuses_a_directory_or_a_path_under_a_file(tmp_path, capsys, fixtures, blockers):
+    a_dir, a_file = blockers
+    psyqa = str(fixtures / "psyqa_tiny.json")
+    assert refused(commands.convert_psyqa, [psyqa, str(a_dir)], capsys) == [
+        f"error: --output {a_dir}: is a directory; give a file name"]
+    assert refused(commands.convert_psyqa, [psyqa, str(a_file / "x.jsonl")], capsys) == [
+        f"error: --output {a_file / 'x.jsonl'}: {a_file} is a file, not a directory"]
+    assert refused(commands.convert_psyqa, [psyqa, psyqa], capsys) == [
+        f"error: --output {psyqa}: is the input --input {psyqa}; write the output elsewhere"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"] and not any(a_dir.iterdir())
+
+
+def test_download_data_refuses_an_out_dir_that_is_a_file_and_creates_nothing_for_a_missing_from_dir(
+        tmp_path, capsys, blockers):
+    _, a_file = blockers
+    assert refused(commands.download_data, ["--out_dir", str(a_file), "--from_dir", str(tmp_path)], capsys) == [
+        f"error: --out_dir {a_file}: is a file, not a directory"]
+    assert refused(commands.download_data, ["--out_dir", str(a_file / "data"), "--from_dir", str(tmp_path)],
+                   capsys) == [f"error: --out_dir {a_file / 'data'}: {a_file} is a file, not a directory"]
+    assert refused(commands.download_data, ["--out_dir", str(tmp_path / "data"), "--from_dir",
+                                            str(tmp_path / "nothere")], capsys) == [
+        f"error: --from_dir {tmp_path / 'nothere'}: no such directory"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"]
+
+
+def test_label_refuses_a_directory_or_a_path_under_a_file_before_anything_is_sent(tmp_path, capsys, fixtures,
+                                                                                  blockers):
+    a_dir, a_file = blockers
+    inputs = str(fixtures / "es_tiny.jsonl")
+    endpoint = ["http://127.0.0.1:9/v1", "teacher"]  # nothing listens: a request would fail differently
+    assert refused(commands.label_with_teacher, [inputs, str(a_dir), *endpoint], capsys) == [
+        f"error: --output {a_dir}: is a directory; give a file name"]
+    assert refused(commands.label_with_teacher, [inputs, str(a_file / "x.jsonl"), *endpoint], capsys) == [
+        f"error: --output {a_file / 'x.jsonl'}: {a_file} is a file, not a directory"]
+    assert refused(commands.label_with_teacher, [inputs, inputs, *endpoint], capsys) == [
+        f"error: --output {inputs}: is the input --input {inputs}; write the output elsewhere"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"] and not any(a_dir.iterdir())
+
+
+@pytest.mark.parametrize("option, value", [("--max_tokens", "0"), ("--limit", "-1"), ("--concurrency", "0")])
+def test_label_refuses_numbers_out_of_range_in_one_line(tmp_path, capsys, fixtures, option, value):
+    argv = [str(fixtures / "es_tiny.jsonl"), str(tmp_path / "out.jsonl"), "http://127.0.0.1:9/v1", "teacher"]
+    lines = refused(commands.label_with_teacher, [*argv, option, value], capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {option}: expected an integer >= "), lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_a_judge_concurrency_below_one(tmp_path, capsys, gold_file):
+    argv = [str(gold_file), str(gold_file), "--out_dir", str(tmp_path / "res"), "--bertscore", "false",
+            "--judge", "--endpoint", "http://127.0.0.1:9/v1", "--model", "judge", "--concurrency", "0"]
+    assert refused(commands.evaluate, argv, capsys) == ["error: --concurrency: expected an integer >= 1, got 0"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_synthesize_checks_its_output_like_every_command(tmp_path, capsys, blockers):
+    a_dir, a_file = blockers
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("exam anxiety\n")
+    dry = ["--dry_run", "--n", "1", "--seeds", str(seeds)]
+    assert refused(commands.synthesize_reports, [*dry, "--output", str(a_dir)], capsys) == [
+        f"error: --output {a_dir}: is a directory; give a file name"]
+    assert refused(commands.synthesize_reports, [*dry, "--output", str(a_file / "x.jsonl")], capsys) == [
+        f"error: --output {a_file / 'x.jsonl'}: {a_file} is a file, not a directory"]
+    assert refused(commands.synthesize_reports, [*dry, "--output", str(seeds)], capsys) == [
+        f"error: --output {seeds}: is the input --seeds {seeds}; write the output elsewhere"]
