@@ -198,6 +198,35 @@ def comma_list(value: Any, name: str, item: type = str) -> list:
         raise ConfigError(f"--{name}: {e}") from None
 
 
+def number_problem(name: str, value: Any, kind: type, minimum: float, strict: bool = False) -> str | None:
+    """None when `value` is a `kind` (int or float) at least (or, `strict`, above) `minimum`; else the
+    one-line problem naming --name. The one range check of every command's numbers."""
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number < minimum or (strict and number == minimum) \
+            or (kind is int and not number.is_integer()):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        return f"--{name}: expected {'an integer' if kind is int else 'a number'} {bound}, got {value!r}"
+    return None
+
+
+def at_least(value: Any, name: str, kind: type, minimum: float, strict: bool = False):
+    """`value` as `kind` when `number_problem` finds none; else that problem as a ConfigError."""
+    problem = number_problem(name, value, kind, minimum, strict)
+    if problem:
+        raise ConfigError(problem)
+    return kind(value)
+
+
+def check_numbers(checks: dict[str, tuple], separator: str = "\n") -> None:
+    """Every range problem at once: {name: (value, kind, minimum[, strict])}; None values are not given."""
+    problems = [number_problem(name, *spec) for name, spec in checks.items() if spec[0] is not None]
+    if any(problems):
+        raise ConfigError(separator.join(p for p in problems if p))
+
+
 # ---- parsing ----------------------------------------------------------------------------------
 
 class Usage(Exception):
@@ -407,5 +436,5 @@ def call(thunk: Callable[[], Any]):
         sys.exit(130)
 
 
-__all__ = ["Option", "REQUIRED", "Usage", "call", "check_value", "comma_list", "dataclass_options", "fail",
-           "function_options", "help_text", "parse_command_line", "parse_or_exit", "parse_value", "run"]
+__all__ = ["Option", "REQUIRED", "Usage", "at_least", "call", "check_numbers", "check_value", "comma_list", "dataclass_options", "fail",
+           "function_options", "help_text", "number_problem", "parse_command_line", "parse_or_exit", "parse_value", "run"]
