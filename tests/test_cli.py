@@ -286,3 +286,11 @@ def test_resuming_a_missing_run_is_an_error_not_a_new_run(tmp_path, capsys):
     assert refused(commands.train, ["--resume"], capsys) == [
         "error: --resume: give --output_dir, the run directory to continue"]
     assert not missing.exists()
+
+
+def test_help_names_a_console_command_without_its_install_path(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/bin/es-write-fold", "--help"])
+    with pytest.raises(SystemExit) as stop:
+        commands.write_fold()
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: es-write-fold INPUT ")

@@ -393,7 +393,7 @@ def help_text(prog: str, summary: str, options: list[Option], config_file: bool 
 
 def _prog() -> str:
     main = sys.argv[0] if sys.argv and sys.argv[0] else "command"
-    return Path(main).name if main.endswith(".py") else main
+    return Path(main).name  # scripts/stats.py -> stats.py; /venv/bin/es-stats -> es-stats
 
 
 def fail(message: str) -> typing.NoReturn:
