@@ -41,7 +41,7 @@ from emotion_summary.label import LANGUAGE_NAMES, finish_rejects, rejects_path
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.overlap import OverlapIndex, Signature, record_text
 from emotion_summary.prompt import json_object
-from emotion_summary.records import INPUT_FIELDS, Record, RecordError, read_records, record_from_dict
+from emotion_summary.records import Record, read_records, record_from_dict
 from emotion_summary.text import detect_language
 
 PROMPT_VERSION = "synth-v1"
