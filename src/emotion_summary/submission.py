@@ -39,8 +39,9 @@ def write_submission(path: str | os.PathLike, rows_by_id: dict[int, dict[str, st
 def read_predictions(path: str | os.PathLike) -> dict[int, dict[str, str]]:
     """A submission file as {id: {field: text}} in our field names; errors name the line and key."""
     report = check_submission(path)
-    if report.errors:
-        raise RecordError(path, "", None, "; ".join(report.errors[:5]))
+    if report.errors:  # each error starts with the path, which RecordError puts in front once
+        raise RecordError(path, "", None, "; ".join(e.removeprefix(str(path)).lstrip(": ")
+                                                    for e in report.errors[:5]))
     return {rid: {FIELD_OF_KEY[k]: v for k, v in row.items() if k in FIELD_OF_KEY}
             for rid, row in report.rows.items()}
 
