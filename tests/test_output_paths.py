@@ -114,3 +114,10 @@ def test_synthesize_checks_its_output_like_every_command(tmp_path, capsys, block
         f"error: --output {a_file / 'x.jsonl'}: {a_file} is a file, not a directory"]
     assert refused(commands.synthesize_reports, [*dry, "--output", str(seeds)], capsys) == [
         f"error: --output {seeds}: is the input --seeds {seeds}; write the output elsewhere"]
+
+
+def test_install_torch_names_the_option_of_a_missing_or_directory_input(tmp_path, capsys):
+    argv = ["--dry_run", "--nvidia_smi_output", str(tmp_path / "smi.txt"), "--requirements", str(tmp_path)]
+    assert refused(commands.install_torch, argv, capsys) == [
+        f"error: --nvidia_smi_output {tmp_path / 'smi.txt'}: no such file",
+        f"error: --requirements {tmp_path}: is a directory"]

@@ -48,6 +48,14 @@ def output_dir_problems(name: str, path: PathLike) -> list[str]:
     return [f"{name} {p}: {above} is a file, not a directory"] if above else []
 
 
+def refuse_unreadable(inputs: Named) -> None:
+    """Raise UserError, one line per option, when an input file given by name is missing or a directory."""
+    problems = [f"{name} {p}: {'is a directory' if Path(p).is_dir() else 'no such file'}"
+                for name, p in inputs.items() if p is not None and not Path(p).is_file()]
+    if problems:
+        raise UserError("\n".join(problems))
+
+
 def refuse_overwrite(outputs: Named, inputs: Named, dirs: Named | None = None) -> None:
     """Raise UserError before any work when an output file resolves to an input, is a directory or
     lies under a file, or an output directory is a file or lies under one.
