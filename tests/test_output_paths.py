@@ -121,3 +121,22 @@ def test_install_torch_names_the_option_of_a_missing_or_directory_input(tmp_path
     assert refused(commands.install_torch, argv, capsys) == [
         f"error: --nvidia_smi_output {tmp_path / 'smi.txt'}: no such file",
         f"error: --requirements {tmp_path}: is a directory"]
+
+
+def test_pipeline_refuses_bad_submission_and_input_paths_before_training(tmp_path, capsys, monkeypatch, blockers):
+    from emotion_summary import pipeline
+
+    monkeypatch.setattr(pipeline, "_train_or_reuse", lambda *a: pytest.fail("trained before checking the paths"))
+    _, a_file = blockers
+    assert refused(commands.pipeline, ["--preset", "cpu-smoke", "--submission_dir", str(a_file)], capsys) == [
+        f"error: --submission_dir {a_file}: is a file, not a directory"]
+    missing = tmp_path / "inputs.jsonl"
+    assert refused(commands.pipeline, ["--preset", "cpu-smoke", "--predict_input", str(missing)], capsys) == [
+        f"error: --predict_input {missing}: no such file"]
+    gold = tmp_path / "sub" / "Emotion_Summary_Result.jsonl"
+    gold.parent.mkdir()
+    gold.write_text("{}\n")
+    assert refused(commands.pipeline, ["--preset", "cpu-smoke", "--submission_dir", str(gold.parent),
+                                       "--gold", str(gold)], capsys) == [
+        f"error: --submission_dir/Emotion_Summary_Result.jsonl {gold}: is the input --gold {gold}; "
+        "write the output elsewhere"]
