@@ -192,7 +192,7 @@ def read_records(path: str | os.PathLike, require_gold: bool = False) -> list[Re
     """Read ES records from JSONL or a JSON array; raise RecordError on the first bad one."""
     path = Path(path)
     if not path.is_file():
-        raise RecordError(path, "", None, "no such file")
+        raise RecordError(path, "", None, "is a directory, not an ES file" if path.is_dir() else "no such file")
     records: list[Record] = []
     seen: dict[int, str] = {}
     for where, item in _raw_items(path):
