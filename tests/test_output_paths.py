@@ -140,3 +140,32 @@ def test_pipeline_refuses_bad_submission_and_input_paths_before_training(tmp_pat
                                        "--gold", str(gold)], capsys) == [
         f"error: --submission_dir/Emotion_Summary_Result.jsonl {gold}: is the input --gold {gold}; "
         "write the output elsewhere"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, gold_file,
+                                                                           monkeypatch):
+    import os
+
+    from emotion_summary import paths
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(paths.os, "access", lambda p, mode: real_access(p, mode) and str(p) != str(locked))
+    out = locked / "res"
+    assert refused(commands.evaluate, [str(gold_file), str(gold_file), "--bertscore", "false", "--out_dir", str(out)],
+                   capsys)[0] == (f"error: --out_dir {out}: cannot write in {locked} (no permission, or a "
+                                  "read-only file system)")
+    assert list(locked.iterdir()) == []
+
+
+def test_an_os_error_during_a_command_is_one_line_and_exit_2(capsys):
+    from emotion_summary.cli import call
+
+    def write():
+        raise PermissionError(13, "Permission denied", "/srv/out.jsonl")
+
+    with pytest.raises(SystemExit) as stop:
+        call(write)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: /srv/out.jsonl: Permission denied\n"

@@ -417,7 +417,8 @@ def parse_or_exit(options: list[Option], argv: list[str] | None, summary: str, c
 
 def run(fn: Callable, argv: list[str] | None = None, config_file: bool = False):
     """Run `fn` as a command: options from its signature and docstring, typed at the boundary.
-    A UserError (and a missing file) exits 2 with its message; Ctrl-C exits 130 without a traceback."""
+    A UserError or an OSError (a missing file, a full or read-only disk) exits 2 with one line; Ctrl-C exits
+    130 without a traceback."""
     summary, _ = _docstring_help(fn)
     values = parse_or_exit(function_options(fn), argv, summary, config_file)
     variadic = [o.name for o in function_options(fn) if o.variadic]
@@ -429,8 +430,10 @@ def run(fn: Callable, argv: list[str] | None = None, config_file: bool = False):
 def call(thunk: Callable[[], Any]):
     try:
         return thunk()
-    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+    except UserError as e:
         fail(str(e))
+    except OSError as e:  # a file that vanished, a full or read-only disk: one line, not a traceback
+        fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)

@@ -32,12 +32,22 @@ def _file_above(path: Path) -> Path | None:
     return None
 
 
+def _unwritable(name: str, path: Path, is_dir: bool = False) -> list[str]:
+    """Nothing can be created in the nearest existing folder at (a directory) or above `path`
+    (permissions, a read-only disk)."""
+    candidates = [path.absolute()] * is_dir + list(path.absolute().parents)
+    folder = next((parent for parent in candidates if parent.exists()), None)
+    if folder is None or not folder.is_dir() or os.access(folder, os.W_OK | os.X_OK):
+        return []
+    return [f"{name} {path}: cannot write in {folder} (no permission, or a read-only file system)"]
+
+
 def output_file_problems(name: str, path: PathLike) -> list[str]:
     p = Path(path)
     if p.is_dir():
         return [f"{name} {p}: is a directory; give a file name"]
     above = _file_above(p)
-    return [f"{name} {p}: {above} is a file, not a directory"] if above else []
+    return [f"{name} {p}: {above} is a file, not a directory"] if above else _unwritable(name, p)
 
 
 def output_dir_problems(name: str, path: PathLike) -> list[str]:
@@ -45,7 +55,7 @@ def output_dir_problems(name: str, path: PathLike) -> list[str]:
     if p.exists() and not p.is_dir():
         return [f"{name} {p}: is a file, not a directory"]
     above = _file_above(p)
-    return [f"{name} {p}: {above} is a file, not a directory"] if above else []
+    return [f"{name} {p}: {above} is a file, not a directory"] if above else _unwritable(name, p, is_dir=True)
 
 
 def refuse_unreadable(inputs: Named) -> None:
