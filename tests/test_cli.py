@@ -10,7 +10,7 @@ from emotion_summary import commands
 from emotion_summary.cli import Option, Usage, function_options, parse_command_line
 from emotion_summary.config import TrainConfig, resolve_config, validate
 from emotion_summary.errors import ConfigError, RunDirError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, refused
 
 SCRIPTS = sorted([*ROOT.glob("scripts/*.py"), *ROOT.glob("eval/*.py")])
 
@@ -222,13 +222,6 @@ def test_train_config_fields_each_have_help():
     from dataclasses import fields
 
     assert all(f.metadata.get("help") for f in fields(TrainConfig))
-
-
-def refused(command, argv, capsys) -> list[str]:
-    with pytest.raises(SystemExit) as exit_info:
-        command(argv)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err.splitlines()
 
 
 def test_outputs_onto_inputs_directories_or_under_files_are_refused_before_any_work(tmp_path, capsys, fixtures):

@@ -6,13 +6,7 @@ import json
 import pytest
 
 from emotion_summary import commands
-
-
-def refused(command, argv, capsys) -> list[str]:
-    with pytest.raises(SystemExit) as exit_info:
-        command(argv)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err.splitlines()
+from tests.conftest import refused
 
 
 def tree(folder) -> dict[str, bytes]:
