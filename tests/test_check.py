@@ -176,3 +176,7 @@ def test_a_bad_prediction_file_is_named_once_in_the_error(tmp_path):
     with pytest.raises(RecordError) as e:
         read_predictions(broken)
     assert str(e.value).startswith(f"{broken}: line 1: invalid JSON") and str(e.value).count(str(broken)) == 1
+
+
+def test_a_directory_given_as_the_submission_is_called_a_directory(tmp_path):
+    assert check_submission(tmp_path).errors == [f"{tmp_path}: is a directory, not a submission file"]

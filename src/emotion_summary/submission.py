@@ -96,7 +96,7 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
     path = Path(path)
     report = SubmissionReport(str(path))
     if not path.is_file():
-        report.errors.append(f"{path}: no such file")
+        report.errors.append(f"{path}: {'is a directory, not a submission file' if path.is_dir() else 'no such file'}")
         return report
     try:
         text = path.read_bytes().decode("utf-8")
