@@ -163,3 +163,12 @@ def test_an_os_error_during_a_command_is_one_line_and_exit_2(capsys):
         call(write)
     assert stop.value.code == 2
     assert capsys.readouterr().err == "error: /srv/out.jsonl: Permission denied\n"
+
+
+def test_a_second_config_file_is_refused_not_silently_preferred(tmp_path, capsys, gold_file):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"pred": str(gold_file), "gold": str(gold_file), "bertscore": False}))
+    second.write_text(json.dumps({"out_dir": str(tmp_path / "res")}))
+    assert refused(commands.evaluate, ["--config", str(first), "--config", str(second)], capsys) == [
+        "error: --config: given more than once (one file; the command line adds to it)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]

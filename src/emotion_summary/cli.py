@@ -305,6 +305,9 @@ def parse_command_line(options: list[Option], argv: list[str], config_file: bool
                     problems.append("--config: expected a file name")
                     continue
                 raw, i = argv[i], i + 1
+            if config_path is not None or config_failed:
+                problems.append("--config: given more than once (one file; the command line adds to it)")
+                continue
             try:
                 config_values = read_config_file(raw)
                 config_path = raw
