@@ -39,3 +39,12 @@ def test_the_config_file_sentence_names_every_command_that_reads_one():
     assert [s for s in takers if s not in config_sentence(ENGLISH)] == []
     # the Chinese sentence names training, inference and labelling in words, the newer commands by file
     assert [s for s in ("synthesize_reports.py", "evaluate.py") if s not in config_sentence(CHINESE)] == []
+
+
+def test_side_files_are_named_as_the_code_names_them():
+    from emotion_summary.label import rejects_path
+    from emotion_summary.replies import side_file_for
+
+    assert rejects_path("x/labelled.jsonl").name == "labelled.rejects.jsonl"  # `<output stem>.rejects.jsonl`
+    assert side_file_for("x/sub.jsonl").name == "sub.jsonl.raw.jsonl"  # `<output>.raw.jsonl`
+    assert "<output>.rejects.jsonl" not in README and "<output stem>.raw.jsonl" not in README
