@@ -172,3 +172,13 @@ def test_a_second_config_file_is_refused_not_silently_preferred(tmp_path, capsys
     assert refused(commands.evaluate, ["--config", str(first), "--config", str(second)], capsys) == [
         "error: --config: given more than once (one file; the command line adds to it)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+
+
+def test_two_outputs_of_one_command_on_one_file_are_refused(tmp_path, capsys, gold_file):
+    cache = tmp_path / "res" / "scores.json"
+    argv = [str(gold_file), str(gold_file), "--bertscore", "false", "--out_dir", str(tmp_path / "res"),
+            "--name", "scores", "--judge", "--endpoint", "http://127.0.0.1:9/v1", "--model", "judge",
+            "--judge_cache", str(cache)]
+    assert refused(commands.evaluate, argv, capsys) == [
+        f"error: --judge_cache {cache}: is also the output --out_dir/scores.json; give another path"]
+    assert list(tmp_path.iterdir()) == []

@@ -79,9 +79,13 @@ def refuse_overwrite(outputs: Named, inputs: Named, dirs: Named | None = None) -
         if path is not None and output_dir_problems(name, path):
             problems += output_dir_problems(name, path)
             bad_dirs.add(Path(path).resolve())
+    written: dict[Path, str] = {}
     for name, path in outputs.items():
         if path is None:
             continue
+        if Path(path).resolve() in written:  # two outputs of one command on one file: one would be lost
+            problems.append(f"{name} {path}: is also the output {written[Path(path).resolve()]}; give another path")
+        written.setdefault(Path(path).resolve(), name)
         if not bad_dirs & set(Path(path).resolve().parents):  # else said once, for the directory
             problems += output_file_problems(name, path)
         target = Path(path).resolve()
