@@ -182,3 +182,13 @@ def test_two_outputs_of_one_command_on_one_file_are_refused(tmp_path, capsys, go
     assert refused(commands.evaluate, argv, capsys) == [
         f"error: --judge_cache {cache}: is also the output --out_dir/scores.json; give another path"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_options_out_of_range_are_named_like_every_other_command():
+    from emotion_summary.config import resolve_config, validate
+
+    problems = validate(resolve_config("cpu-smoke", lora_r=0, learning_rate=-1.0, max_steps=-2, weight_decay=-0.1))
+    assert "lora_r: expected an integer >= 1, got 0" in problems
+    assert "learning_rate: expected a number > 0, got -1.0" in problems
+    assert "max_steps: expected an integer >= 0, got -2" in problems
+    assert "weight_decay: expected a number >= 0, got -0.1" in problems
