@@ -23,9 +23,8 @@ from emotion_summary.errors import UserError
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.prompt import NOT_DESCRIBED, Language, PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, is_blank, read_records, record_from_dict
-from emotion_summary.text import detect_language
+from emotion_summary.text import LANGUAGE_NAMES, detect_language
 
-LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 RETRY_MESSAGE = ("Your reply could not be used: {reason}. Answer again with only one JSON object with "
                  "exactly these keys: {keys}; every value a non-empty paragraph{language}, or exactly "
                  f'"{NOT_DESCRIBED}" where the report says nothing about it.')

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from emotion_summary.atomic_io import atomic_write_jsonl, jsonl_lines
 from emotion_summary.records import GOLD_FIELDS, Record, RecordError, integer_id_problem, is_blank, read_records
-from emotion_summary.text import detect_language, record_language, script_language
+from emotion_summary.text import LANGUAGE_NAMES, detect_language, record_language, script_language
 
 SUBMISSION_FILE = "Emotion_Summary_Result.jsonl"
 # Singular "cause" and capital "C" are the leaderboard's spelling.
@@ -123,9 +123,6 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
     for rid, row in rows.items():
         _check_values(f"{path}:line {seen.get(rid, '?')}", row, expected.get(rid), report)
     return report
-
-
-LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 
 
 def _row_text(row: dict) -> str:

@@ -37,12 +37,12 @@ from emotion_summary.atomic_io import append_jsonl, atomic_write_bytes, read_jso
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool_with_bar
 from emotion_summary.cli import number_problem
 from emotion_summary.errors import UserError
-from emotion_summary.label import LANGUAGE_NAMES, finish_rejects, rejects_path
+from emotion_summary.label import finish_rejects, rejects_path
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.overlap import OverlapIndex, Signature, record_text
 from emotion_summary.prompt import json_object
 from emotion_summary.records import Record, read_records, record_from_dict
-from emotion_summary.text import detect_language
+from emotion_summary.text import LANGUAGE_NAMES, detect_language
 
 PROMPT_VERSION = "synth-v1"
 SOURCE = "synthetic"
