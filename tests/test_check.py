@@ -179,4 +179,4 @@ def test_a_bad_prediction_file_is_named_once_in_the_error(tmp_path):
 
 
 def test_a_directory_given_as_the_submission_is_called_a_directory(tmp_path):
-    assert check_submission(tmp_path).errors == [f"{tmp_path}: is a directory, not a submission file"]
+    assert check_submission(tmp_path).errors == [f"{tmp_path}: is a directory"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from emotion_summary.errors import ConfigError, UserError
-from emotion_summary.paths import set_command_line_inputs
+from emotion_summary.paths import missing_file, set_command_line_inputs
 
 REQUIRED = inspect.Parameter.empty
 _TRUE = {"true", "yes", "y", "1", "on"}
@@ -257,8 +257,8 @@ def _convert(option: Option, raw: Any, problems: list[str], values: dict) -> Non
 def read_config_file(path: str) -> dict:
     """`--config FILE`: a YAML or JSON mapping of option names to values."""
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{path}: {'is a directory' if p.is_dir() else 'no such file'}")
+    if missing_file(p):
+        raise ValueError(f"{path}: {missing_file(p)}")
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix.lower() == ".json":

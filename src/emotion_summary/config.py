@@ -233,14 +233,14 @@ def _value_problems(cfg: TrainConfig, vram_gb: float | None, check_files: bool) 
 
 
 def _data_problems(cfg: TrainConfig) -> list[str]:
-    from emotion_summary.paths import output_dir_problems
+    from emotion_summary.paths import missing_file, output_dir_problems
 
     problems = [p.replace("--output_dir ", "output_dir: ", 1) for p in output_dir_problems("--output_dir", cfg.output_dir)]
     if not cfg.train_data and cfg.preset != "cpu-smoke":
         problems.append("train_data: give one or more labelled ES files (JSONL or JSON)")
     for path in cfg.train_data + cfg.eval_data:
-        if not Path(path).is_file():
-            problems.append(f"data file {path}: {'is a directory' if Path(path).is_dir() else 'no such file'}")
+        if missing_file(path):
+            problems.append(f"data file {path}: {missing_file(path)}")
     both = {str(Path(p).resolve()) for p in cfg.train_data} & {str(Path(p).resolve()) for p in cfg.eval_data}
     if both:
         problems.append(f"eval_data: {', '.join(sorted(both))} is also training data; a validation loss on "

@@ -58,10 +58,15 @@ def output_dir_problems(name: str, path: PathLike) -> list[str]:
     return [f"{name} {p}: {above} is a file, not a directory"] if above else _unwritable(name, p, is_dir=True)
 
 
+def missing_file(path: PathLike) -> str | None:
+    """Why `path` cannot be read as an input file ('no such file', 'is a directory'); None when it can."""
+    p = Path(path)
+    return None if p.is_file() else "is a directory" if p.is_dir() else "no such file"
+
+
 def refuse_unreadable(inputs: Named) -> None:
     """Raise UserError, one line per option, when an input file given by name is missing or a directory."""
-    problems = [f"{name} {p}: {'is a directory' if Path(p).is_dir() else 'no such file'}"
-                for name, p in inputs.items() if p is not None and not Path(p).is_file()]
+    problems = [f"{name} {p}: {missing_file(p)}" for name, p in inputs.items() if p is not None and missing_file(p)]
     if problems:
         raise UserError("\n".join(problems))
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emotion_summary.atomic_io import atomic_write_jsonl, jsonl_lines
+from emotion_summary.paths import missing_file
 from emotion_summary.records import GOLD_FIELDS, Record, RecordError, integer_id_problem, is_blank, read_records
 from emotion_summary.text import LANGUAGE_NAMES, detect_language, record_language, script_language
 
@@ -95,8 +96,8 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
     report's language per field) and the language of each row."""
     path = Path(path)
     report = SubmissionReport(str(path))
-    if not path.is_file():
-        report.errors.append(f"{path}: {'is a directory, not a submission file' if path.is_dir() else 'no such file'}")
+    if missing_file(path):
+        report.errors.append(f"{path}: {missing_file(path)}")
         return report
     try:
         text = path.read_bytes().decode("utf-8")
