@@ -184,8 +184,14 @@ def download_data(out_dir: str = "data", from_dir: str | None = None, cache_dir:
     refuse_overwrite({}, {}, dirs={f"--out_dir/{sub}": out / sub for sub in SUBDIRS})
     if from_dir and not Path(from_dir).is_dir():
         raise UserError(f"--from_dir {from_dir}: no such directory")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    done = _copy_local(Path(from_dir), out) if from_dir else _download(out, cache_dir)
+    try:
+        done = _copy_local(Path(from_dir), out) if from_dir else _download(out, cache_dir)
+    except BaseException:
+        if created and not any(out.iterdir()):  # a failed first download leaves no empty folder behind
+            out.rmdir()
+        raise
     print(f"{len(done)} files in {out}/")
     _warn_overlap(out / "longemotion")
     print(FULL_PSYQA_NOTE)
