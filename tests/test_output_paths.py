@@ -192,3 +192,14 @@ def test_training_options_out_of_range_are_named_like_every_other_command():
     assert "learning_rate: expected a number > 0, got -1.0" in problems
     assert "max_steps: expected an integer >= 0, got -2" in problems
     assert "weight_decay: expected a number >= 0, got -0.1" in problems
+
+
+def test_training_never_writes_into_a_folder_of_other_files(tmp_path, capsys, gold_file):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my notes")  # the run's model card would replace it
+    assert refused(commands.train, ["--preset", "cpu-smoke", "--train_data", str(gold_file), "--folds", "0",
+                                    "--max_steps", "1", "--output_dir", str(project)], capsys) == [
+        f"error: {project} is not empty and holds no run; its files (README.md, tokenizer files ...) would be "
+        "overwritten: choose a new or empty --output_dir"]
+    assert [p.name for p in project.iterdir()] == ["README.md"] and (project / "README.md").read_text() == "my notes"
