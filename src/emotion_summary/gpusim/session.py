@@ -124,6 +124,13 @@ def _categorise_optimizer_step(optimizer, tracker) -> None:
     optimizer.register_step_post_hook(post)
 
 
+def _init_optimizer_state(optimizer, params) -> None:
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _gemm_dequant_threshold():
     """bitsandbytes' CUDA gemm_4bit materialises the whole weight in the compute dtype past 1,536 rows."""
     return 1536
@@ -190,8 +197,9 @@ def _common_patches(job, tracker):
 
 
 def simulate_training_step(job: Job) -> dict:
-    """Two optimizer steps of the project's Trainer: one micro-batch (creates the optimizer state),
-    then two micro-batches (gradients of the first live through the second); peak over both."""
+    """The steady state of the project's Trainer: the optimizer state exists (one optimizer step on
+    zero gradients creates it, as a first real step would), then `Trainer._optimizer_step` over two
+    micro-batches (the first one's gradients live through the second)."""
     from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
     from emotion_summary.model import Qwen2EmotionSummaryModel
     from emotion_summary.train import Trainer, make_optimizer
@@ -205,7 +213,7 @@ def simulate_training_step(job: Job) -> dict:
         tracker.oracle.nonzero_rows = sum(min(job.answer_tokens, n - 1) for n in job.seq_lens)
         with patch_all(_common_patches(job, tracker)):
             wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
-            weights_bytes = tracker.now
+            built = tracker._by_category()
             trainer = Trainer.__new__(Trainer)
             trainer.cfg, trainer.wrapper, trainer.train_examples = cfg, wrapper, _examples(job)
             params = [p for p in wrapper.model.parameters() if p.requires_grad]
@@ -218,13 +226,15 @@ def simulate_training_step(job: Job) -> dict:
             wrapper.model.train()
             tracker.reset_peak()
             batch = list(range(len(job.seq_lens)))
+            _init_optimizer_state(trainer.optimizer, params)
             with tracker.category("saved activations"), patch_all(
                     [(torch.Tensor, "backward", _categorised(tracker, "recomputed layer", backward))]):
-                trainer._optimizer_step([batch], 1)
                 trainer._optimizer_step([batch, batch], 2)
         result = _result(job, cfg, card, tracker, started)
-        result.update(weights_gb=weights_bytes / 1e9, lora_params=sum(p.numel() for p in params),
-                      compute_dtype=str(next(p for p in params).dtype).replace("torch.", ""),
+        result.update(weights_gb=built.get("weights", 0) / 1e9, lora_gb=built.get("lora + optimizer", 0) / 1e9,
+                      lora_params=sum(p.numel() for p in params),
+                      adapter_dtype=str(params[0].dtype).replace("torch.", ""),
+                      compute_dtype=str(wrapper.model.get_base_model().dtype).replace("torch.", ""),
                       attn_implementation=wrapper.model.get_base_model().config._attn_implementation)
         return result
 
