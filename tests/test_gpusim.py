@@ -160,3 +160,24 @@ def test_plan_memory_bad_input_is_one_line_exit_2(args, message):
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env)
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@needs_compiler
+def test_generation_prefill_and_kv_cache_on_two_layers():
+    from emotion_summary.gpusim.api import resolve_card, simulate_generation
+
+    short = simulate_generation("12gb", [1024], resolve_card(preset="12gb"), layers=2, max_new_tokens=8)
+    long = simulate_generation("12gb", [4096], resolve_card(preset="12gb"), layers=2, max_new_tokens=8)
+    assert long["peak_allocated_gb"] > short["peak_allocated_gb"] > short["breakdown_gb"]["weights"]
+    # the KV cache of 2 layers: 2 (K, V) x 4 heads x 128 x 2 B per token and layer, 4 KiB a token
+    assert long["breakdown_gb"]["generation"] >= 2 * 4096 * 4096 / 1e9
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_8gb_preset_fits_its_card_at_full_depth():
+    from emotion_summary.gpusim.api import resolve_card, simulate_training
+
+    result = simulate_training("8gb", 8192, resolve_card(preset="8gb"))
+    assert result["fits"] and result["estimated_need_gb"] < 8 * 1024**3 / 1e9
+    assert result["breakdown_gb"]["weights"] > 3.0

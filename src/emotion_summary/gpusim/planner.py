@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emotion_summary.errors import ConfigError
-from emotion_summary.gpusim.archs import ARCHS, position_limit
+from emotion_summary.gpusim.archs import PLANNER_ARCHS, position_limit
 
 TRAIN_PRESETS = ("8gb", "12gb", "24gb", "cpu-smoke")
 BREAKDOWN_ORDER = ("weights", "lora + optimizer", "saved activations", "recomputed layer", "logits",
@@ -30,8 +30,8 @@ def check_request(preset: str, arch: str, lengths: list[int], yarn: bool) -> Non
     problems = []
     if preset not in PRESETS:
         problems.append(f"--preset: unknown preset {preset!r}; choose one of {', '.join(p for p in PRESETS)}")
-    if arch not in ARCHS:
-        problems.append(f"--arch: unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch not in PLANNER_ARCHS:
+        problems.append(f"--arch: unknown arch {arch!r}; choose one of {', '.join(PLANNER_ARCHS)}")
     elif lengths:
         limit = position_limit(arch, yarn)
         for n in lengths:

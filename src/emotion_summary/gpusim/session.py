@@ -174,6 +174,8 @@ def run_job(job: Job) -> dict:
         return simulate_training_step(job)
     if job.kind == "generate":
         return simulate_generation(job)
+    if job.kind == "plain":
+        return simulate_plain_training(job)
     raise ValueError(f"unknown job kind {job.kind!r}")
 
 
@@ -271,6 +273,51 @@ def simulate_generation(job: Job) -> dict:
         return _result(job, cfg, card, tracker, started)
 
 
+def simulate_plain_training(job: Job) -> dict:
+    """The textbook transformers + peft QLoRA step the published tables measure (calibration only):
+    prepare_model_for_kbit_training (16-bit weights upcast to fp32), checkpointing, LoRA on all
+    linear layers (overrides: lora_r, lora_alpha), flash-attn, `model(ids, labels=ids).loss` over
+    full fp32 logits, 8-bit AdamW. Not the project's code: the project's step is simulate_training_step."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from emotion_summary.gpusim.build import build_base_model
+    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
+
+    card, started = _card(job), time.time()
+    o = job.overrides
+    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, sum(job.seq_lens)):
+        tracker = gpu.tracker
+        tracker.oracle.answers.update({"all": True, "eq(sum)": True, "isfinite": True})
+        with patch_all(_common_patches(job, tracker)):
+            with tracker.category("weights"):
+                base = build_base_model(job.arch, job.layers, "nf4", torch.bfloat16, "flash_attention_2", False,
+                                        torch.device("cuda", 0))
+                base = prepare_model_for_kbit_training(
+                    base, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+            with tracker.category("lora + optimizer"):
+                model = get_peft_model(base, LoraConfig(r=o.get("lora_r", 32), lora_alpha=o.get("lora_alpha", 32),
+                                                        lora_dropout=0.0, target_modules="all-linear",
+                                                        task_type="CAUSAL_LM"))
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = bnb.optim.AdamW8bit(params, lr=1e-4)
+            _categorise_optimizer_step(optimizer, tracker)
+            for p in params:
+                p.register_post_accumulate_grad_hook(lambda p: tracker.recategorise(p.grad, "lora + optimizer"))
+            _init_optimizer_state(optimizer, params)
+            model.train()
+            tracker.reset_peak()
+            ids = torch.zeros((len(job.seq_lens), max(job.seq_lens)), dtype=torch.long, device="cuda")
+            tracker.oracle.nonzero_rows = ids.numel()
+            with tracker.category("saved activations"):
+                loss = model(input_ids=ids, labels=ids).loss
+            with tracker.category("recomputed layer"):
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return _result(job, None, card, tracker, started)
+
+
 def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
     from emotion_summary.gpusim.allocator import smallest_pool
 
@@ -289,7 +336,7 @@ def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
         "sim_seconds": round(time.time() - started, 1),
         "config": {k: getattr(cfg, k) for k in ("max_seq_len", "batch_size", "offload_activations",
                                                  "mlp_tile_tokens", "embedding_on_cpu", "lm_head_4bit",
-                                                 "lora_r", "lora_dropout", "optimizer")},
+                                                 "lora_r", "lora_dropout", "optimizer")} if cfg else job.overrides,
     }
 
 
