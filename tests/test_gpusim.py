@@ -181,3 +181,12 @@ def test_8gb_preset_fits_its_card_at_full_depth():
     result = simulate_training("8gb", 8192, resolve_card(preset="8gb"))
     assert result["fits"] and result["estimated_need_gb"] < 8 * 1024**3 / 1e9
     assert result["breakdown_gb"]["weights"] > 3.0
+
+
+def test_no_compiler_is_one_clear_line(monkeypatch, tmp_path):
+    from emotion_summary.gpusim import native
+
+    monkeypatch.setattr(native, "library_path", lambda: tmp_path / "absent.so")
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    with pytest.raises(native.NoCompilerError, match=r"apt-get install g\+\+"):
+        native.ensure_built()
