@@ -6,6 +6,7 @@ Llama-3.1-8B shapes, no weights). "need" = smallest caching-allocator pool that 
 context; a row fits when need <= the card's memory. GB = 10^9 bytes; cards in GiB (8 GB card = 8 GiB).
 
   python bench/simulate.py --suite presets --out bench/results/simulated.jsonl
+  python bench/simulate.py --suite generation --out bench/results/simulated.jsonl
   python bench/simulate.py --suite calibration --out bench/results/simulated.jsonl
   python bench/simulate.py --suite presets --layers 2      # a quick look (2 layers)
 """
@@ -25,7 +26,9 @@ from emotion_summary.errors import UserError
 GiB = 1024**3
 # unsloth's published HF + FlashAttention-2 baseline, Llama-3.1-8B QLoRA r=32: card GB -> longest context
 UNSLOTH_LLAMA = [(12, 932), (16, 2551), (24, 5789), (40, 12264), (80, 28454)]
-# Qwen's Q-LoRA profile, Qwen-7B (r=64, batch 1, checkpointing): tokens -> GB
+# Qwen's Q-LoRA profile, Qwen-7B (r=64, batch 1, checkpointing, flash-attn; its base is the GPTQ Int4
+# model, whose 16-bit weights peft does not upcast; Qwen's code takes the loss on 16-bit logits; the
+# Trainer's default fp32 AdamW): tokens -> GB
 QWEN_QLORA = [(4096, 16.9), (8192, 23.5)]
 PRESET_ROWS = [  # (name, preset, lengths, card)
     ("8gb, 8,192", "8gb", [8192], "rtx4060"),
@@ -34,12 +37,28 @@ PRESET_ROWS = [  # (name, preset, lengths, card)
     ("24gb, 32,768 + 20,000 padded", "24gb", [32768, 20000], "rtx4090"),
 ]
 
+# The generate call as inference runs it: prompts trimmed to max_seq_len - max_new_tokens (512).
+GENERATION_ROWS = [  # (name, preset, prompt lengths, card)
+    ("generate 8gb, 4 x 7,680 (default batch_size=4)", "8gb", [7680] * 4, "rtx4060"),
+    ("generate 8gb, 1 x 7,680", "8gb", [7680], "rtx4060"),
+    ("generate 12gb, 1 x 32,256", "12gb", [32256], "rtx3060"),
+]
+SIMULATED_NEW_TOKENS = 8  # decode steps simulated; each further token adds 57 KB of KV cache per sequence
+
 
 def preset_jobs(layers: int | None) -> list[tuple[dict, dict]]:
     from emotion_summary.gpusim.api import job, resolve_card
 
     return [({"suite": "presets", "row": name}, job("train", preset, lens, resolve_card(card), layers=layers))
             for name, preset, lens, card in PRESET_ROWS]
+
+
+def generation_jobs(layers: int | None) -> list[tuple[dict, dict]]:
+    from emotion_summary.gpusim.api import job, resolve_card
+
+    return [({"suite": "generation", "row": name},
+             job("generate", preset, lens, resolve_card(card), layers=layers, max_new_tokens=SIMULATED_NEW_TOKENS))
+            for name, preset, lens, card in GENERATION_ROWS]
 
 
 def calibration_jobs(layers: int | None) -> list[tuple[dict, dict]]:
@@ -53,8 +72,8 @@ def calibration_jobs(layers: int | None) -> list[tuple[dict, dict]]:
                 flash_attn=True))
            for gb, n in UNSLOTH_LLAMA]
     out += [({"suite": "calibration", "row": f"Qwen Q-LoRA Qwen-7B r=64, {n:,} tokens", "published_gb": gb},
-             job("plain", "24gb", [n], card_of_size(80, ampere), "qwen-7b", layers, {"lora_r": 64, "lora_alpha": 16},
-                 flash_attn=True))
+             job("plain", "24gb", [n], card_of_size(80, ampere), "qwen-7b", layers,
+                 {"lora_r": 64, "lora_alpha": 16, "upcast": False, "loss": "qwen1", "optimizer": "adamw"}, flash_attn=True))
             for n, gb in QWEN_QLORA]
     return out
 
@@ -66,22 +85,29 @@ def _git_commit() -> str:
         return ""
 
 
-def simulate(suite: str = "presets", layers: int | None = None, parallel: int = 1, out: str | None = None) -> None:
+def simulate(suite: str = "presets", layers: int | None = None, parallel: int = 1, out: str | None = None,
+             only: str | None = None) -> None:
     """Run the simulated rows and print them as a table.
 
     Args:
-        suite: presets, calibration or all.
+        suite: presets, generation, calibration or all.
         layers: simulate this many layers instead of the real depth (quick looks; not for the record).
         parallel: worker processes at once (each ~0.6 GB RAM, one CPU).
         out: append the rows (JSON lines) to this file, e.g. bench/results/simulated.jsonl.
+        only: run only the rows whose name contains this text (e.g. "Qwen").
     """
     from emotion_summary.gpusim.api import run_jobs
 
-    if suite not in ("presets", "calibration", "all"):
-        raise UserError(f"--suite: presets, calibration or all, got {suite!r}")
-    todo = (preset_jobs(layers) if suite in ("presets", "all") else []) + \
-        (calibration_jobs(layers) if suite in ("calibration", "all") else [])
+    suites = {"presets": preset_jobs, "generation": generation_jobs, "calibration": calibration_jobs}
+    if suite not in (*suites, "all"):
+        raise UserError(f"--suite: {', '.join(suites)} or all, got {suite!r}")
+    todo = [item for name, make in suites.items() if suite in (name, "all") for item in make(layers)
+            if not only or only in item[0]["row"]]
+    import shlex
+    import sys
+
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": _git_commit(), "host": host_info(),
+            "command": "python bench/simulate.py " + shlex.join(sys.argv[1:]),
             "method": "simulated (fake CUDA, storage tracker, caching-allocator replay + 0.54 GB context)"}
 
     def one(item):

@@ -275,9 +275,11 @@ def simulate_generation(job: Job) -> dict:
 
 def simulate_plain_training(job: Job) -> dict:
     """The textbook transformers + peft QLoRA step the published tables measure (calibration only):
-    prepare_model_for_kbit_training (16-bit weights upcast to fp32), checkpointing, LoRA on all
-    linear layers (overrides: lora_r, lora_alpha), flash-attn, `model(ids, labels=ids).loss` over
-    full fp32 logits, 8-bit AdamW. Not the project's code: the project's step is simulate_training_step."""
+    prepare_model_for_kbit_training (16-bit weights upcast to fp32; overrides upcast=False skips it,
+    as peft does for a GPTQ base), checkpointing, LoRA on all linear layers (lora_r, lora_alpha),
+    flash-attn, `model(ids, labels=ids).loss` over full fp32 logits (loss="qwen1": cross-entropy on
+    the 16-bit shifted logits, as Qwen(1)'s modelling code does), 8-bit AdamW (optimizer="adamw":
+    torch's fp32 AdamW, the transformers Trainer default). Not the project's code: the project's step is simulate_training_step."""
     import bitsandbytes as bnb
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -293,14 +295,22 @@ def simulate_plain_training(job: Job) -> dict:
             with tracker.category("weights"):
                 base = build_base_model(job.arch, job.layers, "nf4", torch.bfloat16, "flash_attention_2", False,
                                         torch.device("cuda", 0))
-                base = prepare_model_for_kbit_training(
-                    base, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+                if o.get("upcast", True):
+                    base = prepare_model_for_kbit_training(
+                        base, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+                else:  # a GPTQ base (Qwen's Q-LoRA): peft leaves the 16-bit weights alone
+                    from emotion_summary.model import enable_checkpointing
+
+                    base.requires_grad_(False)
+                    enable_checkpointing(base)
+                    base.enable_input_require_grads()
             with tracker.category("lora + optimizer"):
                 model = get_peft_model(base, LoraConfig(r=o.get("lora_r", 32), lora_alpha=o.get("lora_alpha", 32),
                                                         lora_dropout=0.0, target_modules="all-linear",
                                                         task_type="CAUSAL_LM"))
             params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = bnb.optim.AdamW8bit(params, lr=1e-4)
+            optimizer = (torch.optim.AdamW(params, lr=1e-4) if o.get("optimizer") == "adamw"
+                         else bnb.optim.AdamW8bit(params, lr=1e-4))
             _categorise_optimizer_step(optimizer, tracker)
             for p in params:
                 p.register_post_accumulate_grad_hook(lambda p: tracker.recategorise(p.grad, "lora + optimizer"))
@@ -310,7 +320,14 @@ def simulate_plain_training(job: Job) -> dict:
             ids = torch.zeros((len(job.seq_lens), max(job.seq_lens)), dtype=torch.long, device="cuda")
             tracker.oracle.nonzero_rows = ids.numel()
             with tracker.category("saved activations"):
-                loss = model(input_ids=ids, labels=ids).loss
+                if o.get("loss", "hf") == "hf":  # transformers' loss: fp32 logits
+                    loss = model(input_ids=ids, labels=ids).loss
+                else:  # Qwen(1)'s own modelling code: cross-entropy on the 16-bit shifted logits
+                    logits = model(input_ids=ids).logits
+                    shift = logits[..., :-1, :].contiguous()
+                    loss = torch.nn.functional.cross_entropy(shift.view(-1, shift.shape[-1]),
+                                                             ids[..., 1:].contiguous().view(-1))
+                    del logits, shift
             with tracker.category("recomputed layer"):
                 loss.backward()
             optimizer.step()
