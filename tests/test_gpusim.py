@@ -190,3 +190,19 @@ def test_no_compiler_is_one_clear_line(monkeypatch, tmp_path):
     monkeypatch.setattr(native.shutil, "which", lambda name: None)
     with pytest.raises(native.NoCompilerError, match=r"apt-get install g\+\+"):
         native.ensure_built()
+
+
+@pytest.mark.parametrize("threshold", [0, 1023, 1024, 5000, 20480, 32768, 40000])
+def test_longest_fitting_bisects_to_the_step(threshold):
+    from emotion_summary.gpusim.planner import longest_fitting
+
+    probes = []
+
+    def fits(n):
+        probes.append(n)
+        return n <= threshold
+
+    best = longest_fitting(fits, 1024, 32768, 512)
+    expected = 0 if threshold < 1024 else min(32768, threshold // 512 * 512)
+    assert best == expected
+    assert len(probes) <= 12
