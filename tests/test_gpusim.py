@@ -57,12 +57,12 @@ def test_free_neighbours_merge_and_release_on_pressure():
 
 
 # ---- tracker and model build on fake CUDA (a worker process with the fake-CUDA library) ------------
-def run_simulated(code: str) -> dict:
-    """Run `code` on a simulated RTX 3060 in a fresh process; it leaves its answer in `out`."""
+def run_simulated(code: str, card: str = "rtx3060") -> dict:
+    """Run `code` on a simulated card in a fresh process; it leaves its answer in `out`."""
     prog = ("from emotion_summary.gpusim import native\nnative.preload()\n"
             "import json, torch\nfrom emotion_summary.gpusim.runtime import simulated_gpu\n"
             "from emotion_summary.gpusim.cards import CARDS\nout = {}\n"
-            "with simulated_gpu(CARDS['rtx3060'], 0) as gpu:\n"
+            f"with simulated_gpu(CARDS[{card!r}], 512 * 1024**2) as gpu:\n"
             + "".join(f"    {line}\n" for line in code.strip().splitlines())
             + "print('RESULT', json.dumps(out))\n")
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -89,6 +89,21 @@ out.update(peak=tr.peak, now=tr.now, events=len(tr.events), cuda_available=torch
     assert out["now"] == 20480 + 512  # the temporary `ones` is gone, its product lives
     assert out["events"] == 2 + 1 + 2 + 1  # allocs a, b; free a; ones, product; free ones
     assert out["cuda_available"] and out["total"] == 12 * 1024**3 and out["cap"] == [8, 6] and out["bf16"]
+
+
+@needs_compiler
+def test_cuda_queries_answer_for_a_t4():
+    out = run_simulated("""
+x = torch.empty(1024, 1024, device="cuda")  # 4 MiB
+p = torch.cuda.get_device_properties(0)
+out.update(name=p.name, total=p.total_memory, cap=list(torch.cuda.get_device_capability()),
+           bf16=torch.cuda.is_bf16_supported(), bf16_native=torch.cuda.is_bf16_supported(including_emulation=False),
+           free_total=list(torch.cuda.mem_get_info()), allocated=torch.cuda.memory_allocated())
+""", card="t4")
+    assert out["name"] == "Tesla T4" and out["total"] == 16 * 1024**3 and out["cap"] == [7, 5]
+    assert out["bf16"] and not out["bf16_native"]  # torch counts emulation, as on a real T4
+    assert out["allocated"] == 4 * 1024**2
+    assert out["free_total"] == [16 * 1024**3 - 512 * 1024**2 - 4 * 1024**2, 16 * 1024**3]
 
 
 @needs_compiler
