@@ -221,3 +221,14 @@ def test_longest_fitting_bisects_to_the_step(threshold):
     expected = 0 if threshold < 1024 else min(32768, threshold // 512 * 512)
     assert best == expected
     assert len(probes) <= 12
+
+
+@needs_compiler
+def test_plan_memory_card_too_small_for_the_weights_alone():
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plan_memory.py"
+    done = subprocess.run([sys.executable, str(script), "--preset", "12gb", "--seq_len", "1024", "--layers", "2",
+                           "--vram_gb", "2"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "too small for the 12gb preset's weights alone" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -33,7 +33,7 @@ class Oracle:
             name = func.overloadpacket.__name__
             first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
             inner = getattr(first, "_es_made_by", None)
-            out._es_made_by = f"{name}({inner})" if inner else name
+            out._es_made_by = f"{name}({inner.split('(')[0]})" if inner else name
 
     def scalar(self, tensor: torch.Tensor):
         made_by = getattr(tensor, "_es_made_by", "")
