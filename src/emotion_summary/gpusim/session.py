@@ -49,12 +49,14 @@ def _fake_loader(job: Job, tracker):
     from emotion_summary.gpusim.build import build_base_model
     from emotion_summary import model as project
 
-    def load_base_model(name_or_path, quantization="nf4", dtype_name="auto", attn="auto", lm_head_4bit=False):
+    def load_base_model(name_or_path, quantization="nf4", dtype_name="auto", attn="auto", lm_head_4bit=False,
+                        **_ignored):
         dtype = project.compute_dtype(dtype_name)
         with tracker.category("weights"):
             base = build_base_model(job.arch, job.layers, quantization, dtype, project.attn_implementation(attn),
                                     lm_head_4bit, project.device(), yarn_scaling(job.arch) if job.yarn else None)
-        project.disable_cpu_weight_repacking(base)
+        if hasattr(project, "disable_cpu_weight_repacking"):
+            project.disable_cpu_weight_repacking(base)
         tok = SimpleNamespace(pad_token_id=151643, eos_token_id=151645, pad_token="<|endoftext|>",
                               convert_tokens_to_ids=lambda t: 151643)
         return base, tok
