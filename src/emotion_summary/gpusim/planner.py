@@ -14,14 +14,28 @@ BREAKDOWN_ORDER = ("weights", "lora + optimizer", "saved activations", "recomput
 
 
 def _as_lengths(seq_len, seq_lens) -> list[int] | None:
+    """--seq_lens as a list (the command line hands a list; Python callers may pass "a,b")."""
     if seq_lens is None:
         return None
-    from emotion_summary.cli_args import as_list
+    if isinstance(seq_lens, str):
+        from emotion_summary.cli import parse_value
 
-    try:
-        return [int(x) for x in as_list(seq_lens, "seq_lens")]
-    except ValueError:
-        raise ConfigError(f"--seq_lens: comma-separated token counts, got {seq_lens!r}") from None
+        try:
+            return parse_value(seq_lens, list[int])
+        except ValueError:
+            raise ConfigError(f"--seq_lens: comma-separated token counts, got {seq_lens!r}") from None
+    return [int(x) for x in seq_lens]
+
+
+def _preset_max_seq_len(preset: str) -> int:
+    """The preset's own length (its override, else TrainConfig's default); 1024 for an unknown name,
+    which check_request then refuses."""
+    from emotion_summary.config import TrainConfig
+    from emotion_summary.presets import PRESETS
+
+    if preset not in PRESETS:
+        return 1024
+    return PRESETS[preset]["config"].get("max_seq_len", TrainConfig.__dataclass_fields__["max_seq_len"].default)
 
 
 def check_request(preset: str, arch: str, lengths: list[int], yarn: bool) -> None:
@@ -124,7 +138,7 @@ def plan_memory(
     preset: str = "12gb",
     seq_len: int | None = None,
     batch_size: int = 1,
-    seq_lens: str | None = None,
+    seq_lens: list[int] | None = None,
     vram_gb: float | None = None,
     card: str | None = None,
     arch: str = "qwen2-7b",
@@ -178,16 +192,11 @@ def plan(
     json_out: str | None = None,
 ) -> dict:
     """plan_memory's work; returns the result dict (see gpusim.__init__)."""
-    from emotion_summary.cli_args import as_bool
-    from emotion_summary.presets import PRESETS
-
-    find_max, generate = as_bool(find_max, "find_max"), as_bool(generate, "generate")
-    flash_attn, yarn = as_bool(flash_attn, "flash_attn"), as_bool(yarn, "yarn")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch_size: a positive integer, got {batch_size!r}")
     lengths = _as_lengths(seq_len, seq_lens)
     if lengths is None:
-        n = seq_len if seq_len is not None else PRESETS.get(preset, {}).get("max_seq_len", 1024)
+        n = seq_len if seq_len is not None else _preset_max_seq_len(preset)
         if not isinstance(n, int):
             raise ConfigError(f"--seq_len: a whole number of tokens, got {n!r}")
         lengths = [n] * batch_size
