@@ -20,6 +20,7 @@ FUNCTION_COMMANDS = {
     "evaluate": ("evaluate", "evaluate", True),
     "install_torch": ("install_torch", "install_torch", False),
     "synthesize_reports": ("synthesize", "synthesize_reports", True),
+    "plan_memory": ("gpusim.planner", "plan_memory", False),
 }
 
 
