@@ -34,3 +34,11 @@ def records(gold_file):
     from emotion_summary.records import read_records
 
     return read_records(gold_file)
+
+
+def refused(command, argv, capsys) -> list[str]:
+    """The stderr lines of a command that must stop with exit 2 (a usage or user error)."""
+    with pytest.raises(SystemExit) as exit_info:
+        command(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.splitlines()

@@ -32,3 +32,26 @@ def test_an_incomplete_directory_is_replaced_and_a_complete_one_kept(tmp_path):
     with atomic_dir(out, done) as tmp:  # another process finished first: theirs stays
         (tmp / "done").write_text("late")
     assert (out / "done").read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_file_where_the_directory_goes_is_refused_and_left_alone(tmp_path):
+    from emotion_summary.errors import UserError
+
+    target = tmp_path / "cache"
+    target.write_text("someone's notes")
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        with atomic_dir(target, lambda d: (d / "done").is_file()) as tmp:
+            (tmp / "done").write_text("x")
+    assert target.read_text() == "someone's notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no .stale-PID copy, no temp dir
+
+
+def test_stats_refuses_a_tokenizer_cache_that_is_a_file_before_any_work(tmp_path, capsys, gold_file):
+    from emotion_summary import commands
+    from tests.conftest import refused
+
+    cache = tmp_path / "cache"
+    cache.write_text("x")
+    assert refused(commands.stats, [str(gold_file), "--out_dir", str(tmp_path / "s"), "--tokenizer_cache", str(cache)],
+                   capsys) == [f"error: --tokenizer_cache {cache}: is a file, not a directory"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]

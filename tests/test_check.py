@@ -162,3 +162,21 @@ def test_blank_or_zero_width_gold_is_not_gold(tmp_path):
         path = write_records(tmp_path / "g.jsonl", [rec])
         with pytest.raises(RecordError, match="field 'treatment_effect': gold field is missing or empty"):
             read_records(path, require_gold=True)
+
+
+def test_a_bad_prediction_file_is_named_once_in_the_error(tmp_path):
+    from emotion_summary.records import RecordError
+
+    missing = tmp_path / "nothere.jsonl"
+    with pytest.raises(RecordError) as e:
+        read_predictions(missing)
+    assert str(e.value) == f"{missing}: no such file"
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    with pytest.raises(RecordError) as e:
+        read_predictions(broken)
+    assert str(e.value).startswith(f"{broken}: line 1: invalid JSON") and str(e.value).count(str(broken)) == 1
+
+
+def test_a_directory_given_as_the_submission_is_called_a_directory(tmp_path):
+    assert check_submission(tmp_path).errors == [f"{tmp_path}: is a directory"]

@@ -10,7 +10,7 @@ from emotion_summary import commands
 from emotion_summary.cli import Option, Usage, function_options, parse_command_line
 from emotion_summary.config import TrainConfig, resolve_config, validate
 from emotion_summary.errors import ConfigError, RunDirError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, refused
 
 SCRIPTS = sorted([*ROOT.glob("scripts/*.py"), *ROOT.glob("eval/*.py")])
 
@@ -224,13 +224,6 @@ def test_train_config_fields_each_have_help():
     assert all(f.metadata.get("help") for f in fields(TrainConfig))
 
 
-def refused(command, argv, capsys) -> list[str]:
-    with pytest.raises(SystemExit) as exit_info:
-        command(argv)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err.splitlines()
-
-
 def test_outputs_onto_inputs_directories_or_under_files_are_refused_before_any_work(tmp_path, capsys, fixtures):
     gold = str(fixtures / "es_eval_gold.jsonl")
     a_file = tmp_path / "a_file"
@@ -286,3 +279,11 @@ def test_resuming_a_missing_run_is_an_error_not_a_new_run(tmp_path, capsys):
     assert refused(commands.train, ["--resume"], capsys) == [
         "error: --resume: give --output_dir, the run directory to continue"]
     assert not missing.exists()
+
+
+def test_help_names_a_console_command_without_its_install_path(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/bin/es-write-fold", "--help"])
+    with pytest.raises(SystemExit) as stop:
+        commands.write_fold()
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: es-write-fold INPUT ")

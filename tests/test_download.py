@@ -133,6 +133,7 @@ def test_network_failure_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(download, "_hf_download", offline)
     with pytest.raises(UserError, match=r"failed: ConnectionError: no route to host$"):
         download.download_data(out_dir=str(tmp_path / "data"))
+    assert list(tmp_path.iterdir()) == []  # no empty data/ left behind
 
 
 def test_corrupt_psyqa_download_is_not_installed(monkeypatch, local_copies, tmp_path):
@@ -143,7 +144,7 @@ def test_corrupt_psyqa_download_is_not_installed(monkeypatch, local_copies, tmp_
     out = tmp_path / "data"
     with pytest.raises(RecordError, match="invalid JSON"):
         download.download_data(out_dir=str(out))
-    assert list(out.iterdir()) == []  # neither the good ES file nor the temporary folder
+    assert not out.exists()  # neither the good ES file nor the temporary folder, nor the folder made for them
 
 
 def test_script_exit_code(tmp_path):

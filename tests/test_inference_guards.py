@@ -181,8 +181,8 @@ def test_openai_prompts_fit_the_checkpoint_budget_even_when_the_template_costs_m
 
 @pytest.mark.parametrize("argv, said", [
     (["--batch_size", "abc"], "--batch_size: expected an integer, got 'abc'"),
-    (["--concurrency", "0"], "--concurrency: must be positive, got 0"),
-    (["--max_retries", "-1"], "--max_retries: must be 0 or more, got -1"),
+    (["--concurrency", "0"], "--concurrency: expected an integer >= 1, got 0"),
+    (["--max_retries", "-1"], "--max_retries: expected an integer >= 0, got -1"),
     (["--backend", "vllm"], "--backend: expected one of hf, openai, extractive, got 'vllm'"),
     (["--language", "fr"], "--language: expected one of en, zh, auto, got 'fr'"),
 ])

@@ -119,3 +119,10 @@ def test_official_files_load(shared_data):
     assert len(inputs) == 150 and not any(r.has_gold for r in inputs)
     examples = read_records(shared_data / "longemotion" / "Emotion_Summary_example.jsonl", require_gold=True)
     assert len(examples) == 3 and all(r.has_gold for r in examples)
+
+
+def test_a_directory_given_as_records_is_called_a_directory(tmp_path):
+    from emotion_summary.records import RecordError, read_records
+
+    with pytest.raises(RecordError, match=r": is a directory$"):
+        read_records(tmp_path)

@@ -171,7 +171,7 @@ def test_rerun_with_another_teacher_is_refused(tmp_path):
 
 def test_output_that_is_a_directory_or_under_a_file_is_refused_before_any_request(tmp_path):
     seeds = seeds_file(tmp_path, SEEDS[:1])
-    for output, match in ((tmp_path, "is a directory"), (seeds / "out.jsonl", "lies under a file")):
+    for output, match in ((tmp_path, "is a directory"), (seeds / "out.jsonl", "is a file, not a directory")):
         with pytest.raises(UserError, match=match):
             synthesize_file(str(seeds), 1, output, None, "en", SMALL)
 
@@ -238,7 +238,7 @@ def test_cli_reports_bad_options_in_one_line(tmp_path):
     out_of_range = run("--concurrency", "0")
     err = out_of_range.stderr.strip()
     assert out_of_range.returncode == 2 and "\n" not in err
-    assert "--concurrency: expected a int >= 1, got 0" in err and "--endpoint and --model are required" in err
+    assert "--concurrency: expected an integer >= 1, got 0" in err and "--endpoint and --model are required" in err
     assert not (tmp_path / "o.jsonl").exists()
 
 

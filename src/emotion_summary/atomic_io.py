@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from emotion_summary.errors import UserError
+
 _UMASK_LOCK = threading.Lock()
 # Line ends for str.splitlines() and JavaScript, but ordinary characters inside a JSON string.
 _OTHER_LINE_ENDS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"}
@@ -144,8 +146,10 @@ def publish_dir(tmp: str | Path, out: str | Path, complete) -> Path:
     incomplete `out` (a killed build of older code, a partial copy) is moved aside and deleted.
     `complete(path) -> bool` says what a finished directory holds."""
     tmp, out = Path(tmp), Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if out.exists() and not out.is_dir():  # someone's file, not a build of ours: never moved aside
+            raise UserError(f"{out}: is a file, not a directory")
+        out.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
             if complete(out):
                 return out

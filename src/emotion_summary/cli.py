@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from emotion_summary.errors import ConfigError, UserError
+from emotion_summary.paths import missing_file, set_command_line_inputs
 
 REQUIRED = inspect.Parameter.empty
 _TRUE = {"true", "yes", "y", "1", "on"}
@@ -197,6 +198,35 @@ def comma_list(value: Any, name: str, item: type = str) -> list:
         raise ConfigError(f"--{name}: {e}") from None
 
 
+def number_problem(name: str, value: Any, kind: type, minimum: float, strict: bool = False) -> str | None:
+    """None when `value` is a `kind` (int or float) at least (or, `strict`, above) `minimum`; else the
+    one-line problem naming --name. The one range check of every command's numbers."""
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number < minimum or (strict and number == minimum) \
+            or (kind is int and not number.is_integer()):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        return f"--{name}: expected {'an integer' if kind is int else 'a number'} {bound}, got {value!r}"
+    return None
+
+
+def at_least(value: Any, name: str, kind: type, minimum: float, strict: bool = False):
+    """`value` as `kind` when `number_problem` finds none; else that problem as a ConfigError."""
+    problem = number_problem(name, value, kind, minimum, strict)
+    if problem:
+        raise ConfigError(problem)
+    return kind(value)
+
+
+def check_numbers(checks: dict[str, tuple], separator: str = "\n") -> None:
+    """Every range problem at once: {name: (value, kind, minimum[, strict])}; None values are not given."""
+    problems = [number_problem(name, *spec) for name, spec in checks.items() if spec[0] is not None]
+    if any(problems):
+        raise ConfigError(separator.join(p for p in problems if p))
+
+
 # ---- parsing ----------------------------------------------------------------------------------
 
 class Usage(Exception):
@@ -227,8 +257,8 @@ def _convert(option: Option, raw: Any, problems: list[str], values: dict) -> Non
 def read_config_file(path: str) -> dict:
     """`--config FILE`: a YAML or JSON mapping of option names to values."""
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{path}: no such file")
+    if missing_file(p):
+        raise ValueError(f"{path}: {missing_file(p)}")
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix.lower() == ".json":
@@ -256,6 +286,7 @@ def parse_command_line(options: list[Option], argv: list[str], config_file: bool
     positional = [o for o in options if o.required] + [o for o in options if o.variadic]
     problems, values, given, loose = [], {}, set(), []
     config_values: dict = {}
+    config_path, config_failed = None, False
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -274,10 +305,15 @@ def parse_command_line(options: list[Option], argv: list[str], config_file: bool
                     problems.append("--config: expected a file name")
                     continue
                 raw, i = argv[i], i + 1
+            if config_path is not None or config_failed:
+                problems.append("--config: given more than once (one file; the command line adds to it)")
+                continue
             try:
                 config_values = read_config_file(raw)
+                config_path = raw
             except ValueError as e:
                 problems.append(f"--config: {e}")
+                config_failed = True
             continue
         option = by_name.get(name)
         if option is None and name.startswith("no") and name[2:] in by_name and _is_bool(by_name[name[2:]]):
@@ -318,9 +354,11 @@ def parse_command_line(options: list[Option], argv: list[str], config_file: bool
         elif option.name not in given:  # the command line wins over the file
             given.add(option.name)
             _convert(option, raw, problems, values)
-    problems += [f"{o.flag}: required" for o in options if o.required and o.name not in given]
+    if not config_failed:  # else the file that could not be read is the one problem to fix
+        problems += [f"{o.flag}: required" for o in options if o.required and o.name not in given]
     if problems:
         raise Usage(problems)
+    set_command_line_inputs({"--config": config_path})
     return values
 
 
@@ -358,7 +396,7 @@ def help_text(prog: str, summary: str, options: list[Option], config_file: bool 
 
 def _prog() -> str:
     main = sys.argv[0] if sys.argv and sys.argv[0] else "command"
-    return Path(main).name if main.endswith(".py") else main
+    return Path(main).name  # scripts/stats.py -> stats.py; /venv/bin/es-stats -> es-stats
 
 
 def fail(message: str) -> typing.NoReturn:
@@ -382,7 +420,8 @@ def parse_or_exit(options: list[Option], argv: list[str] | None, summary: str, c
 
 def run(fn: Callable, argv: list[str] | None = None, config_file: bool = False):
     """Run `fn` as a command: options from its signature and docstring, typed at the boundary.
-    A UserError (and a missing file) exits 2 with its message; Ctrl-C exits 130 without a traceback."""
+    A UserError or an OSError (a missing file, a full or read-only disk) exits 2 with one line; Ctrl-C exits
+    130 without a traceback."""
     summary, _ = _docstring_help(fn)
     values = parse_or_exit(function_options(fn), argv, summary, config_file)
     variadic = [o.name for o in function_options(fn) if o.variadic]
@@ -394,12 +433,14 @@ def run(fn: Callable, argv: list[str] | None = None, config_file: bool = False):
 def call(thunk: Callable[[], Any]):
     try:
         return thunk()
-    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+    except UserError as e:
         fail(str(e))
+    except OSError as e:  # a file that vanished, a full or read-only disk: one line, not a traceback
+        fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
 
 
-__all__ = ["Option", "REQUIRED", "Usage", "call", "check_value", "comma_list", "dataclass_options", "fail",
-           "function_options", "help_text", "parse_command_line", "parse_or_exit", "parse_value", "run"]
+__all__ = ["Option", "REQUIRED", "Usage", "at_least", "call", "check_numbers", "check_value", "comma_list", "dataclass_options", "fail",
+           "function_options", "help_text", "number_problem", "parse_command_line", "parse_or_exit", "parse_value", "run"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import math
 import os
 import socket
 import sys
@@ -24,6 +23,7 @@ from itertools import islice
 from typing import Callable, Iterable, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from emotion_summary.cli import at_least
 from emotion_summary.errors import UserError
 
 T = TypeVar("T")
@@ -70,19 +70,6 @@ def check_endpoint(endpoint: str) -> None:
                         f"got {public_url(str(endpoint))!r}")
 
 
-def _number(value, name: str, kind: type, minimum: float, strict: bool = False):
-    """`value` as `kind`, at least (or, `strict`, above) `minimum`; else a one-line UserError."""
-    try:
-        number = None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not math.isfinite(number) or number < minimum or (strict and number == minimum) \
-            or (kind is int and not number.is_integer()):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise UserError(f"--{name}: expected {'an integer' if kind is int else 'a number'} {bound}, got {value!r}")
-    return kind(number)
-
-
 class _Transport(Exception):
     """The request did not get a whole, readable reply (cut off, garbled, too slow): retried."""
 
@@ -99,10 +86,10 @@ class ChatClient:
 
     def __post_init__(self):
         check_endpoint(self.endpoint)
-        self.timeout_s = _number(self.timeout_s, "timeout_s", float, 0, strict=True)
-        self.max_retries = _number(self.max_retries, "max_retries", int, 0)
-        self.backoff_s = _number(self.backoff_s, "backoff_s", float, 0)
-        self.requests_per_minute = _number(self.requests_per_minute, "requests_per_minute", float, 0)
+        self.timeout_s = at_least(self.timeout_s, "timeout_s", float, 0, strict=True)
+        self.max_retries = at_least(self.max_retries, "max_retries", int, 0)
+        self.backoff_s = at_least(self.backoff_s, "backoff_s", float, 0)
+        self.requests_per_minute = at_least(self.requests_per_minute, "requests_per_minute", float, 0)
         self._lock = threading.Lock()
         self._next_slot = 0.0
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
+from emotion_summary.cli import number_problem
 from emotion_summary.errors import ConfigError
 from emotion_summary.presets import PRESET_NAMES, PRESETS, pick_preset, preset_overrides
 from emotion_summary.prompt import Language
@@ -197,13 +198,12 @@ def validate(cfg: TrainConfig, vram_gb: float | None = None, check_files: bool =
 
 def _value_problems(cfg: TrainConfig, vram_gb: float | None, check_files: bool) -> list[str]:
     problems = []
-    for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs", "max_new_tokens",
-                 "eval_every", "save_every"):
-        if getattr(cfg, name) <= 0:
-            problems.append(f"{name}: must be a positive integer, got {getattr(cfg, name)!r}")
-    for name in ("max_steps", "mlp_tile_tokens", "folds"):
-        if getattr(cfg, name) < 0:
-            problems.append(f"{name}: must be 0 (off) or a positive integer, got {getattr(cfg, name)!r}")
+    ranges = {**dict.fromkeys(("lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs", "max_new_tokens",
+                               "eval_every", "save_every"), (int, 1)),
+              **dict.fromkeys(("max_steps", "mlp_tile_tokens", "folds"), (int, 0)),  # 0: off
+              "learning_rate": (float, 0, True), "weight_decay": (float, 0)}
+    problems += [problem.removeprefix("--") for name, spec in ranges.items()
+                 if (problem := number_problem(name, getattr(cfg, name), *spec))]
     if not 0 <= cfg.warmup_ratio < 1:
         problems.append(f"warmup_ratio: must be in [0, 1), got {cfg.warmup_ratio}")
     if not (cfg.lora_target == "all-linear" or (isinstance(cfg.lora_target, list) and cfg.lora_target)):
@@ -211,10 +211,6 @@ def _value_problems(cfg: TrainConfig, vram_gb: float | None, check_files: bool) 
                         f"got {cfg.lora_target!r}")
     if not 0 <= cfg.lora_dropout < 1:
         problems.append(f"lora_dropout: must be in [0, 1), got {cfg.lora_dropout}")
-    if cfg.learning_rate <= 0:
-        problems.append(f"learning_rate: must be positive, got {cfg.learning_rate}")
-    if cfg.weight_decay < 0:
-        problems.append(f"weight_decay: must be 0 or positive, got {cfg.weight_decay}")
     if cfg.max_seq_len < cfg.max_new_tokens + 256:
         problems.append(f"max_seq_len: {cfg.max_seq_len} leaves no room for a report beside "
                         f"max_new_tokens={cfg.max_new_tokens}")
@@ -237,14 +233,14 @@ def _value_problems(cfg: TrainConfig, vram_gb: float | None, check_files: bool) 
 
 
 def _data_problems(cfg: TrainConfig) -> list[str]:
-    from emotion_summary.paths import output_dir_problems
+    from emotion_summary.paths import missing_file, output_dir_problems
 
     problems = [p.replace("--output_dir ", "output_dir: ", 1) for p in output_dir_problems("--output_dir", cfg.output_dir)]
     if not cfg.train_data and cfg.preset != "cpu-smoke":
         problems.append("train_data: give one or more labelled ES files (JSONL or JSON)")
     for path in cfg.train_data + cfg.eval_data:
-        if not Path(path).is_file():
-            problems.append(f"data file {path}: no such file")
+        if missing_file(path):
+            problems.append(f"data file {path}: {missing_file(path)}")
     both = {str(Path(p).resolve()) for p in cfg.train_data} & {str(Path(p).resolve()) for p in cfg.eval_data}
     if both:
         problems.append(f"eval_data: {', '.join(sorted(both))} is also training data; a validation loss on "

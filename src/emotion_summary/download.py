@@ -14,6 +14,7 @@ from pathlib import Path
 
 from emotion_summary.atomic_io import atomic_write_bytes
 from emotion_summary.errors import UserError
+from emotion_summary.paths import refuse_overwrite
 from emotion_summary.records import read_records
 
 HF_REPO = "LongEmotion/LongEmotion"
@@ -52,6 +53,7 @@ FILES = (
     DataFile("Emotion_Summary_example.jsonl", "longemotion", "es", url=EXAMPLE_URL, required=False),
     DataFile("PsyQA_example.json", "psyqa", "psyqa", url=PSYQA_URL),
 )
+SUBDIRS = tuple(dict.fromkeys(f.subdir for f in FILES))
 
 
 class NotInRepo(Exception):
@@ -145,8 +147,6 @@ def find_local(f: DataFile, from_dir: Path) -> Path | None:
 
 
 def _copy_local(from_dir: Path, out_dir: Path) -> list[Path]:
-    if not from_dir.is_dir():
-        raise UserError(f"{from_dir}: no such directory")
     found, missing = [], []
     for f in FILES:
         src = find_local(f, from_dir)
@@ -180,8 +180,18 @@ def download_data(out_dir: str = "data", from_dir: str | None = None, cache_dir:
         cache_dir: Hugging Face cache folder (default: the hub's own, ~/.cache/huggingface).
     """
     out = Path(out_dir)
+    refuse_overwrite({}, {}, dirs={"--out_dir": out})
+    refuse_overwrite({}, {}, dirs={f"--out_dir/{sub}": out / sub for sub in SUBDIRS})
+    if from_dir and not Path(from_dir).is_dir():
+        raise UserError(f"--from_dir {from_dir}: no such directory")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    done = _copy_local(Path(from_dir), out) if from_dir else _download(out, cache_dir)
+    try:
+        done = _copy_local(Path(from_dir), out) if from_dir else _download(out, cache_dir)
+    except BaseException:
+        if created and not any(out.iterdir()):  # a failed first download leaves no empty folder behind
+            out.rmdir()
+        raise
     print(f"{len(done)} files in {out}/")
     _warn_overlap(out / "longemotion")
     print(FULL_PSYQA_NOTE)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from emotion_summary.cli import check_numbers
 from emotion_summary.errors import UserError
 from emotion_summary.client import ChatClient, EndpointError
 from emotion_summary.paths import refuse_overwrite
@@ -217,6 +218,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     name = str(name) if name else output_name(labels_for(paths))
     outputs = {f"--out_dir/{name}{ext}": Path(out_dir) / f"{name}{ext}" for ext in OUTPUT_SUFFIXES}
     refuse_overwrite({**outputs, "--judge_cache": judge_cache}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
+    check_numbers({"concurrency": (concurrency, int, 1), "bertscore_num_layers": (bertscore_num_layers, int, 0)})
     use_bertscore, use_judge = bertscore, judge
     if use_judge and not (endpoint and model):
         raise UserError("--judge needs --endpoint URL and --model NAME")

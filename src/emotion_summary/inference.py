@@ -19,6 +19,7 @@ from typing import Literal, Sequence
 
 from emotion_summary.backends import BACKENDS, Backend, extractive_backend, hf_backend, openai_backend
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
+from emotion_summary.cli import number_problem
 from emotion_summary.errors import UserError
 from emotion_summary.extractive import extract_fields
 from emotion_summary.folds import guard_leakage
@@ -140,10 +141,9 @@ def assemble(records: Sequence[Record], raws: dict[int, str], refused: dict[int,
 
 def _check_options(backend: str, model_path: str | None, endpoint: str | None, model: str | None,
                    numbers: dict[str, float | None]) -> None:
-    problems = [f"--{name}: must be positive, got {value}" for name, value in numbers.items()
-                if value is not None and value <= 0 and name != "max_retries"]
-    if numbers["max_retries"] < 0:
-        problems.append(f"--max_retries: must be 0 or more, got {numbers['max_retries']}")
+    minimum = {"max_retries": 0, "timeout_s": 0}  # timeout_s: above 0; every other number at least 1
+    problems = [problem for name, value in numbers.items() if value is not None and (problem := number_problem(
+        name, value, float if name == "timeout_s" else int, minimum.get(name, 1), strict=name == "timeout_s"))]
     if backend not in BACKENDS:
         problems.append(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "hf" and not (model_path and Path(model_path).is_dir()):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from emotion_summary.errors import UserError
+from emotion_summary.paths import refuse_unreadable
 
 REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements_qwen2.txt"
 WHEEL_INDEX = "https://download.pytorch.org/whl"
@@ -312,6 +313,7 @@ def install_torch(dry_run: bool = False, check: bool = False, nvidia_smi_output:
         index_url: install torch from this index (default: $TORCH_INDEX_URL, else chosen).
         requirements: the requirements file whose torch==VERSION is installed.
     """
+    refuse_unreadable({"--nvidia_smi_output": nvidia_smi_output, "--requirements": requirements})
     platform = normalise_platform(platform or sys.platform)
     smi = read_nvidia_smi(nvidia_smi_output)
     if check:

@@ -18,12 +18,13 @@ from typing import Iterable, Sequence
 from emotion_summary.atomic_io import (append_jsonl, atomic_write_jsonl, jsonl_lines, read_jsonl_tolerant,
                                        repair_jsonl_tail)
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool_with_bar
+from emotion_summary.cli import check_numbers
 from emotion_summary.errors import UserError
+from emotion_summary.paths import refuse_overwrite
 from emotion_summary.prompt import NOT_DESCRIBED, Language, PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, is_blank, read_records, record_from_dict
-from emotion_summary.text import detect_language
+from emotion_summary.text import LANGUAGE_NAMES, detect_language
 
-LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 RETRY_MESSAGE = ("Your reply could not be used: {reason}. Answer again with only one JSON object with "
                  "exactly these keys: {keys}; every value a non-empty paragraph{language}, or exactly "
                  f'"{NOT_DESCRIBED}" where the report says nothing about it.')
@@ -153,10 +154,10 @@ def _label_all(todo: list[Record], work, run: _Run, concurrency: int) -> None:
 def label_file(input: str | Path, output: str | Path, client: ChatClient, language: str = "auto",
                concurrency: int = 4, max_retries: int = 2, max_tokens: int = 1024, limit: int = 0) -> dict:
     """Label `input` into `output` (resumable); returns the counts printed by the CLI."""
-    records = read_records(input)
     output = Path(output)
-    if output.exists() and output.resolve() == Path(input).resolve():
-        raise UserError(f"{output}: --output must differ from --input")
+    refuse_overwrite({"--output": output}, {"--input": input})
+    refuse_overwrite({"--output's rejects": rejects_path(output)}, {"--input": input})  # said once when --output is wrong
+    records = read_records(input)
     done = done_ids(output, records)  # both refuse before anything is trimmed or appended
     _check_same_teacher(output, client.model, language)
     repair_jsonl_tail(output)
@@ -234,8 +235,9 @@ def label_with_teacher(input: str, output: str, endpoint: str, model: str, langu
         limit: label at most this many records in this run; 0 for all.
         timeout_s: seconds to wait for one reply.
     """
-    if concurrency < 1 or max_retries < 0 or requests_per_minute < 0:
-        raise UserError("--concurrency must be >= 1, --max_retries and --requests_per_minute >= 0")
+    check_numbers({"concurrency": (concurrency, int, 1), "max_retries": (max_retries, int, 0),
+                   "requests_per_minute": (requests_per_minute, float, 0), "max_tokens": (max_tokens, int, 1),
+                   "limit": (limit, int, 0), "timeout_s": (timeout_s, float, 0, True)})
     client = ChatClient(endpoint, model, api_key_env=api_key_env, timeout_s=timeout_s,
                         requests_per_minute=requests_per_minute)
     counts = label_file(input, output, client, language, concurrency, max_retries, max_tokens, limit)

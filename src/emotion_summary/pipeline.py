@@ -15,6 +15,8 @@ from emotion_summary.records import write_records
 from emotion_summary.run_dir import RunDir
 from emotion_summary.submission import SUBMISSION_FILE
 
+HELDOUT_FILE = "heldout_fold.jsonl"  # the fold the pipeline predicts when no --predict_input is given
+
 
 def _train_or_reuse(preset: str, output_dir: str | None, train_options: dict) -> Path:
     """Train; or resume the unfinished run; or reuse the finished one when it has the same config."""
@@ -44,7 +46,7 @@ def _heldout_inputs(run_dir: Path, out_dir: Path) -> Path:
     if not cfg.folds:
         raise UserError("give --predict_input FILE (the run held out no fold to predict)")
     _, heldout = load_data(cfg)
-    return write_records(out_dir / "heldout_fold.jsonl", heldout)
+    return write_records(out_dir / HELDOUT_FILE, heldout)
 
 
 def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str | None = None,
@@ -67,6 +69,7 @@ def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str |
     from emotion_summary.evaluate import evaluate
     from emotion_summary.inference import infer
 
+    _refuse_bad_paths(predict_input, gold, submission_dir)  # before training, which may take hours
     run_dir = _train_or_reuse(preset, output_dir, train_options)
     cfg = TrainConfig.load(run_dir)
     out_dir = Path(submission_dir or f"submissions/{cfg.preset}")
@@ -80,6 +83,18 @@ def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str |
         return str(submission)
     evaluate(pred=str(submission), gold=gold_file, out_dir=str(out_dir / "scores"), bertscore=bertscore)
     return str(submission)
+
+
+def _refuse_bad_paths(predict_input: str | None, gold: str | None, submission_dir: str | None) -> None:
+    from emotion_summary.paths import refuse_overwrite, refuse_unreadable
+
+    inputs = {"--predict_input": predict_input, "--gold": gold}
+    refuse_unreadable(inputs)
+    if submission_dir is not None:  # the default, submissions/PRESET, is known once the preset is
+        out_dir = Path(submission_dir)
+        written = [SUBMISSION_FILE] + ([] if predict_input else [HELDOUT_FILE])
+        refuse_overwrite({f"--submission_dir/{name}": out_dir / name for name in written}, inputs,
+                         dirs={"--submission_dir": out_dir})
 
 
 def _has_gold(path: Path) -> bool:

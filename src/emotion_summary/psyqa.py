@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from emotion_summary.atomic_io import atomic_write_jsonl
+from emotion_summary.paths import refuse_overwrite
 from emotion_summary.records import RecordError, record_from_dict
 from emotion_summary.text import split_sentences
 
@@ -173,9 +174,8 @@ def convert_psyqa(input: str, output: str) -> None:
         input: PsyQA JSON file (a JSON array; e.g. data/psyqa/PsyQA_example.json).
         output: ES records to write (JSONL), written whole or not at all.
     """
+    refuse_overwrite({"--output": output}, {"--input": input})
     rows = convert_items(load_psyqa(input), input)
-    if Path(output).resolve() == Path(input).resolve():
-        raise RecordError(output, "", None, "output would overwrite the input")
     atomic_write_jsonl(output, rows)
     labelled = sum("strategy_labels" in r for r in rows)
     print(f"wrote {len(rows)} records to {output} ({labelled} from strategy-labelled answers, "

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 
 from emotion_summary.atomic_io import atomic_write_jsonl, jsonl_lines
 from emotion_summary.errors import UserError
+from emotion_summary.paths import missing_file
 
 INPUT_FIELDS = ("case_description", "consultation_process", "experience_and_reflection")
 GOLD_FIELDS = (
@@ -191,8 +192,8 @@ def _raw_items(path: Path) -> list[tuple[str, Any]]:
 def read_records(path: str | os.PathLike, require_gold: bool = False) -> list[Record]:
     """Read ES records from JSONL or a JSON array; raise RecordError on the first bad one."""
     path = Path(path)
-    if not path.is_file():
-        raise RecordError(path, "", None, "no such file")
+    if missing_file(path):
+        raise RecordError(path, "", None, missing_file(path))
     records: list[Record] = []
     seen: dict[int, str] = {}
     for where, item in _raw_items(path):

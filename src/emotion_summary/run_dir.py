@@ -80,6 +80,9 @@ class RunDir:
         if self.is_started:
             raise RunDirError(f"{self.path} holds an unfinished run; continue it with: "
                               f"{resume_command(self.path)}  (or choose another --output_dir)")
+        if self.path.is_dir() and any(self.path.iterdir()):  # a run writes README.md, prompt.json ... here
+            raise RunDirError(f"{self.path} is not empty and holds no run; its files (README.md, "
+                              "tokenizer files ...) would be overwritten: choose a new or empty --output_dir")
 
     def resume_config(self, options: dict) -> TrainConfig:
         """The saved config; options given again may change only what a resume allows to change."""

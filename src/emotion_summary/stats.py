@@ -185,7 +185,8 @@ def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language:
         tokenizer_cache: folder for the offline-built Qwen2 tokenizer (default ~/.cache/emotion_summary).
     """
     refuse_overwrite({f"--out_dir/{n}": Path(out_dir) / n for n in OUTPUT_FILES},
-                     {f"input {i + 1}": p for i, p in enumerate((inputs, *more_inputs))}, dirs={"--out_dir": out_dir})
+                     {f"input {i + 1}": p for i, p in enumerate((inputs, *more_inputs))},
+                     dirs={"--out_dir": out_dir, "--tokenizer_cache": tokenizer_cache})
     files = {str(p): read_records(p) for p in (inputs, *more_inputs)}
     from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emotion_summary.atomic_io import atomic_write_jsonl, jsonl_lines
+from emotion_summary.paths import missing_file
 from emotion_summary.records import GOLD_FIELDS, Record, RecordError, integer_id_problem, is_blank, read_records
-from emotion_summary.text import detect_language, record_language, script_language
+from emotion_summary.text import LANGUAGE_NAMES, detect_language, record_language, script_language
 
 SUBMISSION_FILE = "Emotion_Summary_Result.jsonl"
 # Singular "cause" and capital "C" are the leaderboard's spelling.
@@ -39,8 +40,9 @@ def write_submission(path: str | os.PathLike, rows_by_id: dict[int, dict[str, st
 def read_predictions(path: str | os.PathLike) -> dict[int, dict[str, str]]:
     """A submission file as {id: {field: text}} in our field names; errors name the line and key."""
     report = check_submission(path)
-    if report.errors:
-        raise RecordError(path, "", None, "; ".join(report.errors[:5]))
+    if report.errors:  # each error starts with the path, which RecordError puts in front once
+        raise RecordError(path, "", None, "; ".join(e.removeprefix(str(path)).lstrip(": ")
+                                                    for e in report.errors[:5]))
     return {rid: {FIELD_OF_KEY[k]: v for k, v in row.items() if k in FIELD_OF_KEY}
             for rid, row in report.rows.items()}
 
@@ -94,8 +96,8 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
     report's language per field) and the language of each row."""
     path = Path(path)
     report = SubmissionReport(str(path))
-    if not path.is_file():
-        report.errors.append(f"{path}: no such file")
+    if missing_file(path):
+        report.errors.append(f"{path}: {missing_file(path)}")
         return report
     try:
         text = path.read_bytes().decode("utf-8")
@@ -122,9 +124,6 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
     for rid, row in rows.items():
         _check_values(f"{path}:line {seen.get(rid, '?')}", row, expected.get(rid), report)
     return report
-
-
-LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
 
 
 def _row_text(row: dict) -> str:

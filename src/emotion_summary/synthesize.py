@@ -35,12 +35,14 @@ from typing import Literal
 
 from emotion_summary.atomic_io import append_jsonl, atomic_write_bytes, read_jsonl_tolerant, repair_jsonl_tail
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool_with_bar
+from emotion_summary.cli import number_problem
 from emotion_summary.errors import UserError
-from emotion_summary.label import LANGUAGE_NAMES, finish_rejects, rejects_path
+from emotion_summary.label import finish_rejects, rejects_path
+from emotion_summary.paths import refuse_overwrite
 from emotion_summary.overlap import OverlapIndex, Signature, record_text
 from emotion_summary.prompt import json_object
-from emotion_summary.records import INPUT_FIELDS, Record, RecordError, read_records, record_from_dict
-from emotion_summary.text import detect_language
+from emotion_summary.records import Record, read_records, record_from_dict
+from emotion_summary.text import LANGUAGE_NAMES, detect_language
 
 PROMPT_VERSION = "synth-v1"
 SOURCE = "synthetic"
@@ -396,16 +398,6 @@ def _official_paths(official: str | None) -> list[Path]:
     return [Path(p.strip()) for p in str(official).split(",") if p.strip()]
 
 
-def _check_paths(output: Path, inputs: list[Path]) -> None:
-    if output.is_dir():
-        raise UserError(f"{output}: --output is a directory")
-    if any(parent.is_file() for parent in output.parents):
-        raise UserError(f"{output}: --output lies under a file")
-    for path in inputs:
-        if path.exists() and output.exists() and output.resolve() == path.resolve():
-            raise UserError(f"{output}: --output must differ from {path}")
-
-
 # ---------------------------------------------------------------- shape of the reports, and cost
 
 SHAPE = ("case_paragraphs", "sessions", "case_words", "process_words", "reflection_words", "total_words")
@@ -508,7 +500,10 @@ def synthesize_file(seeds: str, n: int, output: str | Path, client: ChatClient |
                     dry_run: bool = False) -> dict:
     """Synthesize into `output` (resumable); `client=None` only with `dry_run`. Returns the counts."""
     output = Path(output)
-    _check_paths(output, [Path(seeds), *official])
+    inputs = {"--seeds": None if seeds == "builtin" else seeds,
+              **{"--official" + (f" #{i + 1}" if i else ""): path for i, path in enumerate(official)}}
+    refuse_overwrite({"--output": output}, inputs)
+    refuse_overwrite({"--output's rejects": rejects_path(output)}, inputs)  # said once when --output is wrong
     jobs = plan_jobs(read_seeds(seeds), n)
     rejects = rejects_path(output)
     synth_source = _synth_source(client, language, targets)
@@ -569,14 +564,9 @@ def report_shapes(output: Path, official: list[Path]) -> Path | None:
 
 
 def _number(value, name: str, kind, minimum, problems: list[str]):
-    try:
-        number = kind(value)
-        if isinstance(value, bool) or number < minimum:
-            raise ValueError
-        return number
-    except (TypeError, ValueError):
-        problems.append(f"--{name}: expected a {kind.__name__} >= {minimum}, got {value!r}")
-        return minimum
+    problem = number_problem(name, value, kind, minimum)
+    problems += [problem] if problem else []
+    return minimum if problem else kind(value)
 
 
 def synthesize_reports(seeds: str = "builtin", n: int = 100, output: str = "data/synthetic/synthetic_reports.jsonl",

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from emotion_summary.records import Record
 
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}  # the languages a report or a summary is written in
+
 _CLOSERS = "”’\"'）)】」』"
 # A sentence ends at 。！？!?… or at a Latin full stop before white space or the end (closing quotes may
 # come between), and takes its closing quotes and brackets with it.
