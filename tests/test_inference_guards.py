@@ -44,6 +44,16 @@ def test_an_output_that_is_the_input_is_refused_before_any_work(tmp_path, inputs
     assert inputs.read_bytes() == before
 
 
+def test_an_output_inside_the_model_directory_is_refused(tmp_path, inputs):
+    model_dir = tmp_path / "model" / "run"
+    model_dir.mkdir(parents=True)
+    (model_dir / "prompt.json").write_text("{}")
+    with pytest.raises(UserError, match="lies inside --model_path"):
+        infer(input=str(inputs), output=str(model_dir / "prompt.json"), model_path=str(model_dir), backend="openai",
+              endpoint="http://127.0.0.1:9/v1", model="m")
+    assert (model_dir / "prompt.json").read_text() == "{}"
+
+
 @pytest.mark.parametrize("where", ["a directory", "under a file"])
 def test_an_output_path_that_cannot_be_a_file_is_one_line_before_generation(tmp_path, inputs, where, capsys):
     (tmp_path / "taken").mkdir()
