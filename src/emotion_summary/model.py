@@ -53,12 +53,16 @@ def gpu_capability() -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device()) if torch.cuda.is_available() else None
 
 
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
 def attn_implementation(name: str = "auto", dtype: torch.dtype | None = None) -> str:
     """auto: FlashAttention-2 on sm80+ in 16-bit when installed; SDPA with repeated K/V heads below
     sm80; else SDPA. An explicit flash_attention_2 where it cannot run is refused."""
     capability = gpu_capability()
     fa2_possible = (capability is not None and capability >= (8, 0) and dtype in (torch.bfloat16, torch.float16)
-                    and importlib.util.find_spec("flash_attn") is not None)
+                    and flash_attn_installed())
     if name == "flash_attention_2" and not fa2_possible:
         raise ModelError(f"attn_implementation=flash_attention_2 needs an sm80+ GPU (Ampere or newer), 16-bit "
                          f"compute and flash-attn installed; here: GPU capability {capability}, dtype {dtype}. "
