@@ -58,9 +58,11 @@ def flash_attn_installed() -> bool:
 
 
 def attn_implementation(name: str = "auto", dtype: torch.dtype | None = None) -> str:
-    """auto: FlashAttention-2 on sm80+ in 16-bit when installed; SDPA with repeated K/V heads below
-    sm80; else SDPA. An explicit flash_attention_2 where it cannot run is refused."""
+    """auto: FlashAttention-2 on sm80+ in 16-bit (`dtype`, default the auto compute dtype) when
+    installed; SDPA with repeated K/V heads below sm80; else SDPA. An explicit flash_attention_2
+    where it cannot run is refused."""
     capability = gpu_capability()
+    dtype = dtype or compute_dtype("auto")
     fa2_possible = (capability is not None and capability >= (8, 0) and dtype in (torch.bfloat16, torch.float16)
                     and flash_attn_installed())
     if name == "flash_attention_2" and not fa2_possible:
@@ -417,9 +419,9 @@ class Qwen2EmotionSummaryModel:
         offload = self.config.offload_activations and dev.type == "cuda"
         ctx = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload else contextlib.nullcontext()
         ids_device = decoder.get_input_embeddings().weight.device
-        mask = batch["attention_mask"]
+        mask = batch.get("attention_mask")
         # A mask without padding is no mask: SDPA then runs causal with no L x L mask at all.
-        mask = None if bool(mask.all()) else mask.to(dev, non_blocking=True)
+        mask = None if mask is None or bool(mask.all()) else mask.to(dev, non_blocking=True)
         with ctx, final_norm_deferred(decoder) as norm:
             hidden = decoder(input_ids=batch["input_ids"].to(ids_device, non_blocking=True),
                              attention_mask=mask).last_hidden_state

@@ -24,7 +24,8 @@ _COMMON = {
     "quantization": "nf4",  # "nf4" (4-bit QLoRA), or "none" (16-bit LoRA)
     "lora_r": 16,
     "lora_alpha": 32,
-    "lora_dropout": 0.05,
+    # 0: no dropout mask and output kept per LoRA input (0.47 GB per projection at 32K; unsloth's default too).
+    "lora_dropout": 0.0,
     "lora_target": "all-linear",
     "gradient_checkpointing": True,
     "learning_rate": 2e-4,

@@ -250,10 +250,16 @@ class Trainer:
         of the supervised tokens, so the sum is the micro-batch's token mean."""
         from emotion_summary.encode import IGNORE_INDEX
 
-        if len({len(examples[i]["input_ids"]) for i in indices}) == 1 or self.wrapper.pads_cheaply:
+        if len({len(examples[i]["input_ids"]) for i in indices}) == 1:
+            return [(self._unpadded_batch(indices, examples), 1.0)]
+        if self.wrapper.pads_cheaply:
             return [(self._batch(indices, examples), 1.0)]
         counts = [sum(t != IGNORE_INDEX for t in examples[i]["labels"][1:]) for i in indices]
-        return [(self._batch([i], examples), n / sum(counts)) for i, n in zip(indices, counts)]
+        return [(self._unpadded_batch([i], examples), n / sum(counts)) for i, n in zip(indices, counts)]
+
+    def _unpadded_batch(self, indices: list[int], examples: list[dict]):
+        """Rows of one length: no attention mask at all (known here without reading the tensor)."""
+        return {**self._batch(indices, examples), "attention_mask": None}
 
     def validation_loss(self) -> float | None:
         import torch
