@@ -474,6 +474,13 @@ class Qwen2EmotionSummaryModel:
         return out
 
     def _generate_group(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int) -> list[list[int]]:
+        gen = self._generate_tensor(prompts, max_new_tokens, min_new_tokens)
+        pad = self.tokenizer.pad_token_id
+        stop = [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+        return [_strip_padding(row, pad, stop) for row in gen.tolist()]
+
+    def _generate_tensor(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int) -> torch.Tensor:
+        """The new ids of one left-padded group, [group, new tokens] (finished rows padded)."""
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device())
@@ -484,7 +491,7 @@ class Qwen2EmotionSummaryModel:
                                   min_new_tokens=min_new_tokens, do_sample=False, pad_token_id=pad,
                                   eos_token_id=stop, use_cache=True,
                                   prefill_chunk_size=chunk if width > chunk else None)
-        return [_strip_padding(row, pad, stop) for row in gen[:, width:].tolist()]
+        return gen[:, width:]
 
     def _kv_bytes_per_token(self) -> int:
         c = self.model.config
