@@ -171,7 +171,7 @@ def _worker() -> None:
         except Exception as e:
             import traceback
 
-            result = {"error": f"{type(e).__name__}: {str(e)[:500]}", "traceback": traceback.format_exc()[-3000:]}
+            result = {"error": f"{type(e).__name__}: {str(e)[:500]}", "traceback": "\n".join(l for l in traceback.format_exc().splitlines() if "transformers/" in l or "emotion_summary" in l or "peft/" in l)[-4000:]}
         print(json.dumps(result), flush=True)
 
 

@@ -127,3 +127,20 @@ def test_out_of_memory_names_one_lever_resumable_ones_first():
     assert memory_lever(cfg) == "Pull this lever: start a new run (new --output_dir) with --batch_size 1 --grad_accum 16"
     cfg = resolve_config("8gb", mlp_tile_tokens=1024, lora_dropout=0.0)
     assert "--max_seq_len 4096" in memory_lever(cfg)
+
+
+def test_cpu_embedding_is_outside_the_parameters_so_generate_keeps_the_gpu_as_model_device():
+    """`model.device` is the first parameter's device; with the embedding registered on the CPU,
+    generate moved every input (position ids, masks) to the CPU beside a GPU model."""
+    from emotion_summary.model import CpuEmbedding, keep_embedding_on_cpu
+
+    model = tiny_qwen2("sdpa")
+    ids = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(2))
+    want = model(input_ids=ids).logits
+    weight = model.get_input_embeddings().weight
+    keep_embedding_on_cpu(model)
+    assert isinstance(model.get_input_embeddings(), CpuEmbedding)
+    assert model.get_input_embeddings().weight is weight
+    assert all(p is not weight for p in model.parameters())
+    assert next(model.parameters()).shape != weight.shape  # model.device now comes from a decoder weight
+    assert torch.equal(model(input_ids=ids).logits, want)

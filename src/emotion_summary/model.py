@@ -209,13 +209,28 @@ def tile_mlp(model, tile_tokens: int) -> int:
     return n
 
 
+class CpuEmbedding(torch.nn.Module):
+    """The input embedding kept in CPU RAM: ids go down, rows come up. Held outside the module's
+    parameters, so `model.device` (the first parameter's device) stays the GPU: generate moves its
+    inputs there, not to the CPU. Frozen, and never saved (adapters hold LoRA weights only)."""
+
+    def __init__(self, embedding: torch.nn.Embedding, target: torch.device):
+        super().__init__()
+        self.__dict__["cpu"] = embedding.to("cpu")  # not registered as a submodule
+        self.target = target
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        return self.cpu.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.cpu(input_ids.to("cpu")).to(self.target, non_blocking=True)
+
+
 def keep_embedding_on_cpu(model) -> None:
-    """Keep the 152,064 x 3,584 input embedding (1.1 GB in bf16) in CPU RAM: ids go down, rows come up."""
-    embed = model.get_input_embeddings()
+    """Keep the 152,064 x 3,584 input embedding (1.1 GB in bf16) in CPU RAM (see CpuEmbedding)."""
     target = next(p.device for p in model.lm_head.parameters())
-    embed.to("cpu")
-    embed.register_forward_pre_hook(lambda mod, args: (args[0].to("cpu"),))
-    embed.register_forward_hook(lambda mod, args, out: out.to(target, non_blocking=True))
+    model.set_input_embeddings(CpuEmbedding(model.get_input_embeddings(), target))
 
 
 def apply_liger_kernels(setting: str) -> bool:
