@@ -29,12 +29,15 @@ ROWS = {
     "train-24gb": ("train", "24gb", [32768, 32768], "rtx4090", {}),
     "train-24gb-padded": ("train", "24gb", [32768, 20000], "rtx4090", {}),
     "train-12gb-t4": ("train", "12gb", [32768], "t4", {}),
-    # inference's default 4 records of the longest official report (~7.7K prompt tokens) on an 8 GB card
-    "generate-8gb-batch4": ("generate", "8gb", [7700] * 4, "rtx4060", {"max_new_tokens": 512}),
-    "generate-by-memory-8gb": ("generate_ids", "8gb", [7700] * 4, "rtx4060", {"max_new_tokens": 512}),
-    "generate-12gb-32k": ("generate", "12gb", [32000], "rtx3060", {"max_new_tokens": 512}),
-    "generate-by-memory-12gb-32k": ("generate_ids", "12gb", [32000], "rtx3060", {"max_new_tokens": 512}),
+    # inference's default 4 records of the longest official report (~7.7K prompt tokens) on an 8 GB card.
+    # 64 new tokens simulated (each decode step is a full fake forward); 512 would add 448 x 57,344 B
+    # = 26 MB of KV cache per row.
+    "generate-8gb-batch4": ("generate_plain", "8gb", [7700] * 4, "rtx4060", {"max_new_tokens": 64}),
+    "generate-by-memory-8gb": ("generate_ids", "8gb", [7700] * 4, "rtx4060", {"max_new_tokens": 64}),
+    "generate-12gb-32k": ("generate_plain", "12gb", [32000], "rtx3060", {"max_new_tokens": 64}),
+    "generate-by-memory-12gb-32k": ("generate_ids", "12gb", [32000], "rtx3060", {"max_new_tokens": 64}),
 }
+WORKER_KINDS = ("generate_plain", "generate_ids")
 
 
 def gpu_fixes(rows: str = "train-12gb", label: str = "after", out: str | None = None,
@@ -57,15 +60,14 @@ def gpu_fixes(rows: str = "train-12gb", label: str = "after", out: str | None = 
     for name in names:
         kind, preset, lens, card, extra = ROWS[name]
         overrides = {} if lora_dropout is None else {"lora_dropout": float(lora_dropout)}
-        specs.append(job("generate" if kind == "generate_ids" else kind, preset, lens, resolve_card(card),
-                         overrides=overrides, **extra))
-    custom = [i for i, n in enumerate(names) if ROWS[n][0] == "generate_ids"]
+        specs.append(job(kind, preset, lens, resolve_card(card), overrides=overrides, **extra))
+    custom = [i for i, n in enumerate(names) if ROWS[n][0] in WORKER_KINDS]
     plain = [i for i in range(len(names)) if i not in custom]
     results: dict[int, dict] = {}
     if plain:
         results.update(zip(plain, run_jobs([specs[i] for i in plain])))
     if custom:
-        results.update(zip(custom, _run_generate_ids([specs[i] for i in custom])))
+        results.update(zip(custom, _run_in_worker([specs[i] for i in custom])))
     host = host_info()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent).stdout.strip()
@@ -87,7 +89,7 @@ def _code_version() -> str:
     return str(Path(emotion_summary.__file__).resolve().parent)
 
 
-def _run_generate_ids(specs: list[dict]) -> list[dict]:
+def _run_in_worker(specs: list[dict]) -> list[dict]:
     import os
 
     from emotion_summary.gpusim import native
@@ -100,6 +102,56 @@ def _run_generate_ids(specs: list[dict]) -> list[dict]:
     if len(results) != len(specs):
         raise RuntimeError("generate_ids worker failed:\n" + "\n".join(done.stderr.splitlines()[-20:]))
     return results
+
+
+class StopAfter:
+    """The simulated answer to generate's "have all rows finished?" host read: no for `steps` reads,
+    then yes (the fake tensors hold no token values to decide it from)."""
+
+    def __init__(self, steps: int):
+        self.steps, self.reads = steps, 0
+
+    def __bool__(self) -> bool:
+        self.reads += 1
+        return self.reads > self.steps
+
+
+def simulate_generate_plain(job) -> dict:
+    """The old wrapper's generate call (`_generate_batch` before the fixes): all prompts of the job in
+    one left-padded `model.generate`, no prefill chunks, on the model the old `load` built (embedding
+    on the GPU, adapters as peft casts them)."""
+    import time
+
+    import torch
+    from peft import get_peft_model
+
+    from emotion_summary import model as project
+    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
+    from emotion_summary.gpusim.session import _card, _common_patches, _config, _result, _session
+
+    card, cfg = _card(job), _config(job)
+    started = time.time()
+    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, sum(job.seq_lens)):
+        tracker = gpu.tracker
+        tracker.oracle.answers.update({"all": len(set(job.seq_lens)) == 1, "eq(sum)": True, "isfinite": True,
+                                       "eq(max)": StopAfter(job.max_new_tokens), "max": 1})
+        with patch_all(_common_patches(job, tracker)), torch.no_grad():
+            base, tok = project.load_base_model(cfg.model_name_or_path, cfg.quantization, cfg.compute_dtype,
+                                                cfg.attn_implementation, cfg.lm_head_4bit)
+            with tracker.category("weights"):
+                model = get_peft_model(base, project.lora_config(cfg))
+            model.eval()
+            tracker.reset_peak()
+            width, dev = max(job.seq_lens), project.device()
+            ids = torch.zeros((len(job.seq_lens), width), dtype=torch.long, device=dev)
+            attn = torch.ones((len(job.seq_lens), width), dtype=torch.long, device=dev)
+            with tracker.category("generation"):
+                model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=job.max_new_tokens,
+                               min_new_tokens=job.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                               eos_token_id=[tok.eos_token_id, 151643], use_cache=True)
+        result = _result(job, cfg, card, tracker, started)
+    result.update(kind="generate_plain", generate_groups=[len(job.seq_lens)])
+    return result
 
 
 def simulate_generate_ids(job) -> dict:
@@ -121,7 +173,7 @@ def simulate_generate_ids(job) -> dict:
     groups: list[int] = []
     with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, sum(job.seq_lens)):
         tracker = gpu.tracker
-        tracker.oracle.answers.update({"all": True, "eq(sum)": True, "isfinite": True, "eq(max)": False, "max": 1})
+        tracker.oracle.answers.update({"all": True, "eq(sum)": True, "isfinite": True, "max": 1})
         with patch_all(_common_patches(job, tracker)), torch.no_grad():
             base, tok = project.load_base_model(cfg.model_name_or_path, cfg.quantization, cfg.compute_dtype,
                                                 cfg.attn_implementation, cfg.lm_head_4bit)
@@ -135,6 +187,7 @@ def simulate_generate_ids(job) -> dict:
             def counted(prompts, *args):  # _generate_group without reading the fake ids back
                 groups.append(len(prompts))
                 tracker.oracle.answers["all"] = len({len(p) for p in prompts}) == 1
+                tracker.oracle.answers["eq(max)"] = StopAfter(job.max_new_tokens)
                 wrapper._generate_tensor(prompts, *args)
                 return [[] for _ in prompts]
 
@@ -167,7 +220,8 @@ def _worker() -> None:
 
     for spec in json.loads(sys.stdin.read()):
         try:
-            result = simulate_generate_ids(job_from_dict(spec))
+            job = job_from_dict(spec)
+            result = (simulate_generate_ids if job.kind == "generate_ids" else simulate_generate_plain)(job)
         except Exception as e:
             import traceback
 
