@@ -148,20 +148,21 @@ def replay(events: list[tuple[int, int]], limit: int | None = None) -> CachingAl
     return alloc
 
 
-def smallest_pool(events: list[tuple[int, int]], resolution: int = 2 * MB) -> int:
-    """The smallest segment limit under which the log replays without OOM (to `resolution`)."""
-    unlimited = replay(events).peak_reserved
-    lo, hi = 0, unlimited  # lo fails (or is 0), hi runs
-    peak_alloc = peak_allocated(events)
-    lo = max(0, peak_alloc - 1)
-    while hi - lo > resolution:
+def smallest_pool(events: list[tuple[int, int]]) -> int:
+    """The smallest segment limit under which the log replays without OOM. Exact: every segment
+    is a multiple of 2 MiB, so the search runs over multiples of 2 MiB, from the peak of allocated
+    bytes (a smaller pool cannot hold it) to what the unlimited replay reserved."""
+    unit = ROUND_LARGE
+    lo = -(-peak_allocated(events) // unit) - 1  # fails: below the peak of allocated bytes
+    hi = -(-replay(events).peak_reserved // unit)  # runs
+    while hi - lo > 1:
         mid = (lo + hi) // 2
         try:
-            replay(events, mid)
+            replay(events, mid * unit)
             hi = mid
         except OutOfMemory:
             lo = mid
-    return hi
+    return hi * unit
 
 
 def peak_allocated(events: list[tuple[int, int]]) -> int:

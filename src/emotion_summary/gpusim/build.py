@@ -70,8 +70,9 @@ def materialise(model, device, dtype: torch.dtype) -> None:
             module.weight = quantised_weight(module, device, shared_code)
             module.quant_state = module.weight.quant_state
         for name, p in list(module.named_parameters(recurse=False)):
-            if p.device.type == "meta":
-                setattr(module, name, torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+            if p.device.type == "meta":  # loaded in the model's dtype, as from_pretrained(dtype=...) does
+                kind = dtype if p.dtype.is_floating_point else p.dtype
+                setattr(module, name, torch.nn.Parameter(torch.empty(p.shape, dtype=kind, device=device),
                                                          requires_grad=p.requires_grad))
         for name, b in list(module.named_buffers(recurse=False)):
             if b.device.type == "meta":

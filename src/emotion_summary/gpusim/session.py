@@ -124,6 +124,13 @@ def _categorise_optimizer_step(optimizer, tracker) -> None:
     optimizer.register_step_post_hook(post)
 
 
+def _init_optimizer_state(optimizer, params) -> None:
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _gemm_dequant_threshold():
     """bitsandbytes' CUDA gemm_4bit materialises the whole weight in the compute dtype past 1,536 rows."""
     return 1536
@@ -167,6 +174,8 @@ def run_job(job: Job) -> dict:
         return simulate_training_step(job)
     if job.kind == "generate":
         return simulate_generation(job)
+    if job.kind == "plain":
+        return simulate_plain_training(job)
     raise ValueError(f"unknown job kind {job.kind!r}")
 
 
@@ -190,8 +199,9 @@ def _common_patches(job, tracker):
 
 
 def simulate_training_step(job: Job) -> dict:
-    """Two optimizer steps of the project's Trainer: one micro-batch (creates the optimizer state),
-    then two micro-batches (gradients of the first live through the second); peak over both."""
+    """The steady state of the project's Trainer: the optimizer state exists (one optimizer step on
+    zero gradients creates it, as a first real step would), then `Trainer._optimizer_step` over two
+    micro-batches (the first one's gradients live through the second)."""
     from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
     from emotion_summary.model import Qwen2EmotionSummaryModel
     from emotion_summary.train import Trainer, make_optimizer
@@ -205,7 +215,7 @@ def simulate_training_step(job: Job) -> dict:
         tracker.oracle.nonzero_rows = sum(min(job.answer_tokens, n - 1) for n in job.seq_lens)
         with patch_all(_common_patches(job, tracker)):
             wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
-            weights_bytes = tracker.now
+            built = tracker._by_category()
             trainer = Trainer.__new__(Trainer)
             trainer.cfg, trainer.wrapper, trainer.train_examples = cfg, wrapper, _examples(job)
             params = [p for p in wrapper.model.parameters() if p.requires_grad]
@@ -218,13 +228,15 @@ def simulate_training_step(job: Job) -> dict:
             wrapper.model.train()
             tracker.reset_peak()
             batch = list(range(len(job.seq_lens)))
+            _init_optimizer_state(trainer.optimizer, params)
             with tracker.category("saved activations"), patch_all(
                     [(torch.Tensor, "backward", _categorised(tracker, "recomputed layer", backward))]):
-                trainer._optimizer_step([batch], 1)
                 trainer._optimizer_step([batch, batch], 2)
         result = _result(job, cfg, card, tracker, started)
-        result.update(weights_gb=weights_bytes / 1e9, lora_params=sum(p.numel() for p in params),
-                      compute_dtype=str(next(p for p in params).dtype).replace("torch.", ""),
+        result.update(weights_gb=built.get("weights", 0) / 1e9, lora_gb=built.get("lora + optimizer", 0) / 1e9,
+                      lora_params=sum(p.numel() for p in params),
+                      adapter_dtype=str(params[0].dtype).replace("torch.", ""),
+                      compute_dtype=str(wrapper.model.get_base_model().dtype).replace("torch.", ""),
                       attn_implementation=wrapper.model.get_base_model().config._attn_implementation)
         return result
 
@@ -261,6 +273,68 @@ def simulate_generation(job: Job) -> dict:
         return _result(job, cfg, card, tracker, started)
 
 
+def simulate_plain_training(job: Job) -> dict:
+    """The textbook transformers + peft QLoRA step the published tables measure (calibration only):
+    prepare_model_for_kbit_training (16-bit weights upcast to fp32; overrides upcast=False skips it,
+    as peft does for a GPTQ base), checkpointing, LoRA on all linear layers (lora_r, lora_alpha),
+    flash-attn, `model(ids, labels=ids).loss` over full fp32 logits (loss="qwen1": cross-entropy on
+    the 16-bit shifted logits, as Qwen(1)'s modelling code does), 8-bit AdamW (optimizer="adamw":
+    torch's fp32 AdamW, the transformers Trainer default). Not the project's code: the project's step is simulate_training_step."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from emotion_summary.gpusim.build import build_base_model
+    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
+
+    card, started = _card(job), time.time()
+    o = job.overrides
+    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, sum(job.seq_lens)):
+        tracker = gpu.tracker
+        tracker.oracle.answers.update({"all": True, "eq(sum)": True, "isfinite": True})
+        with patch_all(_common_patches(job, tracker)):
+            with tracker.category("weights"):
+                base = build_base_model(job.arch, job.layers, "nf4", torch.bfloat16, "flash_attention_2", False,
+                                        torch.device("cuda", 0))
+                if o.get("upcast", True):
+                    base = prepare_model_for_kbit_training(
+                        base, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+                else:  # a GPTQ base (Qwen's Q-LoRA): peft leaves the 16-bit weights alone
+                    from emotion_summary.model import enable_checkpointing
+
+                    base.requires_grad_(False)
+                    enable_checkpointing(base)
+                    base.enable_input_require_grads()
+            with tracker.category("lora + optimizer"):
+                model = get_peft_model(base, LoraConfig(r=o.get("lora_r", 32), lora_alpha=o.get("lora_alpha", 32),
+                                                        lora_dropout=0.0, target_modules="all-linear",
+                                                        task_type="CAUSAL_LM"))
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = (torch.optim.AdamW(params, lr=1e-4) if o.get("optimizer") == "adamw"
+                         else bnb.optim.AdamW8bit(params, lr=1e-4))
+            _categorise_optimizer_step(optimizer, tracker)
+            for p in params:
+                p.register_post_accumulate_grad_hook(lambda p: tracker.recategorise(p.grad, "lora + optimizer"))
+            _init_optimizer_state(optimizer, params)
+            model.train()
+            tracker.reset_peak()
+            ids = torch.zeros((len(job.seq_lens), max(job.seq_lens)), dtype=torch.long, device="cuda")
+            tracker.oracle.nonzero_rows = ids.numel()
+            with tracker.category("saved activations"):
+                if o.get("loss", "hf") == "hf":  # transformers' loss: fp32 logits
+                    loss = model(input_ids=ids, labels=ids).loss
+                else:  # Qwen(1)'s own modelling code: cross-entropy on the 16-bit shifted logits
+                    logits = model(input_ids=ids).logits
+                    shift = logits[..., :-1, :].contiguous()
+                    loss = torch.nn.functional.cross_entropy(shift.view(-1, shift.shape[-1]),
+                                                             ids[..., 1:].contiguous().view(-1))
+                    del logits, shift
+            with tracker.category("recomputed layer"):
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return _result(job, None, card, tracker, started)
+
+
 def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
     from emotion_summary.gpusim.allocator import smallest_pool
 
@@ -279,7 +353,7 @@ def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
         "sim_seconds": round(time.time() - started, 1),
         "config": {k: getattr(cfg, k) for k in ("max_seq_len", "batch_size", "offload_activations",
                                                  "mlp_tile_tokens", "embedding_on_cpu", "lm_head_4bit",
-                                                 "lora_r", "lora_dropout", "optimizer")},
+                                                 "lora_r", "lora_dropout", "optimizer")} if cfg else job.overrides,
     }
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map_only
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from emotion_summary.gpusim.allocator import round_size
 
@@ -33,7 +33,7 @@ class Oracle:
             name = func.overloadpacket.__name__
             first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
             inner = getattr(first, "_es_made_by", None)
-            out._es_made_by = f"{name}({inner})" if inner else name
+            out._es_made_by = f"{name}({inner.split('(')[0]})" if inner else name
 
     def scalar(self, tensor: torch.Tensor):
         made_by = getattr(tensor, "_es_made_by", "")
@@ -41,15 +41,6 @@ class Oracle:
         if tensor.dtype == torch.bool:
             return bool(value)
         return float(value) if tensor.dtype.is_floating_point else int(value)
-
-
-def _touches_cuda(args, kwargs) -> bool:
-    for x in tree_flatten((args, kwargs))[0]:
-        if isinstance(x, torch.Tensor) and x.device.type == "cuda":
-            return True
-        if isinstance(x, torch.device) and x.type == "cuda":
-            return True
-    return False
 
 
 class MemoryTracker(TorchDispatchMode):
@@ -65,6 +56,7 @@ class MemoryTracker(TorchDispatchMode):
         self.peak_by_category: dict[str, int] = {}
         self.category_name = "other"
         self.fake_mode = None
+        self.by_category: Counter = Counter()  # live bytes by category
 
     def _fake(self, t: torch.Tensor) -> torch.Tensor:
         from torch._subclasses.fake_tensor import FakeTensor
@@ -83,7 +75,10 @@ class MemoryTracker(TorchDispatchMode):
     def recategorise(self, tensor: torch.Tensor, name: str) -> None:
         handle = getattr(tensor.untyped_storage(), "_es_handle", None)
         if handle in self.live:
-            self.live[handle] = (self.live[handle][0], name)
+            nbytes, old = self.live[handle]
+            self.live[handle] = (nbytes, name)
+            self.by_category[old] -= nbytes
+            self.by_category[name] += nbytes
 
     def reset_peak(self) -> None:
         self.peak = self.now
@@ -91,10 +86,7 @@ class MemoryTracker(TorchDispatchMode):
         self.host_peak = self.host_now
 
     def _by_category(self) -> dict[str, int]:
-        out: Counter = Counter()
-        for nbytes, cat in self.live.values():
-            out[cat] += nbytes
-        return dict(out)
+        return {k: v for k, v in self.by_category.items() if v}
 
     # ---- tracking ---------------------------------------------------------------------------
     def track(self, tensor: torch.Tensor, category: str | None = None) -> None:
@@ -107,7 +99,9 @@ class MemoryTracker(TorchDispatchMode):
         st._es_handle = handle
         if tensor.device.type == "cuda":
             self.events.append((handle, nbytes))
-            self.live[handle] = (round_size(nbytes), category or self.category_name)
+            cat = category or self.category_name
+            self.live[handle] = (round_size(nbytes), cat)
+            self.by_category[cat] += round_size(nbytes)
             self.now += round_size(nbytes)
             if self.now > self.peak:
                 self.peak = self.now
@@ -118,6 +112,23 @@ class MemoryTracker(TorchDispatchMode):
             self.host_now += nbytes
             self.host_peak = max(self.host_peak, self.host_now)
             self._refs[handle] = weakref.ref(st, lambda _, h=handle: self._release(h))
+
+    def _prepare(self, args, kwargs):
+        """Real tensors (constants made outside fake mode) become fake; and ops that touch CUDA
+        forget their inputs' constant values, or fake mode would run them for real on a CPU build."""
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        flat, spec = tree_flatten((args, kwargs))
+        cuda = any((isinstance(x, torch.Tensor) and x.device.type == "cuda")
+                   or (isinstance(x, torch.device) and x.type == "cuda") for x in flat)
+        changed = False
+        for i, x in enumerate(flat):
+            if isinstance(x, torch.Tensor):
+                if not isinstance(x, FakeTensor) and x.device.type == "cpu":
+                    flat[i], changed = self.fake_mode.from_tensor(x), True
+                elif cuda and getattr(x, "constant", None) is not None:
+                    x.constant = None
+        return tree_unflatten(flat, spec) if changed else (args, kwargs)
 
     def _boolean_index_as_rows(self, indices):
         """x[mask] with a boolean mask: the mask's True count is data; the oracle gives it."""
@@ -134,7 +145,9 @@ class MemoryTracker(TorchDispatchMode):
     def _release(self, handle: int) -> None:
         self._refs.pop(handle, None)
         if handle in self.live:
-            self.now -= self.live.pop(handle)[0]
+            nbytes, cat = self.live.pop(handle)
+            self.now -= nbytes
+            self.by_category[cat] -= nbytes
             self.events.append((handle, -1))
         elif handle in self.host_live:
             self.host_now -= self.host_live.pop(handle)
@@ -150,12 +163,8 @@ class MemoryTracker(TorchDispatchMode):
         if func is torch.ops.aten.index.Tensor and self.oracle.nonzero_rows is not None \
                 and any(i is not None and i.dtype == torch.bool for i in args[1]):
             args = (args[0], self._boolean_index_as_rows(args[1]))
-        if self.fake_mode is not None:  # real tensors (constants made outside) become fake first
-            args, kwargs = tree_map_only(torch.Tensor, self._fake, (args, kwargs))
-            if _touches_cuda(args, kwargs):  # fake mode would run the op on constants for real
-                for t in tree_flatten((args, kwargs))[0]:
-                    if getattr(t, "constant", None) is not None:
-                        t.constant = None
+        if self.fake_mode is not None:
+            args, kwargs = self._prepare(args, kwargs)
         out = func(*args, **kwargs)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
