@@ -39,7 +39,7 @@ def test_t4_trains_in_fp16_with_a_fused_attention_kernel():
     from emotion_summary.gpusim.api import resolve_card, simulate_training
 
     result = simulate_training("12gb", 32768, resolve_card("t4"))
-    assert result["compute_dtype"] == "float32"  # fp16 model: LoRA weights stay fp32 (no loss scaler)
+    assert result["compute_dtype"] == "float16" and result["adapter_dtype"] == "float32"  # no loss scaler: fp32 LoRA
     assert result["attn_implementation"] == "sdpa_repeat_kv" and result["fits"], result
 
 
