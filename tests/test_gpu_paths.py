@@ -144,3 +144,16 @@ def test_cpu_embedding_is_outside_the_parameters_so_generate_keeps_the_gpu_as_mo
     assert all(p is not weight for p in model.parameters())
     assert next(model.parameters()).shape != weight.shape  # model.device now comes from a decoder weight
     assert torch.equal(model(input_ids=ids).logits, want)
+
+
+def test_merging_goes_to_the_cpu_when_the_16_bit_model_does_not_fit_the_free_memory(monkeypatch):
+    from emotion_summary.model import sixteen_bit_fits_gpu
+
+    pretend_gpu(monkeypatch, (8, 6))
+    free = {"bytes": 10**9}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 16 * 1024**3))
+    assert sixteen_bit_fits_gpu("tiny")  # a few MB of 16-bit weights
+    free["bytes"] = 10**5
+    assert not sixteen_bit_fits_gpu("tiny")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not sixteen_bit_fits_gpu("tiny")
