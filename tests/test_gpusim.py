@@ -187,6 +187,7 @@ def test_generation_prefill_and_kv_cache_on_two_layers():
     assert long["peak_allocated_gb"] > short["peak_allocated_gb"] > short["breakdown_gb"]["weights"]
     # the KV cache of 2 layers: 2 (K, V) x 4 heads x 128 x 2 B per token and layer, 4 KiB a token
     assert long["breakdown_gb"]["generation"] >= 2 * 4096 * 4096 / 1e9
+    assert long["decode_steps"] == 8  # the oracle lets generate run exactly max_new_tokens steps
 
 
 @pytest.mark.slow
@@ -233,3 +234,11 @@ def test_plan_memory_card_too_small_for_the_weights_alone():
     assert done.returncode == 2, done.stderr[-2000:]
     assert "too small for the 12gb preset's weights alone" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_planner_and_api_import_no_heavy_library():
+    code = ("import sys\nimport emotion_summary.gpusim, emotion_summary.gpusim.api, emotion_summary.gpusim.planner\n"
+            "print(','.join(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == ""
