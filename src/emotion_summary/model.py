@@ -329,7 +329,7 @@ def generation_groups(lengths: list[int], max_new_tokens: int, kv_bytes_per_toke
     return groups
 
 
-def _strip_padding(row: list[int], pad: int, stop: list[int]) -> list[int]:
+def _strip_padding(row: list[int], stop: list[int]) -> list[int]:
     """New ids up to and including the first stop token (generate pads finished rows after it)."""
     for i, token in enumerate(row):
         if token in stop:
@@ -490,9 +490,10 @@ class Qwen2EmotionSummaryModel:
 
     def _generate_group(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int) -> list[list[int]]:
         gen = self._generate_tensor(prompts, max_new_tokens, min_new_tokens)
-        pad = self.tokenizer.pad_token_id
-        stop = [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-        return [_strip_padding(row, pad, stop) for row in gen.tolist()]
+        return [_strip_padding(row, self._stop_ids()) for row in gen.tolist()]
+
+    def _stop_ids(self) -> list[int]:
+        return [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
 
     def _generate_tensor(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int) -> torch.Tensor:
         """The new ids of one left-padded group, [group, new tokens] (finished rows padded)."""
@@ -500,7 +501,7 @@ class Qwen2EmotionSummaryModel:
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device())
         attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device())
-        stop = [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+        stop = self._stop_ids()
         chunk = prefill_chunk_tokens(len(prompts))
         gen = self.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
                                   min_new_tokens=min_new_tokens, do_sample=False, pad_token_id=pad,
