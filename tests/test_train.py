@@ -258,3 +258,15 @@ def test_small_data_gets_a_checkpoint_every_epoch(tmp_path):
     trainer = prepared_trainer(tmp_path, max_steps=0, epochs=2, save_every=50)
     per_epoch = trainer.total_steps // 2
     assert trainer.save_interval == per_epoch < 50
+
+
+def test_one_host_read_of_the_loss_per_optimizer_step(tmp_path, monkeypatch):
+    """The loss is summed on the device and read once per optimizer step (a GPU sync each read),
+    not checked with isfinite + .item() per micro-batch."""
+    trainer = prepared_trainer(tmp_path, max_steps=1, grad_accum=2)
+    reads = []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or real_item(self))
+    monkeypatch.setattr(torch, "isfinite", lambda t: pytest.fail("isfinite per micro-batch"))
+    loss = trainer._optimizer_step([[0], [1], [2]], 3)
+    assert reads == [1] and loss > 0
