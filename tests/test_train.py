@@ -264,9 +264,17 @@ def test_one_host_read_of_the_loss_per_optimizer_step(tmp_path, monkeypatch):
     """The loss is summed on the device and read once per optimizer step (a GPU sync each read),
     not checked with isfinite + .item() per micro-batch."""
     trainer = prepared_trainer(tmp_path, max_steps=1, grad_accum=2)
+    import sys
+
     reads = []
     real_item = torch.Tensor.item
-    monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or real_item(self))
+
+    def item(self):  # reads made by the project's code (the optimizer's step counters are CPU tensors)
+        if "emotion_summary" in sys._getframe(1).f_code.co_filename:
+            reads.append(sys._getframe(1).f_code.co_name)
+        return real_item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", item)
     monkeypatch.setattr(torch, "isfinite", lambda t: pytest.fail("isfinite per micro-batch"))
     loss = trainer._optimizer_step([[0], [1], [2]], 3)
-    assert reads == [1] and loss > 0
+    assert reads == ["_optimizer_step"] and loss > 0
