@@ -137,10 +137,11 @@ def two_layer_qwen2_weights() -> int:
             + round_size(4 * 256))  # bitsandbytes' dynamic map, shared by all layers
 
 
-def two_layer_lora_bytes(r: int = 16) -> int:
+def two_layer_lora_bytes(r: int = 16, itemsize: int = 2) -> int:
+    """LoRA A and B of both layers; bf16 since issue 16 (adapters in the compute dtype)."""
     h, f, kv = 3584, 18944, 512
     shapes = [(h, h), (kv, h), (kv, h), (h, h), (f, h), (f, h), (h, f)]  # (out, in)
-    return 2 * sum(round_size(4 * r * k) + round_size(4 * n * r) for n, k in shapes)
+    return 2 * sum(round_size(itemsize * r * k) + round_size(itemsize * n * r) for n, k in shapes)
 
 
 @needs_compiler
@@ -157,7 +158,7 @@ def test_two_layer_nf4_weights_byte_for_byte():
     assert result["peak_allocated_gb"] > result["weights_gb"] + result["lora_gb"]
     assert result["min_pool_gb"] >= result["peak_allocated_gb"]
     assert result["attn_implementation"] == "sdpa" and result["compute_dtype"] == "bfloat16"
-    assert result["adapter_dtype"] == "float32"
+    assert result["adapter_dtype"] == "bfloat16"
 
 
 # ---- planner bad input ---------------------------------------------------------------------------

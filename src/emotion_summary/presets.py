@@ -15,6 +15,8 @@ Memory arithmetic for Qwen2-7B (7.6B params, 28 layers, hidden 3584, MLP 18944, 
 
 from __future__ import annotations
 
+import sys
+
 from emotion_summary.errors import ConfigError
 
 # Each preset is plain data: `description` and `min_vram_gb` describe the card (they are not saved in
@@ -73,13 +75,15 @@ PRESET_NAMES = (*PRESETS, "auto")
 
 
 def pick_preset(vram_gb: float | None) -> str:
-    """'auto': the largest preset whose card size fits the GPU; cpu-smoke without a GPU."""
+    """'auto': the largest preset that fits the GPU's free memory (`vram_gb`); cpu-smoke without a GPU."""
     if vram_gb is None:
         return "cpu-smoke"
     fitting = [n for n in ("24gb", "12gb", "8gb") if vram_gb >= PRESETS[n]["min_vram_gb"]]
     if not fitting:
-        raise ConfigError(f"the GPU has {vram_gb:.1f} GB; the smallest preset (8gb) needs "
+        raise ConfigError(f"the GPU has {vram_gb:.1f} GB free; the smallest preset (8gb) needs "
                           f"{PRESETS['8gb']['min_vram_gb']} GB")
+    print(f"preset auto: {fitting[0]} ({PRESETS[fitting[0]]['description']}) for {vram_gb:.1f} GB free GPU memory",
+          file=sys.stderr)
     return fitting[0]
 
 
