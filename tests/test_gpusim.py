@@ -64,7 +64,7 @@ def run_simulated(code: str, card: str = "rtx3060") -> dict:
             "from emotion_summary.gpusim.cards import CARDS\nout = {}\n"
             f"with simulated_gpu(CARDS[{card!r}], 512 * 1024**2) as gpu:\n"
             + "".join(f"    {line}\n" for line in code.strip().splitlines())
-            + "print('RESULT', json.dumps(out))\n")
+            + "print('RESULT', json.dumps(out), flush=True)\nimport os\nos._exit(0)  # as the worker: no teardown\n")
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     done = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -48,7 +48,7 @@ def test_an_output_inside_the_model_directory_is_refused(tmp_path, inputs):
     model_dir = tmp_path / "model" / "run"
     model_dir.mkdir(parents=True)
     (model_dir / "prompt.json").write_text("{}")
-    with pytest.raises(UserError, match="lies inside --model_path"):
+    with pytest.raises(UserError, match="is a file of --model_path"):
         infer(input=str(inputs), output=str(model_dir / "prompt.json"), model_path=str(model_dir), backend="openai",
               endpoint="http://127.0.0.1:9/v1", model="m")
     assert (model_dir / "prompt.json").read_text() == "{}"

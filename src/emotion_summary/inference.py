@@ -197,9 +197,10 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
     side = side_file_for(output)
     refuse_overwrite({"--output": output}, {"--input": input})
     refuse_overwrite({"--output's raw replies": side}, {"--input": input})  # beside --output: fine if it is
-    if model_path and Path(model_path).resolve() in (Path(output).resolve(), *Path(output).resolve().parents):
-        raise UserError(f"--output {output}: lies inside --model_path {model_path} (its prompt.json, config or "
-                        "weights could be overwritten); write the submission elsewhere")
+    for name, path in (("--output", output), ("--output's raw replies", side)):
+        if model_path and Path(path).is_file() and Path(model_path).resolve() in Path(path).resolve().parents:
+            raise UserError(f"{name} {path}: is a file of --model_path {model_path} (its prompt.json, config or "
+                            "weights would be overwritten); write the submission elsewhere")
     records = read_records(input)
     info = describe_model(model_path, language) if model_path and backend != "extractive" else None
     if info is not None and info.kind != "plain":  # a plain model was trained on none of our reports
