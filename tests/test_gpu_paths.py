@@ -120,7 +120,8 @@ def test_out_of_memory_names_one_lever_resumable_ones_first():
     from emotion_summary.train import memory_lever
 
     cfg = resolve_config("24gb", offload_activations=False)
-    assert memory_lever(cfg) == "Pull this lever: rerun the same command with --offload_activations true --resume true"
+    assert memory_lever(cfg) == ("Pull this lever: python scripts/train_qwen2.py --output_dir model/qwen2-es-24gb "
+                                 "--resume --offload_activations true")
     assert {"offload_activations", "mlp_tile_tokens", "embedding_on_cpu"} <= RESUME_FREE_FIELDS
     cfg = resolve_config("24gb", mlp_tile_tokens=1024, embedding_on_cpu=True, lora_dropout=0.0, batch_size=2,
                          grad_accum=8)
