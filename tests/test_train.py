@@ -257,8 +257,8 @@ def test_out_of_memory_keeps_a_checkpoint_and_names_one_lever(tmp_path, monkeypa
 
     monkeypatch.setattr(trainer.wrapper, "loss", loss_then_oom)
     with pytest.raises(UserError, match=r"out of GPU memory in step 2 .*checkpoints/step-1 is kept\. "
-                                         r"Pull this lever: rerun the same command with --offload_activations "
-                                         r"true --resume true"):
+                                         r"Pull this lever: python scripts/train_qwen2.py --output_dir \S+ --resume "
+                                         r"--offload_activations true"):
         trainer.run()
     assert (tmp_path / "r" / "checkpoints" / "step-1" / "state.json").is_file()
 

@@ -348,8 +348,8 @@ class Trainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
-        latest = self.checkpoints.latest()
-        saved = int(latest.name.split("-")[1]) if latest else 0
+        latest = self.dir.latest_checkpoint()
+        saved = RunDir.step_of(latest) if latest else 0
         if done > saved:
             latest = self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, self._state(done))
         kept = f"checkpoint {latest} is kept" if latest else "no step had finished, so there is no checkpoint"
