@@ -1,0 +1,39 @@
+"""Simulated GPU: the project's own training step and generate call on fake CUDA tensors, for a
+named card, with the real Qwen2-7B shape and no weights (labelled "simulated" wherever reported).
+
+Public API (all in emotion_summary.gpusim.api unless noted; importing this package imports no torch):
+
+  simulate_training(preset="12gb", seq_lens=32768 | [32768, 20000], card=None, arch="qwen2-7b",
+                    layers=None, overrides=None, flash_attn=False, answer_tokens=200) -> dict
+      Qwen2EmotionSummaryModel.for_training(cfg) -> Trainer._optimizer_step: one step of one
+      micro-batch, then one of two micro-batches; a list of lengths is a right-padded batch.
+  simulate_generation(preset="12gb", prompt_lens=8192 | [..], card=None, arch="qwen2-7b", layers=None,
+                      overrides=None, flash_attn=False, max_new_tokens=200) -> dict
+      the generate call of Qwen2EmotionSummaryModel._generate_batch on the adapter model.
+  run_jobs(jobs: list[dict]) -> list[dict]       several `job(...)` dicts in one worker process
+  job(kind="train"|"generate", preset, seq_lens, card, arch, layers, overrides, flash_attn,
+      answer_tokens, max_new_tokens, yarn) -> dict
+  resolve_card(card=None, vram_gb=None, preset=None) -> Card   (cards.CARDS: rtx4060 8 GiB sm89,
+      rtx3060 12 GiB sm86, rtx4090 24 GiB sm89, t4 16 GiB sm75, a100-40gb, a100-80gb)
+  planner.plan_memory(...) is the CLI of scripts/plan_memory.py; planner.find_max_seq_len(...).
+
+  Result dict: kind, preset, arch, seq_len, seq_lens, batch_size, card, vram_gb (1e9 B), vram_gib,
+  peak_allocated_gb (live CUDA storages, 512 B rounded), min_pool_gb (smallest caching-allocator
+  pool the run fits in), context_gb (0.54 GB CUDA context), estimated_need_gb = min_pool + context,
+  fits (need <= card), headroom_gb, breakdown_gb (live at the peak: weights, lora + optimizer,
+  saved activations, logits, recomputed layer, kernel scratch, generation), host_peak_gb,
+  sim_seconds, config (the memory levers used), weights_gb, lora_params, compute_dtype,
+  attn_implementation (training).  `overrides` are TrainConfig fields (lora_dropout=0.0, ...).
+
+Method: native.py builds fake_cuda.cpp (a no-op CUDA device guard; CUDA hooks isBuilt() true,
+hasCUDA() false) and loads it before torch in a worker process (worker.py); runtime.py answers
+torch.cuda queries for the card and runs everything under FakeTensorMode; build.py builds the
+model that load_base_model would (bitsandbytes NF4 layers with their packed data and double-quant
+state as fake tensors); attention.py gives SDPA the CUDA build's kernel choice and flash-attn's
+unpadded path, counting FlashAttention-2's backward scratch; tracker.py counts every CUDA storage
+(TorchDispatchMode + weakrefs) and answers host reads of fake values; allocator.py replays the
+allocation log through a model of the CUDA caching allocator. gemm_4bit's dequantised weight (its
+CUDA path past 1,536 rows) is counted for the op's duration; paged optimizer state is GPU memory.
+Blind spots: Liger/Triton kernels (off in the simulation), Windows/desktop reservations,
+fragmentation over many steps, cuBLAS workspaces beyond the context figure.
+"""

@@ -1,0 +1,162 @@
+"""The GPU simulator: allocator replay and storage tracker on hand-made cases with figures derived by
+hand, the weights of a 2-layer Qwen2-7B-width NF4 model byte for byte, bad planner input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emotion_summary.gpusim.allocator import (CachingAllocator, OutOfMemory, peak_allocated, replay,
+                                              round_size, segment_size, smallest_pool)
+
+MiB = 1024**2
+SRC = Path(__file__).resolve().parents[1] / "src"
+needs_compiler = pytest.mark.skipif(
+    not (shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")),
+    reason="no C++ compiler to build the fake-CUDA library (apt-get install g++)")
+
+
+# ---- allocator (pure Python) ---------------------------------------------------------------------
+def test_rounding_and_segment_sizes():
+    assert round_size(1) == 512 and round_size(512) == 512 and round_size(513) == 1024
+    assert segment_size(1 * MiB) == 2 * MiB  # small pool
+    assert segment_size(1 * MiB + 512) == 20 * MiB  # large, under 10 MiB
+    assert segment_size(12 * MiB + 1) == 14 * MiB  # own segment, rounded to 2 MiB
+
+
+def test_replay_best_fit_split_and_smallest_pool():
+    # 100 B -> a 2 MiB small segment; 3 MiB -> a 20 MiB segment split 3 + 17; 12 MiB fits the 17 MiB
+    # rest (best fit), split 12 + 5; freeing the 3 MiB block leaves it between two used blocks;
+    # 15 MiB fits no free block (3, 5) -> a new 16 MiB segment: 2 + 20 + 16 = 38 MiB reserved.
+    log = [(1, 100), (2, 3 * MiB), (3, 12 * MiB), (2, -1), (4, 15 * MiB), (5, 5 * MiB)]
+    assert replay(log).peak_reserved == 38 * MiB
+    assert peak_allocated(log) == 512 + 12 * MiB + 15 * MiB + 5 * MiB
+    assert smallest_pool(log) == 38 * MiB  # nothing is wholly free to release before the 16 MiB segment
+    with pytest.raises(OutOfMemory):
+        replay(log, 36 * MiB)
+
+
+def test_free_neighbours_merge_and_release_on_pressure():
+    a = CachingAllocator(limit=24 * MiB)
+    a.malloc(1, 4 * MiB)   # 20 MiB segment: 4 used + 16 free
+    a.malloc(2, 4 * MiB)   # from the 16 free: 4 + 12 free
+    a.free(1)
+    a.free(2)              # all three pieces merge back into one 20 MiB block
+    a.malloc(3, 20 * MiB)  # served by that block: no new segment
+    assert a.reserved == 20 * MiB
+    a.free(3)
+    a.malloc(4, 22 * MiB)  # needs a new 22 MiB segment: the free 20 MiB one is released first
+    assert a.reserved == 22 * MiB
+
+
+# ---- tracker and model build on fake CUDA (a worker process with the fake-CUDA library) ------------
+def run_simulated(code: str) -> dict:
+    """Run `code` on a simulated RTX 3060 in a fresh process; it leaves its answer in `out`."""
+    prog = ("from emotion_summary.gpusim import native\nnative.preload()\n"
+            "import json, torch\nfrom emotion_summary.gpusim.runtime import simulated_gpu\n"
+            "from emotion_summary.gpusim.cards import CARDS\nout = {}\n"
+            "with simulated_gpu(CARDS['rtx3060'], 0) as gpu:\n"
+            + "".join(f"    {line}\n" for line in code.strip().splitlines())
+            + "print('RESULT', json.dumps(out))\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+@needs_compiler
+def test_tracker_counts_storages_not_views_and_sees_frees():
+    out = run_simulated("""
+tr = gpu.tracker
+a = torch.empty(1000, device="cuda")                       # 4,000 B -> 4,096
+b = torch.empty(100, 100, dtype=torch.bfloat16, device="cuda")  # 20,000 B -> 20,480
+v = b[:10]                                                  # a view: no new storage
+del a
+c = torch.ones(10, device="cuda") * 2                       # ones (512) and its product (512)
+out.update(peak=tr.peak, now=tr.now, events=len(tr.events), cuda_available=torch.cuda.is_available(),
+           total=torch.cuda.get_device_properties(0).total_memory, cap=list(torch.cuda.get_device_capability()),
+           bf16=torch.cuda.is_bf16_supported())
+""")
+    assert out["peak"] == 4096 + 20480
+    assert out["now"] == 20480 + 512  # the temporary `ones` is gone, its product lives
+    assert out["events"] == 2 + 1 + 2 + 1  # allocs a, b; free a; ones, product; free ones
+    assert out["cuda_available"] and out["total"] == 12 * 1024**3 and out["cap"] == [8, 6] and out["bf16"]
+
+
+@needs_compiler
+def test_backward_runs_on_fake_cuda():
+    out = run_simulated("""
+w = torch.empty(64, 32, device="cuda", requires_grad=True)
+x = torch.empty(8, 64, device="cuda")
+(x @ w).relu().sum().backward()
+out.update(grad=list(w.grad.shape), device=str(w.grad.device))
+""")
+    assert out == {"grad": [64, 32], "device": "cuda:0"}
+
+
+def nf4_linear_bytes(n: int, k: int) -> int:
+    """One double-quantised NF4 weight as bitsandbytes stores it, each tensor rounded to 512 B:
+    packed 4-bit data, uint8 absmax per 64 weights, fp32 absmax per 256 of those, fp32 offset,
+    the 16-entry fp32 NF4 code."""
+    blocks = math.ceil(n * k / 64)
+    return (round_size(n * k // 2) + round_size(blocks) + round_size(4 * math.ceil(blocks / 256))
+            + round_size(4) + round_size(16 * 4))
+
+
+def two_layer_qwen2_weights() -> int:
+    h, f, kv, vocab = 3584, 18944, 512, 152064
+    layer = (nf4_linear_bytes(h, h) * 2 + nf4_linear_bytes(kv, h) * 2 + nf4_linear_bytes(f, h) * 2
+             + nf4_linear_bytes(h, f)
+             + round_size(2 * h) + 2 * round_size(2 * kv)  # q, k, v biases in bf16
+             + 2 * round_size(2 * h))  # the two RMSNorm weights
+    return (2 * layer + 2 * round_size(2 * vocab * h)  # embedding and LM head, bf16
+            + round_size(2 * h) + 2 * round_size(4 * 64)  # final norm; rotary inv_freq and its original copy (fp32)
+            + round_size(4 * 256))  # bitsandbytes' dynamic map, shared by all layers
+
+
+def two_layer_lora_bytes(r: int = 16) -> int:
+    h, f, kv = 3584, 18944, 512
+    shapes = [(h, h), (kv, h), (kv, h), (h, h), (f, h), (f, h), (h, f)]  # (out, in)
+    return 2 * sum(round_size(4 * r * k) + round_size(4 * n * r) for n, k in shapes)
+
+
+@needs_compiler
+def test_two_layer_nf4_weights_byte_for_byte():
+    from emotion_summary.gpusim.api import resolve_card, run_jobs, job
+
+    result = run_jobs([job("train", "12gb", [1024], resolve_card(preset="12gb"), layers=2)])[0]
+    assert "error" not in result, result
+    assert round(result["weights_gb"] * 1e9) == two_layer_qwen2_weights()
+    assert round(result["lora_gb"] * 1e9) == two_layer_lora_bytes()
+    assert result["lora_params"] == 2 * sum(16 * (n + k) for n, k in [(3584, 3584), (512, 3584), (512, 3584),
+                                                                      (3584, 3584), (18944, 3584),
+                                                                      (18944, 3584), (3584, 18944)])
+    assert result["peak_allocated_gb"] > result["weights_gb"] + result["lora_gb"]
+    assert result["min_pool_gb"] >= result["peak_allocated_gb"]
+    assert result["attn_implementation"] == "sdpa" and result["compute_dtype"] == "bfloat16"
+    assert result["adapter_dtype"] == "float32"
+
+
+# ---- planner bad input ---------------------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "99gb"], "unknown preset '99gb'"),
+    (["--arch", "gpt2"], "unknown arch 'gpt2'"),
+    (["--seq_len", "40000"], "past qwen2-7b's position limit of 32,768"),
+    (["--seq_len", "200000", "--yarn", "true"], "position limit of 131,072"),
+    (["--card", "rtx9999"], "unknown card 'rtx9999'"),
+    (["--batch_size", "0"], "--batch_size"),
+])
+def test_plan_memory_bad_input_is_one_line_exit_2(args, message):
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plan_memory.py"
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
