@@ -87,8 +87,15 @@ def peers(
     out: str | None = None,
     seed: int = 0,
     timeout_s: int = 3600,
+    device: str = "cpu",
+    ours_presets: str = "8gb,12gb,24gb",
+    cards_gb: str = "8,12,24",
+    layers: int | None = None,
+    triton_site: str | None = None,
+    lora_dropout: float | None = None,
 ) -> None:
-    """One QLoRA step of ours, plain transformers + peft and TRL's SFTTrainer, measured on the CPU.
+    """One QLoRA step of ours, plain transformers + peft and TRL's SFTTrainer, measured on the CPU
+    (--device cpu) or simulated on fake CUDA for the real Qwen2-7B shape (--device sim).
 
     Args:
         seq_lens: comma-separated tokens per sequence.
@@ -103,8 +110,18 @@ def peers(
         out: append the JSON rows to this file.
         seed: seed of the token ids.
         timeout_s: wall-clock limit per subprocess.
+        device: cpu (measured, tiny model) or sim (simulated GPU, Qwen2-7B shape; emotion_summary.gpusim).
+        ours_presets: sim: ours runs once per preset (each card's longest context uses its own preset).
+        cards_gb: sim: card sizes (GiB, as the presets count them) for each peer's longest context.
+        layers: sim: cut the 7B shape to this many layers (a quick look; default: all 28).
+        triton_site: sim: a directory holding triton (pip install --target DIR triton==3.6.0), put on
+            the workers' path so TRL sees what a Linux GPU machine has (its compact LM-head branch).
+        lora_dropout: sim: override the LoRA dropout of every peer (default: the preset's).
     """
     from train_step import ensure_model_dir
+
+    if device not in ("cpu", "sim"):
+        raise UserError(f"--device: cpu or sim, got {device!r}")
 
     chosen = as_list(peers, "peers")
     if not chosen or any(p not in PEERS for p in chosen):
@@ -113,6 +130,10 @@ def peers(
     lengths = as_list(seq_lens, "seq_lens", item=int)
     if not lengths or min(lengths) <= 2 * answer_tokens or answer_tokens <= 0:
         raise UserError(f"--seq_lens: integers above 2 x --answer_tokens ({answer_tokens}), got {seq_lens!r}")
+    if device == "sim":
+        return run_sim(lengths, chosen, options, as_list(ours_presets, "ours_presets"),
+                       as_list(cards_gb, "cards_gb", item=float), answer_tokens, layers, triton_site, out,
+                       timeout_s, {} if lora_dropout is None else {"lora_dropout": lora_dropout})
     overrides = {k: v for k, v in {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
                                    "num_hidden_layers": num_hidden_layers}.items() if v}
     if hidden_size and not intermediate_size:
@@ -195,13 +216,132 @@ def report(rows: list[dict]) -> str:
     return markdown_table(header, table)
 
 
-def _spawn(spec: dict, timeout_s: int) -> dict:
+def run_sim(lengths, chosen, options, presets, cards, answer_tokens, layers, triton_site, out, timeout_s, overrides):
+    """Every peer at every length on the simulated GPU, then each peer's longest context per card:
+    the need line through those rows (linear in the length), checked by simulating the length it
+    predicts (must fit) and 512 tokens more (must not)."""
+    import os
+    from dataclasses import asdict
+
+    from emotion_summary.gpusim import native
+    from emotion_summary.gpusim.cards import CARDS, GiB, PRESET_CARDS, card_of_size
+
+    native.ensure_built()
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, triton_site, env.get("PYTHONPATH")) if p)
+    host = host_info()
+    base = {"bench": "peers", "device": "sim", "arch": "qwen2-7b", "layers": layers, "batch_size": 1,
+            "answer_tokens": answer_tokens, "card": asdict(CARDS["rtx4090"]), "triton_site": triton_site,
+            "overrides": overrides, "code_commit": _commit()}
+    lines = [f"ours@{p}" for p in presets if "ours" in chosen] + [v for v in chosen if v != "ours"] \
+        + [f"trl:{o}" for o in options]
+
+    def simulate(line: str, seq_len: int, card=None, kind="length") -> dict:
+        variant, _, preset = line.partition("@")
+        spec = {**base, "variant": variant, "preset": preset or "12gb", "seq_len": seq_len}
+        if card:
+            spec["card"] = asdict(card)
+        row = {**host, **spec, "line": line, "row_kind": kind, **_spawn(spec, timeout_s, env)}
+        row.pop("traceback", None)
+        print(json.dumps({k: row.get(k) for k in ("line", "seq_len", "status", "estimated_need_gb", "fits",
+                                                   "card", "error")}), flush=True)
+        append_rows(out, [row])
+        return row
+
+    rows = [simulate(line, n) for n in lengths for line in lines]
+    longest = []
+    for gib in cards:
+        for line in lines:
+            if line.startswith("ours@") and PRESET_CARDS.get(line[5:]) and \
+                    CARDS[PRESET_CARDS[line[5:]]].total_bytes != int(gib * GiB):
+                continue  # ours on a card: that card's preset
+            like = CARDS[PRESET_CARDS.get(line[5:], "rtx4090")] if line.startswith("ours@") else CARDS["rtx4090"]
+            card = card_of_size(gib, like)
+            longest.append(find_longest(line, [r for r in rows if r["line"] == line and r["status"] == "ok"],
+                                        card, lambda n, c=card, l=line: simulate(l, n, c, "probe")))
+    for row in longest:
+        append_rows(out, [{**host, **base, **row, "row_kind": "longest"}])
+    print(report_sim(rows, longest))
+    problems = [f"{r['line']} at {r['seq_len']}: {r['status']}: {r.get('error')}" for r in rows
+                if r["status"] != "ok" and r["line"].split(":")[0].split("@")[0] in REQUIRED and ":" not in r["line"]]
+    if problems:
+        raise CheckFailed("simulated peers failed:\n" + "\n".join(f"- {p}" for p in problems))
+
+
+def _commit() -> str | None:
+    """The commit of the code that ran (plus '+dirty' for uncommitted changes), for the record."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src", "bench"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def find_longest(line: str, rows: list[dict], card, simulate, step: int = 512, limit: int = 32768,
+                 check_next: bool = False) -> dict:
+    """The longest multiple of `step` (up to Qwen2's 32,768 positions) whose simulated need fits
+    `card`: the need line through `rows` (least squares; the need is linear in the length) gives a
+    guess, a simulation at the guess confirms it (walking down by `step` while it does not fit), and
+    with `check_next` one at guess + step must not fit (walking up while it does). Rows already
+    simulated at a length count as probes."""
+    out = {"line": line, "card": card.name, "vram_gib": card.total_bytes / 2**30, "max_seq_len": None}
+    if len(rows) < 2:
+        return {**out, "status": "no rows"}
+    xs = [r["seq_len"] for r in rows]
+    ys = [r["estimated_need_gb"] * 1e9 for r in rows]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    guess = int((card.total_bytes - (my - slope * mx)) / slope) // step * step
+    probes = {r["seq_len"]: r["estimated_need_gb"] * 1e9 <= card.total_bytes for r in rows}
+
+    def fits(k):
+        if k not in probes:
+            r = simulate(k)
+            probes[k] = r["status"] == "ok" and r["estimated_need_gb"] * 1e9 <= card.total_bytes
+        return probes[k]
+
+    n = max(step, min(guess, limit))
+    while n > step and not fits(n):  # the line overshot: walk down
+        n -= step
+    if not fits(n):
+        n = 0
+    elif check_next or guess > limit:
+        while n + step <= limit and fits(n + step):  # undershot: walk up
+            n += step
+    return {**out, "status": "ok", "max_seq_len": n, "at_limit": n == limit, "line_guess": guess,
+            "need_gb_per_1k_tokens": slope * 1024 / 1e9, "need_gb_at_0": (my - slope * mx) / 1e9,
+            "next_checked": check_next or n == limit, "probes": sorted(probes.items())}
+
+
+def report_sim(rows: list[dict], longest: list[dict]) -> str:
+    header = ["peer", "seq_len", "status", "weights GB", "peak allocated GB", "estimated need GB",
+              "need vs trl"]
+    trl = {r["seq_len"]: r for r in rows if r["line"] == "trl" and r["status"] == "ok"}
+    table = []
+    for r in rows:
+        ref = trl.get(r["seq_len"])
+        ok = r["status"] == "ok"
+        table.append([r["line"], r["seq_len"], r["status"], f"{r['weights_gb']:.2f}" if ok else None,
+                      f"{r['peak_allocated_gb']:.2f}" if ok else None,
+                      f"{r['estimated_need_gb']:.2f}" if ok else None,
+                      f"{r['estimated_need_gb'] / ref['estimated_need_gb']:.2f}x" if ok and ref else None])
+    lines = [f"- {r['line']} on {r['vram_gib']:g} GiB: longest {r['max_seq_len']}"
+             + (" (Qwen2's 32,768 positions)" if r.get("at_limit") else "") for r in longest]
+    return markdown_table(header, table) + "\n\n" + "\n".join(lines)
+
+
+def _spawn(spec: dict, timeout_s: int, env: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_file.write_text(json.dumps({**spec, "workdir": tmp}))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file), str(result_file)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
             rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
         except subprocess.TimeoutExpired as e:
             rc, tail = "timeout", str(e)
@@ -383,10 +523,217 @@ def worker(spec: dict) -> dict:
     return row
 
 
+# ---- simulated GPU (emotion_summary.gpusim): fake CUDA, the real Qwen2-7B shape -----------------
+SIM_STEPS = 2  # the first creates the optimizer state, the second is a steady step; peak over both
+
+
+def sim_worker(spec: dict) -> dict:
+    """One peer's training step on the simulated card; runs in a fresh process (the fake-CUDA
+    library is loaded before torch). ours: the simulator's own run of the project's Trainer step."""
+    from emotion_summary.gpusim import native
+
+    native.preload()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import bitsandbytes  # noqa: F401  before torch.cuda is patched (it would load its CUDA backend)
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    from emotion_summary.gpusim.session import Job, run_job
+
+    job = Job(kind="train", preset=spec["preset"], seq_lens=[spec["seq_len"]], card=spec["card"],
+              arch=spec["arch"], layers=spec.get("layers"), overrides=spec.get("overrides") or {},
+              answer_tokens=spec["answer_tokens"])
+    peer, _, option = spec["variant"].partition(":")
+    try:
+        if peer == "ours":
+            return {"status": "ok", **run_job(job)}
+        return {"status": "ok", **_sim_peer(job, spec, peer, option or None)}
+    except Exception as e:  # an option the simulator cannot run is a row; the parent decides the rest
+        if not option:
+            raise
+        return {"status": "failed", "error": f"{type(e).__name__}: {str(e)[:400]}"}
+
+
+def _sim_peer(job, spec: dict, peer: str, option: str | None) -> dict:
+    """plain or trl on the simulator: the same fake NF4 model the project's loader would build,
+    then the peer's own code (peft's kbit preparation / TRL's SFTTrainer.train) on fake CUDA."""
+    import time as _time
+
+    import torch
+
+    from emotion_summary import model as project
+    from emotion_summary.gpusim.build import build_base_model
+    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
+    from emotion_summary.gpusim.session import _card, _common_patches, _config, _result, _session
+
+    card, cfg = _card(job), _config(job)
+    n = spec["seq_len"]
+    started = _time.time()
+    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, n):
+        tracker = gpu.tracker
+        tracker.oracle.answers.update({"all": True, "eq(sum)": True, "isfinite": True})
+        tracker.oracle.nonzero_rows = min(job.answer_tokens, n - 1)
+        streams = _streams_as_synchronous() if option == "activation_offloading" else []
+        with patch_all(_common_patches(job, tracker) + _triton_as_noop() + streams):
+            dtype = project.compute_dtype(cfg.compute_dtype)
+            with tracker.category("weights"):
+                base = build_base_model(job.arch, job.layers, "nf4", dtype,
+                                        project.attn_implementation(cfg.attn_implementation), False,
+                                        project.device())
+            _as_from_pretrained(base)
+            weights_bytes = tracker.now
+            info = (_sim_plain if peer == "plain" else _sim_trl)(base, cfg, spec, tracker, dtype, option)
+        result = _result(job, cfg, card, tracker, started)
+    result.update(weights_gb=weights_bytes / 1e9, **info)
+    return result
+
+
+def _as_from_pretrained(model) -> None:
+    """The attributes from_pretrained's bitsandbytes quantizer leaves on a 4-bit model (the simulator
+    builds it from the config): Trainer reads them to leave a 4-bit model where it was loaded."""
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    qcfg = model.config.quantization_config
+    model.hf_quantizer = AutoHfQuantizer.from_config(qcfg, pre_quantized=False)
+    model.is_quantized = True
+    model.quantization_method = qcfg.quant_method
+    model.hf_device_map = {"": 0}
+
+
+def _sim_batch(n: int, answer: int, device) -> dict:
+    import torch
+
+    ids = torch.zeros((1, n), dtype=torch.long, device=device)
+    labels = torch.full((1, n), -100, dtype=torch.long, device=device)
+    labels[:, n - answer:] = 0
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def _sim_plain(base, cfg, spec, tracker, dtype, option) -> dict:
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from emotion_summary.model import device, lora_config
+
+    with tracker.category("weights"):
+        model = prepare_model_for_kbit_training(base)  # fp32 copies of every 16-bit weight
+    with tracker.category("lora + optimizer"):
+        model = get_peft_model(model, lora_config(cfg))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
+    batch = _sim_batch(spec["seq_len"], spec["answer_tokens"], device())
+    tracker.reset_peak()
+    for _ in range(SIM_STEPS):
+        with tracker.category("saved activations"):
+            loss = model(**batch).loss
+        with tracker.category("recomputed layer"):
+            loss.backward()
+        with tracker.category("lora + optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {"optimizer": "torch AdamW", "lora_dtype": str(params[0].dtype),
+            "lm_head_dtype": str(model.get_base_model().lm_head.weight.dtype)}
+
+
+def _sim_trl(base, cfg, spec, tracker, dtype, option) -> dict:
+    """SFTTrainer.train() for SIM_STEPS steps on the fake model: TRL's own device checks see CUDA."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+    from trl.kernels.chunked_logprob import _use_triton
+
+    from emotion_summary.architectures import build_tiny_qwen2
+    from emotion_summary.model import lora_config
+
+    n, answer = spec["seq_len"], spec["answer_tokens"]
+    args = SFTConfig(output_dir=str(Path(spec["workdir"]) / "trl"), max_steps=SIM_STEPS,
+                     per_device_train_batch_size=1, completion_only_loss=True, max_length=None,
+                     learning_rate=cfg.learning_rate, logging_steps=1, save_strategy="no", report_to=[],
+                     disable_tqdm=True, dataloader_num_workers=0,
+                     dataloader_pin_memory=False,  # host memory only; pinning needs a real driver
+                     **TRL_OPTIONS.get(option or "", {}))
+    row = {"input_ids": [0] * n, "completion_mask": [0] * (n - answer) + [1] * answer}
+    # Two equal rows: the sampler's shuffle reads fake values (the simulator answers 1 for an index).
+    dataset = Dataset.from_list([row, row])
+    tokenizer = AutoTokenizer.from_pretrained(str(build_tiny_qwen2()))  # the real Qwen2 tokenizer
+
+    class Phases(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            tracker.reset_peak()  # after SFTTrainer built the adapter; the optimizer comes in train()
+            tracker.category_name = "saved activations"
+
+        def on_pre_optimizer_step(self, *a, **k):
+            tracker.category_name = "lora + optimizer"
+
+        def on_step_end(self, *a, **k):
+            tracker.category_name = "saved activations"
+
+    with tracker.category("lora + optimizer"):
+        trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=lora_config(cfg), callbacks=[Phases()])
+    trainer.train()
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    return {"optimizer": str(args.optim), "lora_dtype": str(params[0].dtype),
+            "trl_fused_lm_head_compact": _use_triton(next(trainer.model.parameters()).device),
+            "trl_args": {k: getattr(args, k) for k in ("loss_type", "padding_free", "gradient_checkpointing",
+                                                        "gradient_checkpointing_kwargs", "activation_offloading",
+                                                        "bf16", "completion_only_loss")}}
+
+
+class _Stream:
+    """A CUDA stream or event on the simulated card: work runs in program order, so waits are no-ops."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def wait_stream(self, *a):
+        pass
+
+    wait_event = record = synchronize = record_event = wait = wait_stream
+
+    def query(self):
+        return True
+
+
+def _streams_as_synchronous() -> list:
+    """TRL's activation offloading copies on a side stream and syncs it with events; the simulator
+    runs every op in program order, so the copies land when the Python code issues them and a
+    tensor lives as long as TRL's own stashes keep it (the real overlap can only hold it longer)."""
+    import torch
+
+    current = _Stream()
+    return [(torch.cuda, "Stream", _Stream), (torch.cuda, "Event", _Stream),
+            (torch.cuda, "stream", lambda s=None: _Stream()), (torch.cuda, "current_stream", lambda *a: current),
+            (torch.cuda, "default_stream", lambda *a: current),
+            (torch.Tensor, "record_stream", lambda self, stream: None)]
+
+
+def _triton_as_noop() -> list:
+    """Triton kernels cannot run on fake tensors. TRL's log-prob kernels fold a tile that TRL has
+    already allocated into per-row statistics it has also allocated: they allocate nothing, so a
+    launch is simulated as nothing. Without Triton installed there is nothing to patch (and TRL
+    then takes its torch fallback, which scores every position)."""
+    try:
+        from triton.runtime.jit import JITFunction
+    except ImportError:
+        return []
+    return [(JITFunction, "run", lambda self, *a, **k: None)]
+
+
 def _worker_main(spec_file: str, result_file: str) -> None:
     from emotion_summary.atomic_io import atomic_write_json
 
-    atomic_write_json(result_file, worker(json.loads(Path(spec_file).read_text())))
+    spec = json.loads(Path(spec_file).read_text())
+    atomic_write_json(result_file, sim_worker(spec) if spec.get("device") == "sim" else worker(spec))
 
 
 if __name__ == "__main__":

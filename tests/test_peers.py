@@ -52,3 +52,26 @@ def test_three_peers_same_first_step_loss(peers_module, tmp_path):
     losses = [r["loss_first"] for r in rows]
     assert max(losses) - min(losses) < 1e-4 * losses[0]
     assert rows[2]["trl_args"]["completion_only_loss"] and rows[2]["trl_args"]["loss_type"] == "nll"
+
+
+def test_find_longest_follows_the_need_line_and_confirms_it(peers_module):
+    """Need = 2 GB + 0.5 GB per 1,024 tokens: on a 10 GB card the longest multiple of 512 is 16,384."""
+    from types import SimpleNamespace
+
+    def need(n):
+        return 2e9 + 0.5e9 * n / 1024
+
+    rows = [{"seq_len": n, "estimated_need_gb": need(n) / 1e9, "status": "ok"} for n in (8192, 12288)]
+    card = SimpleNamespace(name="10 GB", total_bytes=int(10e9))
+    simulated = []
+
+    def simulate(n):
+        simulated.append(n)
+        return {"status": "ok", "estimated_need_gb": need(n) / 1e9}
+
+    out = peers_module.find_longest("trl", rows, card, simulate, check_next=True)
+    assert out["max_seq_len"] == 16384 and simulated == [16384, 16896]
+    assert out["need_gb_per_1k_tokens"] == pytest.approx(0.5)
+    simulated.clear()  # a card the line says fits past Qwen2's window: capped at 32,768
+    big = peers_module.find_longest("ours", rows, SimpleNamespace(name="80 GB", total_bytes=int(80e9)), simulate)
+    assert big["max_seq_len"] == 32768 and big["at_limit"] and simulated == [32768]
