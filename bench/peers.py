@@ -60,6 +60,9 @@ TRL_OPTIONS = {
     "selective_gc": {"gradient_checkpointing_kwargs": {"selective": True}},
     "reentrant_gc": {"gradient_checkpointing_kwargs": {"use_reentrant": True}},
     "activation_offloading": {"activation_offloading": True},
+    # Non-reentrant checkpointing keeps each layer's input by reference, out of reach of TRL's
+    # saved-tensor hooks; the reentrant variant saves it through them, so offloading can move it.
+    "offload_reentrant": {"activation_offloading": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}},
     "liger": {"use_liger_kernel": True},
     "bf16_autocast": {"bf16": True},  # CPU only: what SFTConfig's default bf16=True does there
 }
@@ -93,13 +96,15 @@ def peers(
     layers: int | None = None,
     triton_site: str | None = None,
     lora_dropout: float | None = None,
+    reuse_rows: str | None = None,
+    longest: bool = True,
 ) -> None:
     """One QLoRA step of ours, plain transformers + peft and TRL's SFTTrainer, measured on the CPU
     (--device cpu) or simulated on fake CUDA for the real Qwen2-7B shape (--device sim).
 
     Args:
         seq_lens: comma-separated tokens per sequence.
-        peers: comma-separated from ours, plain, trl.
+        peers: comma-separated from ours, plain, trl (none: only the --trl_options rows).
         trl_options: comma-separated TRL memory options run as extra rows (trl:OPTION), "all" or "none".
         preset: ours' preset (its memory levers; on the CPU only mlp_tile_tokens and lm_head_4bit act).
         hidden_size: widen the tiny Qwen2 (2 layers, real 152,064 vocabulary) to this hidden size.
@@ -117,23 +122,29 @@ def peers(
         triton_site: sim: a directory holding triton (pip install --target DIR triton==3.6.0), put on
             the workers' path so TRL sees what a Linux GPU machine has (its compact LM-head branch).
         lora_dropout: sim: override the LoRA dropout of every peer (default: the preset's).
+        reuse_rows: sim: a JSONL file of earlier rows: a fixed-length row of the same peer, length,
+            depth and overrides is taken from it instead of simulated again.
+        longest: sim: search each peer's longest context per card (not for --trl_options rows).
     """
     from train_step import ensure_model_dir
 
     if device not in ("cpu", "sim"):
         raise UserError(f"--device: cpu or sim, got {device!r}")
 
-    chosen = as_list(peers, "peers")
-    if not chosen or any(p not in PEERS for p in chosen):
-        raise UserError(f"--peers: comma-separated from {', '.join(PEERS)}, got {peers!r}")
-    options = _options(trl_options) if "trl" in chosen else []
+    chosen = [] if peers == "none" else as_list(peers, "peers")  # none: only --trl_options rows
+    if any(p not in PEERS for p in chosen):
+        raise UserError(f"--peers: comma-separated from {', '.join(PEERS)} (or none), got {peers!r}")
+    options = _options(trl_options) if "trl" in chosen or not chosen else []
+    if not chosen and not options:
+        raise UserError("--peers none needs --trl_options")
     lengths = as_list(seq_lens, "seq_lens", item=int)
     if not lengths or min(lengths) <= 2 * answer_tokens or answer_tokens <= 0:
         raise UserError(f"--seq_lens: integers above 2 x --answer_tokens ({answer_tokens}), got {seq_lens!r}")
     if device == "sim":
         return run_sim(lengths, chosen, options, as_list(ours_presets, "ours_presets"),
                        as_list(cards_gb, "cards_gb", item=float), answer_tokens, layers, triton_site, out,
-                       timeout_s, {} if lora_dropout is None else {"lora_dropout": lora_dropout})
+                       timeout_s, {} if lora_dropout is None else {"lora_dropout": lora_dropout}, reuse_rows,
+                       longest)
     overrides = {k: v for k, v in {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
                                    "num_hidden_layers": num_hidden_layers}.items() if v}
     if hidden_size and not intermediate_size:
@@ -216,7 +227,8 @@ def report(rows: list[dict]) -> str:
     return markdown_table(header, table)
 
 
-def run_sim(lengths, chosen, options, presets, cards, answer_tokens, layers, triton_site, out, timeout_s, overrides):
+def run_sim(lengths, chosen, options, presets, cards, answer_tokens, layers, triton_site, out, timeout_s, overrides,
+            reuse_rows=None, search=True):
     """Every peer at every length on the simulated GPU, then each peer's longest context per card:
     the need line through those rows (linear in the length), checked by simulating the length it
     predicts (must fit) and 512 tokens more (must not)."""
@@ -249,10 +261,17 @@ def run_sim(lengths, chosen, options, presets, cards, answer_tokens, layers, tri
         append_rows(out, [row])
         return row
 
-    rows = [simulate(line, n) for n in lengths for line in lines]
+    earlier = {}
+    for r in (json.loads(x) for x in Path(reuse_rows).read_text().splitlines() if x.strip()) if reuse_rows else ():
+        if r.get("row_kind") == "length" and r.get("status") == "ok" and r.get("layers") == layers \
+                and (r.get("overrides") or {}) == overrides:
+            earlier[(r["line"], r["seq_len"])] = r
+    rows = [earlier.get((line, n)) or simulate(line, n) for n in lengths for line in lines]
     longest = []
-    for gib in cards:
+    for gib in cards if search else ():
         for line in lines:
+            if ":" in line:  # TRL options: fixed lengths only (each costs a simulation per probe)
+                continue
             if line.startswith("ours@") and PRESET_CARDS.get(line[5:]) and \
                     CARDS[PRESET_CARDS[line[5:]]].total_bytes != int(gib * GiB):
                 continue  # ours on a card: that card's preset
@@ -283,20 +302,16 @@ def _commit() -> str | None:
 
 
 def find_longest(line: str, rows: list[dict], card, simulate, step: int = 512, limit: int = 32768,
-                 check_next: bool = False) -> dict:
+                 check_next: bool = True) -> dict:
     """The longest multiple of `step` (up to Qwen2's 32,768 positions) whose simulated need fits
-    `card`: the need line through `rows` (least squares; the need is linear in the length) gives a
-    guess, a simulation at the guess confirms it (walking down by `step` while it does not fit), and
-    with `check_next` one at guess + step must not fit (walking up while it does). Rows already
-    simulated at a length count as probes."""
+    `card`: the need curve through `rows` (need_curve) gives a guess, a simulation at the guess
+    confirms it (walking down by `step` while it does not fit), and with `check_next` one at
+    guess + step must not fit (walking up while it does). Rows already simulated count as probes."""
     out = {"line": line, "card": card.name, "vram_gib": card.total_bytes / 2**30, "max_seq_len": None}
     if len(rows) < 2:
         return {**out, "status": "no rows"}
-    xs = [r["seq_len"] for r in rows]
-    ys = [r["estimated_need_gb"] * 1e9 for r in rows]
-    mx, my = statistics.mean(xs), statistics.mean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    guess = int((card.total_bytes - (my - slope * mx)) / slope) // step * step
+    coef = need_curve([r["seq_len"] for r in rows], [r["estimated_need_gb"] * 1e9 for r in rows])
+    guess = _solve(coef, card.total_bytes) // step * step
     probes = {r["seq_len"]: r["estimated_need_gb"] * 1e9 <= card.total_bytes for r in rows}
 
     def fits(k):
@@ -313,9 +328,100 @@ def find_longest(line: str, rows: list[dict], card, simulate, step: int = 512, l
     elif check_next or guess > limit:
         while n + step <= limit and fits(n + step):  # undershot: walk up
             n += step
-    return {**out, "status": "ok", "max_seq_len": n, "at_limit": n == limit, "line_guess": guess,
-            "need_gb_per_1k_tokens": slope * 1024 / 1e9, "need_gb_at_0": (my - slope * mx) / 1e9,
-            "next_checked": check_next or n == limit, "probes": sorted(probes.items())}
+    return {**out, "status": "ok", "max_seq_len": n, "at_limit": n == limit, "curve_guess": guess,
+            "need_gb_curve": [c / 1e9 for c in coef], "next_checked": check_next or n == limit,
+            "probes": sorted(probes.items())}
+
+
+def need_curve(xs: list[int], ys: list[float]) -> list[float]:
+    """need(L) = a + b L + c L^2 through the rows (least squares; c = 0 with two rows). The need is
+    linear in L for every kernel that streams attention; a peer whose attention falls back to the
+    math path (an L x L matrix per head) grows with L^2."""
+    import numpy as np
+
+    degree = min(2, len(set(xs)) - 1)
+    return [float(c) for c in np.polyfit(np.array(xs, float), np.array(ys, float), degree)[::-1]] + [0.0] * (2 - degree)
+
+
+def _solve(coef: list[float], total: float) -> int:
+    """The largest L >= 0 before a + b L + c L^2 first exceeds `total` (0 if it already does at 0)."""
+    a, b, c = coef
+    if a > total:
+        return 0
+    if abs(c) * 1e12 < abs(b) or c == 0:
+        return int((total - a) / b) if b > 0 else 10**9
+    disc = b * b - 4 * c * (a - total)  # > 0 for c > 0 since a < total
+    if disc < 0:  # concave and never reaching `total`
+        return 10**9
+    roots = sorted((-b + sign * math.sqrt(disc)) / (2 * c) for sign in (1, -1))
+    return int(next(r for r in roots if r >= 0))
+
+
+def _commit() -> str | None:
+    """The commit of the code that ran (plus '+dirty' for uncommitted changes), for the record."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src", "bench"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def find_longest(line: str, rows: list[dict], card, simulate, step: int = 512, limit: int = 32768,
+                 check_next: bool = True) -> dict:
+    """The longest multiple of `step` (up to Qwen2's 32,768 positions) whose simulated need fits
+    `card`: the need curve through `rows` (need_curve) gives a guess, a simulation at the guess
+    confirms it (walking down by `step` while it does not fit), and with `check_next` one at
+    guess + step must not fit (walking up while it does). Rows already simulated count as probes."""
+    out = {"line": line, "card": card.name, "vram_gib": card.total_bytes / 2**30, "max_seq_len": None}
+    if len(rows) < 2:
+        return {**out, "status": "no rows"}
+    coef = need_curve([r["seq_len"] for r in rows], [r["estimated_need_gb"] * 1e9 for r in rows])
+    guess = _solve(coef, card.total_bytes) // step * step
+    probes = {r["seq_len"]: r["estimated_need_gb"] * 1e9 <= card.total_bytes for r in rows}
+
+    def fits(k):
+        if k not in probes:
+            r = simulate(k)
+            probes[k] = r["status"] == "ok" and r["estimated_need_gb"] * 1e9 <= card.total_bytes
+        return probes[k]
+
+    n = max(step, min(guess, limit))
+    while n > step and not fits(n):  # the line overshot: walk down
+        n -= step
+    if not fits(n):
+        n = 0
+    elif check_next or guess > limit:
+        while n + step <= limit and fits(n + step):  # undershot: walk up
+            n += step
+    return {**out, "status": "ok", "max_seq_len": n, "at_limit": n == limit, "curve_guess": guess,
+            "need_gb_curve": [c / 1e9 for c in coef], "next_checked": check_next or n == limit,
+            "probes": sorted(probes.items())}
+
+
+def need_curve(xs: list[int], ys: list[float]) -> list[float]:
+    """need(L) = a + b L + c L^2 through the rows (least squares; c = 0 with two rows). The need is
+    linear in L for every kernel that streams attention; a peer whose attention falls back to the
+    math path (an L x L matrix per head) grows with L^2."""
+    import numpy as np
+
+    degree = min(2, len(set(xs)) - 1)
+    return [float(c) for c in np.polyfit(np.array(xs, float), np.array(ys, float), degree)[::-1]] + [0.0] * (2 - degree)
+
+
+def _solve(coef: list[float], total: float) -> int:
+    """The largest L >= 0 with a + b L + c L^2 <= total (0 if none)."""
+    a, b, c = coef
+    if abs(c) < 1e-12 * max(abs(b), 1):
+        return max(0, int((total - a) / b)) if b > 0 else 10**9
+    disc = b * b - 4 * c * (a - total)
+    if disc < 0:
+        return 0
+    roots = [(-b + sign * math.sqrt(disc)) / (2 * c) for sign in (1, -1)]
+    return max(0, int(max(r for r in roots if c > 0 or r >= 0)) if c > 0 else int(min(roots)))
 
 
 def report_sim(rows: list[dict], longest: list[dict]) -> str:
@@ -575,7 +681,7 @@ def _sim_peer(job, spec: dict, peer: str, option: str | None) -> dict:
         tracker = gpu.tracker
         tracker.oracle.answers.update({"all": True, "eq(sum)": True, "isfinite": True})
         tracker.oracle.nonzero_rows = min(job.answer_tokens, n - 1)
-        streams = _streams_as_synchronous() if option == "activation_offloading" else []
+        streams = _streams_as_synchronous() if option in ("activation_offloading", "offload_reentrant") else []
         with patch_all(_common_patches(job, tracker) + _triton_as_noop() + streams):
             dtype = project.compute_dtype(cfg.compute_dtype)
             with tracker.category("weights"):

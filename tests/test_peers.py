@@ -71,7 +71,18 @@ def test_find_longest_follows_the_need_line_and_confirms_it(peers_module):
 
     out = peers_module.find_longest("trl", rows, card, simulate, check_next=True)
     assert out["max_seq_len"] == 16384 and simulated == [16384, 16896]
-    assert out["need_gb_per_1k_tokens"] == pytest.approx(0.5)
+    assert out["need_gb_curve"] == pytest.approx([2.0, 0.5 / 1024, 0.0], abs=1e-9)
     simulated.clear()  # a card the line says fits past Qwen2's window: capped at 32,768
     big = peers_module.find_longest("ours", rows, SimpleNamespace(name="80 GB", total_bytes=int(80e9)), simulate)
     assert big["max_seq_len"] == 32768 and big["at_limit"] and simulated == [32768]
+
+
+def test_need_curve_solves_a_quadratic_need(peers_module):
+    """A peer on the math attention path: need = 1 GB + 1 GB per 1K tokens + (L/1K)^2 x 0.25 GB."""
+    def need(n):
+        k = n / 1024
+        return 1e9 + 1e9 * k + 0.25e9 * k * k
+
+    coef = peers_module.need_curve([8192, 16384, 32768], [need(n) for n in (8192, 16384, 32768)])
+    longest = peers_module._solve(coef, 9e9)  # 1 + k + k^2/4 = 9 -> k = 4
+    assert abs(longest - 4096) <= 1 and peers_module._solve(coef, 0.5e9) == 0
