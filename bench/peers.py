@@ -134,7 +134,8 @@ def peers(
     chosen = [] if peers == "none" else as_list(peers, "peers")  # none: only --trl_options rows
     if any(p not in PEERS for p in chosen):
         raise UserError(f"--peers: comma-separated from {', '.join(PEERS)} (or none), got {peers!r}")
-    options = _options(trl_options) if "trl" in chosen or not chosen else []
+    # The default "all" goes with the trl peer; named options run with any peers.
+    options = _options(trl_options) if "trl" in chosen or not chosen or trl_options != "all" else []
     if not chosen and not options:
         raise UserError("--peers none needs --trl_options")
     lengths = as_list(seq_lens, "seq_lens", item=int)
