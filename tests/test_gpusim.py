@@ -57,12 +57,12 @@ def test_free_neighbours_merge_and_release_on_pressure():
 
 
 # ---- tracker and model build on fake CUDA (a worker process with the fake-CUDA library) ------------
-def run_simulated(code: str) -> dict:
-    """Run `code` on a simulated RTX 3060 in a fresh process; it leaves its answer in `out`."""
+def run_simulated(code: str, card: str = "rtx3060") -> dict:
+    """Run `code` on a simulated card in a fresh process; it leaves its answer in `out`."""
     prog = ("from emotion_summary.gpusim import native\nnative.preload()\n"
             "import json, torch\nfrom emotion_summary.gpusim.runtime import simulated_gpu\n"
             "from emotion_summary.gpusim.cards import CARDS\nout = {}\n"
-            "with simulated_gpu(CARDS['rtx3060'], 0) as gpu:\n"
+            f"with simulated_gpu(CARDS[{card!r}], 512 * 1024**2) as gpu:\n"
             + "".join(f"    {line}\n" for line in code.strip().splitlines())
             + "print('RESULT', json.dumps(out))\n")
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -89,6 +89,21 @@ out.update(peak=tr.peak, now=tr.now, events=len(tr.events), cuda_available=torch
     assert out["now"] == 20480 + 512  # the temporary `ones` is gone, its product lives
     assert out["events"] == 2 + 1 + 2 + 1  # allocs a, b; free a; ones, product; free ones
     assert out["cuda_available"] and out["total"] == 12 * 1024**3 and out["cap"] == [8, 6] and out["bf16"]
+
+
+@needs_compiler
+def test_cuda_queries_answer_for_a_t4():
+    out = run_simulated("""
+x = torch.empty(1024, 1024, device="cuda")  # 4 MiB
+p = torch.cuda.get_device_properties(0)
+out.update(name=p.name, total=p.total_memory, cap=list(torch.cuda.get_device_capability()),
+           bf16=torch.cuda.is_bf16_supported(), bf16_native=torch.cuda.is_bf16_supported(including_emulation=False),
+           free_total=list(torch.cuda.mem_get_info()), allocated=torch.cuda.memory_allocated())
+""", card="t4")
+    assert out["name"] == "Tesla T4" and out["total"] == 16 * 1024**3 and out["cap"] == [7, 5]
+    assert out["bf16"] and not out["bf16_native"]  # torch counts emulation, as on a real T4
+    assert out["allocated"] == 4 * 1024**2
+    assert out["free_total"] == [16 * 1024**3 - 512 * 1024**2 - 4 * 1024**2, 16 * 1024**3]
 
 
 @needs_compiler
@@ -122,10 +137,11 @@ def two_layer_qwen2_weights() -> int:
             + round_size(4 * 256))  # bitsandbytes' dynamic map, shared by all layers
 
 
-def two_layer_lora_bytes(r: int = 16) -> int:
+def two_layer_lora_bytes(r: int = 16, itemsize: int = 2) -> int:
+    """LoRA A and B of both layers; bf16 since issue 16 (adapters in the compute dtype)."""
     h, f, kv = 3584, 18944, 512
     shapes = [(h, h), (kv, h), (kv, h), (h, h), (f, h), (f, h), (h, f)]  # (out, in)
-    return 2 * sum(round_size(4 * r * k) + round_size(4 * n * r) for n, k in shapes)
+    return 2 * sum(round_size(itemsize * r * k) + round_size(itemsize * n * r) for n, k in shapes)
 
 
 @needs_compiler
@@ -142,7 +158,7 @@ def test_two_layer_nf4_weights_byte_for_byte():
     assert result["peak_allocated_gb"] > result["weights_gb"] + result["lora_gb"]
     assert result["min_pool_gb"] >= result["peak_allocated_gb"]
     assert result["attn_implementation"] == "sdpa" and result["compute_dtype"] == "bfloat16"
-    assert result["adapter_dtype"] == "float32"
+    assert result["adapter_dtype"] == "bfloat16"
 
 
 # ---- planner bad input ---------------------------------------------------------------------------
@@ -160,3 +176,69 @@ def test_plan_memory_bad_input_is_one_line_exit_2(args, message):
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env)
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@needs_compiler
+def test_generation_prefill_and_kv_cache_on_two_layers():
+    from emotion_summary.gpusim.api import resolve_card, simulate_generation
+
+    short = simulate_generation("12gb", [1024], resolve_card(preset="12gb"), layers=2, max_new_tokens=8)
+    long = simulate_generation("12gb", [4096], resolve_card(preset="12gb"), layers=2, max_new_tokens=8)
+    assert long["peak_allocated_gb"] > short["peak_allocated_gb"] > short["breakdown_gb"]["weights"]
+    # the KV cache of 2 layers: 2 (K, V) x 4 heads x 128 x 2 B per token and layer, 4 KiB a token
+    assert long["breakdown_gb"]["generation"] >= 2 * 4096 * 4096 / 1e9
+    assert long["decode_steps"] == 8  # the oracle lets generate run exactly max_new_tokens steps
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_8gb_preset_fits_its_card_at_full_depth():
+    from emotion_summary.gpusim.api import resolve_card, simulate_training
+
+    result = simulate_training("8gb", 8192, resolve_card(preset="8gb"))
+    assert result["fits"] and result["estimated_need_gb"] < 8 * 1024**3 / 1e9
+    assert result["breakdown_gb"]["weights"] > 3.0
+
+
+def test_no_compiler_is_one_clear_line(monkeypatch, tmp_path):
+    from emotion_summary.gpusim import native
+
+    monkeypatch.setattr(native, "library_path", lambda: tmp_path / "absent.so")
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    with pytest.raises(native.NoCompilerError, match=r"apt-get install g\+\+"):
+        native.ensure_built()
+
+
+@pytest.mark.parametrize("threshold", [0, 1023, 1024, 5000, 20480, 32768, 40000])
+def test_longest_fitting_bisects_to_the_step(threshold):
+    from emotion_summary.gpusim.planner import longest_fitting
+
+    probes = []
+
+    def fits(n):
+        probes.append(n)
+        return n <= threshold
+
+    best = longest_fitting(fits, 1024, 32768, 512)
+    expected = 0 if threshold < 1024 else min(32768, threshold // 512 * 512)
+    assert best == expected
+    assert len(probes) <= 12
+
+
+@needs_compiler
+def test_plan_memory_card_too_small_for_the_weights_alone():
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plan_memory.py"
+    done = subprocess.run([sys.executable, str(script), "--preset", "12gb", "--seq_len", "1024", "--layers", "2",
+                           "--vram_gb", "2"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "too small for the 12gb preset's weights alone" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_planner_and_api_import_no_heavy_library():
+    code = ("import sys\nimport emotion_summary.gpusim, emotion_summary.gpusim.api, emotion_summary.gpusim.planner\n"
+            "print(','.join(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == ""

@@ -72,3 +72,26 @@ def test_answer_only_loss_matches_manual_cross_entropy():
     logits = head(hidden)
     expected = F.cross_entropy(torch.stack([logits[0, 1], logits[0, 2], logits[1, 0]]), torch.tensor([4, 5, 7]))
     assert answer_only_loss(hidden, head, labels).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_final_norm_on_the_gathered_rows_gives_transformers_full_logits_loss():
+    """The decoder runs without its final RMSNorm; the norm runs on the supervised rows alone."""
+    from emotion_summary.model import final_norm_deferred
+
+    model = tiny_causal_lm()
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    answers = [[20, 21, 22], [30, 31, 32, 33]]
+    batch = collate([dict(zip(("input_ids", "labels"), build_labels(p, a))) for p, a in zip(prompts, answers)],
+                    pad_id=0)
+    full = model(**batch).loss
+    with final_norm_deferred(model.model) as norm:
+        raw = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    assert isinstance(model.model.norm, type(norm))  # put back
+    normed = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    assert not torch.allclose(raw, normed)
+    rows = []
+    norm.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    ours = answer_only_loss(raw, model.lm_head, batch["labels"], norm=norm)
+    assert rows == [7]  # 3 + 4 answer rows went through the norm, not 2 x 9
+    assert ours.item() == pytest.approx(full.item(), abs=1e-6)
+    assert torch.equal(ours, answer_only_loss(normed, model.lm_head, batch["labels"]))

@@ -138,3 +138,74 @@ def test_merge_refuses_a_non_empty_out_dir_before_loading_anything(tmp_path):
     with pytest.raises(ModelError, match="not empty"):
         merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def smoke_batch(wrapper):
+    from emotion_summary.encode import encode_example
+    from emotion_summary.loss import collate
+    from emotion_summary.records import read_records
+    from emotion_summary.sample_data import SMOKE_DATA
+
+    rec = read_records(SMOKE_DATA[0])[0]
+    return collate([encode_example(wrapper.tokenizer, wrapper.prompt, rec, 1024)], wrapper.tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "none"])
+def test_checkpointed_training_reaches_lora_without_the_input_grad_hook(quantization):
+    """Non-reentrant checkpointing needs no input that requires grad: the embedding output stays
+    gradient-free (no hook keeps it alive), LoRA gets gradients, the base model none. The reentrant
+    variant without the hook raised 'element 0 of tensors does not require grad'."""
+    wrapper = Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke", quantization=quantization))
+    base = wrapper.model.get_base_model()
+    assert base.is_gradient_checkpointing
+    embed = base.get_input_embeddings()
+    assert not embed._forward_hooks
+    assert not embed(torch.tensor([[1, 2]])).requires_grad
+    wrapper.model.train()
+    loss = wrapper.loss(smoke_batch(wrapper))
+    loss.backward()
+    named = dict(wrapper.model.named_parameters())
+    lora = {n: p for n, p in named.items() if "lora_" in n}
+    assert lora and all(p.grad is not None for p in lora.values())
+    assert any(p.grad.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)  # B=0: A's grad is 0 at first
+    assert all(p.grad is None for n, p in named.items() if "lora_" not in n)
+
+
+def test_lora_weights_are_in_the_compute_dtype():
+    """bf16 adapters in a bf16 model (peft would keep them fp32 and cast every LoRA input to fp32)."""
+    wrapper = Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke", compute_dtype="bf16"))
+    lora = [p for n, p in wrapper.model.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.bfloat16 for p in lora)
+    wrapper = Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke", compute_dtype="fp32"))
+    assert all(p.dtype == torch.float32 for n, p in wrapper.model.named_parameters() if "lora_" in n)
+
+
+def test_wrapper_loss_is_transformers_full_logits_loss(wrapper):
+    batch = smoke_batch(wrapper)
+    wrapper.model.eval()
+    with torch.no_grad():
+        ours = wrapper.loss(batch)
+        full = wrapper.model(**batch).loss
+    assert ours.item() == pytest.approx(full.item(), abs=1e-5)
+
+
+def test_generate_ids_prefills_long_prompts_in_chunks_with_the_same_tokens(wrapper, monkeypatch):
+    from emotion_summary import model as model_module
+    from emotion_summary.records import read_records
+    from emotion_summary.sample_data import SMOKE_DATA
+
+    records = read_records(SMOKE_DATA[0])[:3]
+    prompts = [wrapper._prompt_ids(r, 8) for r in records]
+    whole = wrapper.generate_ids(prompts, 8, min_new_tokens=8, batch_size=3)
+    chunks = []
+    hook = wrapper.model.get_base_model().register_forward_pre_hook(
+        lambda m, args, kwargs: chunks.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    monkeypatch.setattr(model_module, "PREFILL_CHUNK_TOKENS", 768)  # 256 tokens per row per pass
+    chunked = wrapper.generate_ids(prompts, 8, min_new_tokens=8, batch_size=3)
+    hook.remove()
+    assert chunked == whole and all(len(ids) == 8 for ids in whole)
+    width = max(len(p) for p in prompts)
+    assert width > 256 and chunks[0] == (3, 256)
+    assert len(chunks) == -(-width // 256) + 7  # prefill passes, then 7 decode steps
+    texts = wrapper.generate(records, max_new_tokens=8, batch_size=2)
+    assert texts[0] == wrapper.tokenizer.decode(wrapper.generate_ids(prompts[:1], 8)[0], skip_special_tokens=True)

@@ -196,3 +196,85 @@ def test_a_checkpoint_is_a_loadable_adapter_and_guarded_against_leakage(tmp_path
     assert find_leaks(read_records(SAMPLE_EN), checkpoint) == [9001, 9002, 9003, 9004, 9005, 9006]
     loaded = Qwen2EmotionSummaryModel.load(checkpoint)
     assert loaded.config.preset == "cpu-smoke"
+
+
+def prepared_trainer(tmp_path, **overrides):
+    from emotion_summary.train import Trainer, load_data
+
+    cfg = resolve_config("cpu-smoke", output_dir=str(tmp_path / "r"), **overrides)
+    trainer = Trainer(cfg, *load_data(cfg))
+    trainer.prepare()
+    return trainer
+
+
+def test_padded_rows_go_one_at_a_time_with_the_same_loss(tmp_path):
+    """Without FlashAttention-2 a padded batch would need a dense [B, 1, L, L] mask: the trainer runs
+    its rows one by one, weighted by their answer tokens, and gets the batch's loss."""
+    trainer = prepared_trainer(tmp_path)
+    examples = trainer.train_examples
+    pair = [0, 1]
+    assert len(examples[0]["input_ids"]) != len(examples[1]["input_ids"])
+    parts = trainer._loss_parts(pair, examples)
+    assert [b["input_ids"].shape[0] for b, _ in parts] == [1, 1]
+    assert all(b["attention_mask"] is None for b, _ in parts)
+    assert sum(w for _, w in parts) == pytest.approx(1.0)
+    trainer.wrapper.model.eval()
+    with torch.no_grad():
+        whole = trainer.wrapper.loss(trainer._batch(pair, examples))
+        split = sum(trainer.wrapper.loss(b) * w for b, w in parts)
+    assert split.item() == pytest.approx(whole.item(), abs=1e-5)
+    assert len(trainer._loss_parts([0, 0], examples)) == 1  # equal lengths: one batch, no mask
+
+
+def test_out_of_memory_keeps_a_checkpoint_and_names_one_lever(tmp_path, monkeypatch):
+    trainer = prepared_trainer(tmp_path, max_steps=4, save_every=10)
+    real_loss, calls = trainer.wrapper.loss, {"n": 0}
+
+    def loss_then_oom(batch):
+        calls["n"] += 1
+        if calls["n"] > 2:  # step 1 is two rows one at a time; step 2 runs out
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_loss(batch)
+
+    monkeypatch.setattr(trainer.wrapper, "loss", loss_then_oom)
+    with pytest.raises(UserError, match=r"out of GPU memory in step 2 .*checkpoints/step-1 is kept\. "
+                                         r"Pull this lever: rerun the same command with --offload_activations "
+                                         r"true --resume true"):
+        trainer.run()
+    assert (tmp_path / "r" / "checkpoints" / "step-1" / "state.json").is_file()
+
+
+def test_a_non_finite_loss_stops_before_the_weights_change(tmp_path, monkeypatch):
+    trainer = prepared_trainer(tmp_path, max_steps=2)
+    before = {n: p.detach().clone() for n, p in trainer.wrapper.model.named_parameters() if p.requires_grad}
+    monkeypatch.setattr(trainer.wrapper, "loss", lambda batch: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(UserError, match="NaN/inf.*fp16.*T4, V100, RTX 20xx"):
+        trainer.run()
+    after = dict(trainer.wrapper.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_small_data_gets_a_checkpoint_every_epoch(tmp_path):
+    trainer = prepared_trainer(tmp_path, max_steps=0, epochs=2, save_every=50)
+    per_epoch = trainer.total_steps // 2
+    assert trainer.save_interval == per_epoch < 50
+
+
+def test_one_host_read_of_the_loss_per_optimizer_step(tmp_path, monkeypatch):
+    """The loss is summed on the device and read once per optimizer step (a GPU sync each read),
+    not checked with isfinite + .item() per micro-batch."""
+    trainer = prepared_trainer(tmp_path, max_steps=1, grad_accum=2)
+    import sys
+
+    reads = []
+    real_item = torch.Tensor.item
+
+    def item(self):  # reads made by the project's code (the optimizer's step counters are CPU tensors)
+        if "emotion_summary" in sys._getframe(1).f_code.co_filename:
+            reads.append(sys._getframe(1).f_code.co_name)
+        return real_item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    monkeypatch.setattr(torch, "isfinite", lambda t: pytest.fail("isfinite per micro-batch"))
+    loss = trainer._optimizer_step([[0], [1], [2]], 3)
+    assert reads == ["_optimizer_step"] and loss > 0

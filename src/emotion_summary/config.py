@@ -11,7 +11,9 @@ from emotion_summary.presets import PRESET_NAMES, pick_preset, preset
 
 CONFIG_FILE = "train_config.json"
 # Fields that may differ between an interrupted run and its resume.
-RESUME_FREE_FIELDS = {"resume", "output_dir", "max_steps", "eval_every", "save_every"}
+# The memory levers that leave the training maths alone are free too: pull one after an out-of-memory stop.
+RESUME_FREE_FIELDS = {"resume", "output_dir", "max_steps", "eval_every", "save_every",
+                      "offload_activations", "mlp_tile_tokens", "embedding_on_cpu"}
 
 
 @dataclass
@@ -80,14 +82,17 @@ def default_output_dir(preset_name: str) -> str:
 
 
 def detect_vram_gb() -> float | None:
-    """Total memory of GPU 0 in GB, or None without CUDA (imports torch only when asked)."""
+    """FREE memory of this process's GPU in GB (a desktop or another process may hold some), or None
+    without CUDA (imports torch only when asked)."""
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
-    return torch.cuda.get_device_properties(0).total_memory / 1e9
+    from emotion_summary.distributed import local_rank
+
+    return torch.cuda.mem_get_info(local_rank())[0] / 1e9
 
 
 def resolve_config(preset_name: str = "auto", vram_gb: float | None = None, **overrides) -> TrainConfig:
@@ -161,5 +166,5 @@ def validate(cfg: TrainConfig, vram_gb: float | None = None, check_files: bool =
                         "(use --preset cpu-smoke to try the pipeline on CPU)")
     elif vram_gb is not None and vram_gb < cfg.min_vram_gb:
         problems.append(f"preset {cfg.preset}: needs {cfg.min_vram_gb} GB of GPU memory, this GPU has "
-                        f"{vram_gb:.1f} GB; pick a smaller preset or --preset auto")
+                        f"{vram_gb:.1f} GB free; pick a smaller preset or --preset auto")
     return problems

@@ -26,13 +26,21 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": attn}
 
 
-def answer_only_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+def answer_only_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor,
+                     norm: torch.nn.Module | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over supervised positions; hidden is [batch, seq, dim].
 
     Position t predicts token t+1, so the hidden states drop their last position and the labels
-    their first, as in transformers' own causal-LM loss (which it computes over all logits).
+    their first, as in transformers' own causal-LM loss (which it computes over all logits). `norm`
+    (the decoder's final RMSNorm, when `hidden` is taken before it) runs on the gathered rows alone:
+    it works row by row, so that is the same number. The gather index is built where the labels are
+    (on the CPU no GPU sync is needed to size it).
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    logits = lm_head(hidden[:, :-1][keep]).float()
-    return F.cross_entropy(logits, targets[keep])
+    rows, positions = keep.nonzero(as_tuple=True)
+    picked = hidden[rows.to(hidden.device, non_blocking=True), positions.to(hidden.device, non_blocking=True)]
+    if norm is not None:
+        picked = norm(picked)
+    logits = lm_head(picked).float()
+    return F.cross_entropy(logits, targets[keep].to(logits.device, non_blocking=True))

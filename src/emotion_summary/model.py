@@ -33,21 +33,82 @@ def device() -> torch.device:
 
 
 def compute_dtype(name: str = "auto") -> torch.dtype:
-    """bf16 where the GPU has it; fp16 on older GPUs (T4, V100, RTX 20xx); fp32 on CPU."""
+    """bf16 where the GPU computes it natively (sm80+); fp16 on older GPUs (T4, V100, RTX 20xx), whose
+    bf16 is emulated; fp32 on CPU."""
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if name != "auto":
         return table[name]
     if not torch.cuda.is_available():
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
-def attn_implementation(name: str = "auto") -> str:
+# SDPA with K/V heads repeated to the query heads: the memory-efficient kernel then applies. On sm75
+# (T4, RTX 20xx) SDPA has no fused kernel for grouped-query attention (enable_gqa), so plain "sdpa"
+# falls back to the math path: an L x L score matrix per head, 371 GB at 32K.
+SDPA_REPEAT_KV = "sdpa_repeat_kv"
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    return torch.cuda.get_device_capability(device()) if torch.cuda.is_available() else None
+
+
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def attn_implementation(name: str = "auto", dtype: torch.dtype | None = None) -> str:
+    """auto: FlashAttention-2 on sm80+ in 16-bit (`dtype`, default the auto compute dtype) when
+    installed; SDPA with repeated K/V heads below sm80; else SDPA. An explicit flash_attention_2
+    where it cannot run is refused."""
+    capability = gpu_capability()
+    dtype = dtype or compute_dtype("auto")
+    fa2_possible = (capability is not None and capability >= (8, 0) and dtype in (torch.bfloat16, torch.float16)
+                    and flash_attn_installed())
+    if name == "flash_attention_2" and not fa2_possible:
+        raise ModelError(f"attn_implementation=flash_attention_2 needs an sm80+ GPU (Ampere or newer), 16-bit "
+                         f"compute and flash-attn installed; here: GPU capability {capability}, dtype {dtype}. "
+                         "Use --attn_implementation auto")
     if name != "auto":
         return name
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+    if fa2_possible:
         return "flash_attention_2"
+    if capability is not None and capability < (8, 0):
+        register_sdpa_repeat_kv()
+        return SDPA_REPEAT_KV
     return "sdpa"
+
+
+class _Ungrouped:
+    """An attention module seen as having as many K/V heads as query heads (after repeat_kv)."""
+    num_key_value_groups = 1
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def sdpa_repeat_kv_attention(module, query, key, value, attention_mask, **kwargs):
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    return sdpa_attention_forward(_Ungrouped(module), query, repeat_kv(key, groups), repeat_kv(value, groups),
+                                  attention_mask, **kwargs)
+
+
+def register_sdpa_repeat_kv() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SDPA_REPEAT_KV, sdpa_repeat_kv_attention)
+    AttentionMaskInterface.register(SDPA_REPEAT_KV, sdpa_mask)
+
+
+def uses_flash_attention(model) -> bool:
+    """FlashAttention-2 runs padded batches unpadded (varlen); every other kernel needs a dense mask."""
+    return "flash_attention" in str(getattr(model.config, "_attn_implementation", ""))
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -88,24 +149,40 @@ def disable_cpu_weight_repacking(model) -> int:
 
 
 def load_base_model(name_or_path: str, quantization: str = "nf4", dtype_name: str = "auto",
-                    attn: str = "auto", lm_head_4bit: bool = False):
-    """The base model (4-bit or 16-bit) and its tokenizer, placed on the GPU when there is one."""
+                    attn: str = "auto", lm_head_4bit: bool = False, on_gpu: bool = True):
+    """The base model (4-bit or 16-bit) and its tokenizer, on the GPU when there is one (and `on_gpu`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
     dtype = compute_dtype(dtype_name)
+    gpu = on_gpu and torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=dtype,
         quantization_config=quantization_config(quantization, dtype, lm_head_4bit),
-        attn_implementation=attn_implementation(attn),
-        device_map={"": device().index} if torch.cuda.is_available() else "cpu",
+        # Merging on the CPU: attention never runs, and FlashAttention-2 would not load there.
+        attn_implementation=attn_implementation(attn, dtype) if gpu else ("eager" if attn == "eager" else "sdpa"),
+        device_map={"": device().index} if gpu else "cpu",
     )
     disable_cpu_weight_repacking(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def sixteen_bit_fits_gpu(name_or_path: str, headroom: float = 0.9) -> bool:
+    """Whether the whole 16-bit model (2 bytes per parameter, counted from its config) fits in the
+    GPU's free memory; merging otherwise runs on the CPU."""
+    if not torch.cuda.is_available():
+        return False
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(name_or_path)))
+    need = 2 * sum(p.numel() for p in skeleton.parameters())
+    free, _ = torch.cuda.mem_get_info(device())
+    return need < headroom * free
 
 
 def tile_mlp(model, tile_tokens: int) -> int:
@@ -132,13 +209,28 @@ def tile_mlp(model, tile_tokens: int) -> int:
     return n
 
 
+class CpuEmbedding(torch.nn.Module):
+    """The input embedding kept in CPU RAM: ids go down, rows come up. Held outside the module's
+    parameters, so `model.device` (the first parameter's device) stays the GPU: generate moves its
+    inputs there, not to the CPU. Frozen, and never saved (adapters hold LoRA weights only)."""
+
+    def __init__(self, embedding: torch.nn.Embedding, target: torch.device):
+        super().__init__()
+        self.__dict__["cpu"] = embedding.to("cpu")  # not registered as a submodule
+        self.target = target
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        return self.cpu.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.cpu(input_ids.to("cpu")).to(self.target, non_blocking=True)
+
+
 def keep_embedding_on_cpu(model) -> None:
-    """Keep the 152,064 x 3,584 input embedding (1.1 GB in bf16) in CPU RAM: ids go down, rows come up."""
-    embed = model.get_input_embeddings()
+    """Keep the 152,064 x 3,584 input embedding (1.1 GB in bf16) in CPU RAM (see CpuEmbedding)."""
     target = next(p.device for p in model.lm_head.parameters())
-    embed.to("cpu")
-    embed.register_forward_pre_hook(lambda mod, args: (args[0].to("cpu"),))
-    embed.register_forward_hook(lambda mod, args, out: out.to(target, non_blocking=True))
+    model.set_input_embeddings(CpuEmbedding(model.get_input_embeddings(), target))
 
 
 def apply_liger_kernels(setting: str) -> bool:
@@ -153,11 +245,16 @@ def apply_liger_kernels(setting: str) -> bool:
 
 
 def enable_checkpointing(model) -> None:
+    """Non-reentrant checkpointing: gradients reach the LoRA weights inside a checkpointed layer even
+    though the layer's input (the frozen embedding's output) does not require grad. transformers also
+    hooks the embedding to make its output require grad (needed by the reentrant variant only); that
+    hook keeps the embedding output alive and computes its gradient (0.24 GB at 32K), so it is removed."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.disable_input_require_grads()
 
 
 def lora_config(cfg: TrainConfig):
@@ -165,6 +262,83 @@ def lora_config(cfg: TrainConfig):
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.lora_target, bias="none", task_type="CAUSAL_LM")
+
+
+def adapters_in_compute_dtype(dtype: torch.dtype) -> bool:
+    """bf16 LoRA weights in a bf16 model: peft then no longer casts every LoRA input to fp32 (six
+    L x 3584 and one L x 18944 fp32 tensors per recomputed layer, 1.9 GB at 32K). fp16 models keep
+    fp32 adapters: fp16 weights updated without a loss scaler underflow, and AdamW's eps is 0 in fp16."""
+    return dtype != torch.float16
+
+
+@contextlib.contextmanager
+def final_norm_deferred(decoder):
+    """Run the decoder without its final RMSNorm and hand the norm over: it works row by row, so it
+    can run on the ~200 supervised rows alone instead of the whole sequence (in fp32 inside)."""
+    norm = decoder.norm
+    decoder.norm = torch.nn.Identity()
+    try:
+        yield norm
+    finally:
+        decoder.norm = norm
+
+
+DEFAULT_CPU_BATCH = 4  # records per generate call on the CPU (RAM is not the limit there)
+MAX_GPU_BATCH = 16  # records per generate call when the free GPU memory would allow more
+PREFILL_CHUNK_TOKENS = 4096  # prompt tokens (over the whole batch) per prefill forward pass
+GPU_MEMORY_USABLE = 0.9  # share of the free memory planned for; the rest absorbs fragmentation
+
+
+def free_gpu_bytes() -> int | None:
+    """Memory this process can still get on its GPU: the device's free memory plus what the caching
+    allocator holds unused. None without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info(device())
+    return free + torch.cuda.memory_reserved(device()) - torch.cuda.memory_allocated(device())
+
+
+def prefill_chunk_tokens(batch: int) -> int:
+    """Prompt tokens per row per prefill pass: the batch shares PREFILL_CHUNK_TOKENS."""
+    return max(256, PREFILL_CHUNK_TOKENS // batch)
+
+
+def generation_groups(lengths: list[int], max_new_tokens: int, kv_bytes_per_token: int,
+                      prefill_bytes_per_token: int, free_bytes: int | None,
+                      max_batch: int | None = None) -> list[list[int]]:
+    """Consecutive prompt indices per generate call. On a GPU a group holds as many prompts as the KV
+    cache of the group (padded to its longest prompt, plus the new tokens) fits beside one prefill
+    chunk's activations in the free memory; a prompt too long for that alone still goes alone."""
+    if free_bytes is None:
+        size = max_batch or DEFAULT_CPU_BATCH
+        return [list(range(i, min(i + size, len(lengths)))) for i in range(0, len(lengths), size)]
+    budget = GPU_MEMORY_USABLE * free_bytes - PREFILL_CHUNK_TOKENS * prefill_bytes_per_token
+    cap = max_batch or MAX_GPU_BATCH
+    groups: list[list[int]] = []
+    group: list[int] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        kv_cache = (len(group) + 1) * (max(longest, n) + max_new_tokens) * kv_bytes_per_token
+        if group and (len(group) == cap or kv_cache > budget):
+            groups.append(group)
+            group, longest = [], 0
+        group.append(i)
+        longest = max(longest, n)
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _strip_padding(row: list[int], stop: list[int]) -> list[int]:
+    """New ids up to and including the first stop token (generate pads finished rows after it)."""
+    for i, token in enumerate(row):
+        if token in stop:
+            return row[: i + 1]
+    return row
+
+
+def _dtype_bytes(model) -> int:
+    return model.get_input_embeddings().weight.dtype.itemsize
 
 
 class Qwen2EmotionSummaryModel:
@@ -186,21 +360,25 @@ class Qwen2EmotionSummaryModel:
         # embedding and LM head alone (2 x 152,064 x 3,584) would grow from 2.2 GB to 4.4 GB.
         base.requires_grad_(False)
         if cfg.gradient_checkpointing:
-            # Non-reentrant: works with frozen inputs under PEFT; the input hook avoids
-            # "element 0 of tensors does not require grad" with the reentrant variant.
             enable_checkpointing(base)
-            base.enable_input_require_grads()
         base.config.use_cache = False
         tile_mlp(base, cfg.mlp_tile_tokens)
         if cfg.embedding_on_cpu and torch.cuda.is_available():
             keep_embedding_on_cpu(base)
-        model = get_peft_model(base, lora_config(cfg))
+        model = get_peft_model(base, lora_config(cfg),
+                               autocast_adapter_dtype=not adapters_in_compute_dtype(base.dtype))
+        base.disable_input_require_grads()  # peft hooks the embedding again for 16-bit bases
+        print(f"preset {cfg.preset}: compute dtype {str(base.dtype).removeprefix('torch.')}, attention "
+              f"{base.config._attn_implementation}, LoRA weights "
+              f"{str(next(p.dtype for p in model.parameters() if p.requires_grad)).removeprefix('torch.')}"
+              f", embedding on {base.get_input_embeddings().weight.device.type}", file=sys.stderr)
         return cls(model, tokenizer, PromptSpec(language=cfg.language), cfg)
 
     @classmethod
     def load(cls, model_path: str | Path, quantization: str | None = None) -> "Qwen2EmotionSummaryModel":
         """An adapter directory (base model and quantisation read from its train_config.json) or a
-        merged model directory (16-bit unless `quantization='nf4'`); both carry prompt.json."""
+        merged model directory (16-bit unless `quantization='nf4'`); both carry prompt.json. The
+        embedding stays in CPU RAM where training kept it there."""
         path = Path(model_path)
         if not path.is_dir():
             raise ModelError(f"{path}: no such model directory")
@@ -212,11 +390,16 @@ class Qwen2EmotionSummaryModel:
             _check_adapter_base(path, cfg.model_name_or_path)
             base, tokenizer = load_base_model(cfg.model_name_or_path, quantization or cfg.quantization,
                                               cfg.compute_dtype, cfg.attn_implementation, cfg.lm_head_4bit)
-            model = PeftModel.from_pretrained(base, str(path))
+            if cfg.embedding_on_cpu and torch.cuda.is_available():
+                keep_embedding_on_cpu(base)
+            model = PeftModel.from_pretrained(base, str(path),
+                                              autocast_adapter_dtype=not adapters_in_compute_dtype(base.dtype))
         elif (path / "config.json").is_file():
             cfg = TrainConfig.load(path)
             model, tokenizer = load_base_model(str(path), quantization or "none", cfg.compute_dtype,
                                                cfg.attn_implementation)
+            if cfg.embedding_on_cpu and torch.cuda.is_available():
+                keep_embedding_on_cpu(model)
         else:
             raise ModelError(f"{path}: neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
         model.eval()
@@ -232,16 +415,32 @@ class Qwen2EmotionSummaryModel:
         set_peft_model_state_dict(self.model, load_file(str(adapter_dir / "adapter_model.safetensors")))
 
     # ---- training -----------------------------------------------------------------------------
+    @property
+    def pads_cheaply(self) -> bool:
+        """Whether a padded batch costs no more than its rows (FlashAttention-2's varlen path); other
+        kernels get a dense [batch, 1, L, L] mask (2.15 GB at 32K x 2), so the trainer runs rows one by one."""
+        return uses_flash_attention(self.model)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Answer-only loss; the LM head runs at the supervised positions alone."""
+        """Answer-only loss; the final norm and the LM head run at the supervised positions alone.
+
+        With `offload_activations` only the decoder's saved tensors (the checkpointed layer inputs)
+        go to pinned CPU memory; the loss (LM-head weight, answer logits) stays on the GPU. Token ids
+        stay on the CPU when the embedding is there, and labels always do (the gather index is built
+        on the CPU: no GPU sync)."""
         causal_lm = self.model.get_base_model()
+        decoder = causal_lm.model
         dev = device()
         offload = self.config.offload_activations and dev.type == "cuda"
         ctx = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload else contextlib.nullcontext()
-        with ctx:
-            hidden = causal_lm.model(input_ids=batch["input_ids"].to(dev),
-                                     attention_mask=batch["attention_mask"].to(dev)).last_hidden_state
-            return answer_only_loss(hidden, causal_lm.lm_head, batch["labels"].to(dev))
+        ids_device = decoder.get_input_embeddings().weight.device
+        mask = batch.get("attention_mask")
+        # A mask without padding is no mask: SDPA then runs causal with no L x L mask at all.
+        mask = None if mask is None or bool(mask.all()) else mask.to(dev, non_blocking=True)
+        with ctx, final_norm_deferred(decoder) as norm:
+            hidden = decoder(input_ids=batch["input_ids"].to(ids_device, non_blocking=True),
+                             attention_mask=mask).last_hidden_state
+        return answer_only_loss(hidden, causal_lm.lm_head, batch["labels"], norm=norm)
 
     def save(self, out_dir: str | Path) -> Path:
         """Adapter weights, tokenizer, prompt.json and train_config.json: all inference needs."""
@@ -258,34 +457,68 @@ class Qwen2EmotionSummaryModel:
         return self.config.max_seq_len - max_new_tokens
 
     @torch.no_grad()
-    def generate(self, records: list[Record], max_new_tokens: int = 512, batch_size: int = 4) -> list[str]:
-        """Greedy replies, in the order given (callers sort by length so batches pad little)."""
+    def generate(self, records: list[Record], max_new_tokens: int = 512, batch_size: int | None = None) -> list[str]:
+        """Greedy replies, in the order given (callers sort by length so batches pad little).
+        `batch_size` caps the records per `generate` call; on a GPU the free memory may cap it lower."""
         if self.max_prompt_tokens(max_new_tokens) < 256:
             raise ModelError(f"max_new_tokens={max_new_tokens} leaves under 256 prompt tokens in this "
                              f"model's max_seq_len={self.config.max_seq_len}; lower --max_new_tokens")
+        prompts = [self._prompt_ids(r, max_new_tokens) for r in records]
+        new_ids = self.generate_ids(prompts, max_new_tokens, batch_size=batch_size)
+        return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+
+    def _prompt_ids(self, record: Record, max_new_tokens: int) -> list[int]:
+        ids, trimmed = prompt_token_ids(self.tokenizer, self.prompt, record, self.max_prompt_tokens(max_new_tokens))
+        if trimmed:
+            self.trimmed[record.id] = trimmed
+            print(f"report {record.id}: {trimmed} tokens trimmed from the middle to fit max_seq_len="
+                  f"{self.config.max_seq_len} with max_new_tokens={max_new_tokens}", file=sys.stderr)
+        return ids
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int = 0,
+                     batch_size: int | None = None) -> list[list[int]]:
+        """Greedy new token ids (stop tokens included, padding not) for each prompt's token ids, in
+        order. Prompts go in groups of at most `batch_size` (default: as many as the free GPU memory
+        holds, `DEFAULT_CPU_BATCH` on the CPU), left-padded; long prompts are prefilled in chunks."""
         self.model.eval()
-        out: list[str] = []
-        for start in range(0, len(records), batch_size):
-            out += self._generate_batch(records[start: start + batch_size], max_new_tokens)
+        out: list[list[int]] = []
+        for group in generation_groups([len(p) for p in prompts], max_new_tokens, self._kv_bytes_per_token(),
+                                       self._prefill_bytes_per_token(), free_gpu_bytes(), batch_size):
+            out += self._generate_group([prompts[i] for i in group], max_new_tokens, min_new_tokens)
         return out
 
-    def _generate_batch(self, records: list[Record], max_new_tokens: int) -> list[str]:
-        prompts = []
-        for r in records:
-            ids, trimmed = prompt_token_ids(self.tokenizer, self.prompt, r, self.max_prompt_tokens(max_new_tokens))
-            if trimmed:
-                self.trimmed[r.id] = trimmed
-                print(f"report {r.id}: {trimmed} tokens trimmed from the middle to fit max_seq_len="
-                      f"{self.config.max_seq_len} with max_new_tokens={max_new_tokens}", file=sys.stderr)
-            prompts.append(ids)
+    def _generate_group(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int) -> list[list[int]]:
+        gen = self._generate_tensor(prompts, max_new_tokens, min_new_tokens)
+        return [_strip_padding(row, self._stop_ids()) for row in gen.tolist()]
+
+    def _stop_ids(self) -> list[int]:
+        return [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+
+    def _generate_tensor(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int) -> torch.Tensor:
+        """The new ids of one left-padded group, [group, new tokens] (finished rows padded)."""
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device())
         attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device())
-        stop = [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+        stop = self._stop_ids()
+        chunk = prefill_chunk_tokens(len(prompts))
         gen = self.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                  do_sample=False, pad_token_id=pad, eos_token_id=stop, use_cache=True)
-        return self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+                                  min_new_tokens=min_new_tokens, do_sample=False, pad_token_id=pad,
+                                  eos_token_id=stop, use_cache=True,
+                                  prefill_chunk_size=chunk if width > chunk else None)
+        return gen[:, width:]
+
+    def _kv_bytes_per_token(self) -> int:
+        c = self.model.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * _dtype_bytes(self.model)
+
+    def _prefill_bytes_per_token(self) -> int:
+        """Live activations per prompt token while one layer runs a prefill chunk without grad:
+        residual, normed input, q/k/v/attention output, the MLP's gate, up and product."""
+        c = self.model.config
+        return (6 * c.hidden_size + 3 * c.intermediate_size) * _dtype_bytes(self.model)
 
     def summarise(self, record: Record, max_new_tokens: int = 512) -> dict[str, str]:
         return parse_answer(self.generate([record], max_new_tokens, 1)[0]).fields
@@ -302,8 +535,9 @@ class Qwen2EmotionSummaryModel:
             raise ModelError(f"{out}: exists and is not empty; choose a new --out_dir")
         cfg = self.config
         _check_adapter_base(Path(adapter_dir), cfg.model_name_or_path)
+        # On the CPU when the 16-bit model does not fit the GPU's free memory (15 GB for Qwen2-7B).
         base, tokenizer = load_base_model(cfg.model_name_or_path, "none", cfg.compute_dtype,
-                                          cfg.attn_implementation)
+                                          cfg.attn_implementation, on_gpu=sixteen_bit_fits_gpu(cfg.model_name_or_path))
         merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -217,6 +217,9 @@ class Trainer:
         self.eval_examples = self._encode(self.eval_records, "validation")
         per_epoch = math.ceil(math.ceil(len(self.train_examples) / self.cfg.batch_size) / self.micro_per_step)
         self.total_steps = self.cfg.max_steps or per_epoch * self.cfg.epochs
+        # At least one checkpoint per epoch: with little data, save_every=50 would otherwise mean none
+        # before the end of the run.
+        self.save_interval = max(1, min(self.cfg.save_every, per_epoch))
         params = [p for p in self.wrapper.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.cfg, params)
         self.scheduler = get_cosine_schedule_with_warmup(
@@ -240,6 +243,24 @@ class Trainer:
 
         return collate([examples[i] for i in indices], self.wrapper.tokenizer.pad_token_id)
 
+    def _loss_parts(self, indices: list[int], examples: list[dict]):
+        """(batch, weight) pairs whose weighted losses add up to the loss of the micro-batch `indices`.
+        Rows of unequal length go one at a time unless the attention kernel pads cheaply (FlashAttention-2):
+        SDPA and eager would need a dense [batch, 1, L, L] mask. Each row is weighted by its share
+        of the supervised tokens, so the sum is the micro-batch's token mean."""
+        from emotion_summary.encode import IGNORE_INDEX
+
+        if len({len(examples[i]["input_ids"]) for i in indices}) == 1:
+            return [(self._unpadded_batch(indices, examples), 1.0)]
+        if self.wrapper.pads_cheaply:
+            return [(self._batch(indices, examples), 1.0)]
+        counts = [sum(t != IGNORE_INDEX for t in examples[i]["labels"][1:]) for i in indices]
+        return [(self._unpadded_batch([i], examples), n / sum(counts)) for i, n in zip(indices, counts)]
+
+    def _unpadded_batch(self, indices: list[int], examples: list[dict]):
+        """Rows of one length: no attention mask at all (known here without reading the tensor)."""
+        return {**self._batch(indices, examples), "attention_mask": None}
+
     def validation_loss(self) -> float | None:
         import torch
 
@@ -250,9 +271,9 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, len(self.eval_examples), self.cfg.batch_size):
                 idx = list(range(start, min(start + self.cfg.batch_size, len(self.eval_examples))))
-                losses.append(self.wrapper.loss(self._batch(idx, self.eval_examples)).item())
+                losses.append(sum(self.wrapper.loss(batch) * w for batch, w in self._loss_parts(idx, self.eval_examples)))
         self.wrapper.model.train()
-        return sum(losses) / len(losses)
+        return torch.stack(losses).mean().item()
 
     @property
     def micro_per_step(self) -> int:
@@ -299,6 +320,7 @@ class Trainer:
         self.wrapper.model.train()
         done = start
         bar = tqdm(total=self.total_steps, initial=start, desc="training", unit="step")
+        out_of_memory = None
         try:
             for step, micro, n_micro in self.micro_batches(start):
                 loss = self._optimizer_step(micro, n_micro)
@@ -312,7 +334,7 @@ class Trainer:
                     append_jsonl(self.log_path, row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
-                if done % self.cfg.save_every == 0 or done == self.total_steps:
+                if done % self.save_interval == 0 or done == self.total_steps:
                     self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, self._state(done))
                 if stop_after_step is not None and done >= stop_after_step:
                     return self.run_dir
@@ -321,9 +343,28 @@ class Trainer:
                 path = self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, self._state(done))
                 print(f"\ninterrupted: saved {path}; continue with --resume", file=sys.stderr)
             raise SystemExit(130)
+        except RuntimeError as e:  # torch.OutOfMemoryError, or bitsandbytes/cuBLAS saying the same
+            if not is_out_of_memory(e):
+                raise
+            out_of_memory = str(e).splitlines()[0][:200]
         finally:
             bar.close()
+        if out_of_memory:  # outside the except block: the traceback no longer pins the step's tensors
+            self._stop_out_of_memory(done, out_of_memory)
         return self.finish()
+
+    def _stop_out_of_memory(self, done: int, error: str) -> None:
+        """Free the step's memory, keep (or write) the last checkpoint, and name the lever to pull."""
+        import torch
+
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        latest = self.checkpoints.latest()
+        saved = int(latest.name.split("-")[1]) if latest else 0
+        if done > saved:
+            latest = self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, self._state(done))
+        kept = f"checkpoint {latest} is kept" if latest else "no step had finished, so there is no checkpoint"
+        raise UserError(f"out of GPU memory in step {done + 1} ({error}); {kept}. {memory_lever(self.cfg)}")
 
     def _state(self, step: int) -> dict:
         return {"step": step, "data_key": self.data_key}
@@ -335,24 +376,29 @@ class Trainer:
             atomic_write_jsonl(self.log_path, rows)
 
     def _optimizer_step(self, micro: list[list[int]], n_micro: int) -> float:
+        """One optimizer step over this process's micro-batches, with one host sync (the loss value,
+        read once before the weights change)."""
         import torch
 
-        total = 0.0
+        total = torch.zeros(())
         for indices in micro:
-            loss = self.wrapper.loss(self._batch(indices, self.train_examples)) / n_micro
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"the loss became {loss.item()} (NaN/inf). Qwen2 overflows in fp16 on GPUs without "
-                    "bf16 (T4, V100, RTX 20xx): rerun with --compute_dtype fp32, or lower --learning_rate.")
-            loss.backward()
-            total += loss.item()
+            for batch, weight in self._loss_parts(indices, self.train_examples):
+                loss = self.wrapper.loss(batch) * (weight / n_micro)
+                loss.backward()
+                total = total.to(loss.device) + loss.detach()
+        value = dist.total(total.item())
+        if not math.isfinite(value):
+            raise UserError(
+                f"the loss became {value} (NaN/inf) at step {self.scheduler.last_epoch + 1}. Qwen2 "
+                "overflows in fp16, the compute dtype on GPUs without bf16 (T4, V100, RTX 20xx): rerun "
+                "with --compute_dtype fp32, or lower --learning_rate.")
         params = [p for p in self.wrapper.model.parameters() if p.requires_grad]
         dist.sum_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return dist.total(total)
+        return value
 
     def finish(self) -> Path:
         dist.barrier()
@@ -364,6 +410,36 @@ class Trainer:
         (self.run_dir / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
         print(f"done: adapter, config and loss plot in {self.run_dir}")
         return self.run_dir
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    text = str(error)
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in text.lower() \
+        or "CUBLAS_STATUS_ALLOC_FAILED" in text
+
+
+def memory_lever(cfg: TrainConfig) -> str:
+    """The one memory lever to pull next: first those that leave the training maths alone (the run
+    resumes from its checkpoint), then those that change it (a new run)."""
+    resumable = [
+        (not cfg.offload_activations, "--offload_activations true"),
+        (cfg.mlp_tile_tokens == 0 or cfg.mlp_tile_tokens > 1024,
+         f"--mlp_tile_tokens {max(1024, cfg.mlp_tile_tokens // 2) if cfg.mlp_tile_tokens else 2048}"),
+        (not cfg.embedding_on_cpu, "--embedding_on_cpu true"),
+    ]
+    for pull, flag in resumable:
+        if pull:
+            return f"Pull this lever: rerun the same command with {flag} --resume true"
+    new_run = [
+        (cfg.lora_dropout > 0, "--lora_dropout 0"),
+        (cfg.batch_size > 1, f"--batch_size 1 --grad_accum {cfg.grad_accum * cfg.batch_size}"),
+        (not cfg.lm_head_4bit, "--lm_head_4bit true"),
+    ]
+    for pull, flag in new_run:
+        if pull:
+            return f"Pull this lever: start a new run (new --output_dir) with {flag}"
+    return (f"Every memory lever is pulled: start a new run with --max_seq_len {cfg.max_seq_len // 2} "
+            "(or plan the length with scripts/plan_memory.py --find_max true)")
 
 
 def check_run_dir(cfg: TrainConfig) -> None:

@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from emotion_summary.errors import ConfigError, UserError
 from emotion_summary.gpusim.cards import CARDS, PRESET_CARDS, Card, card_named, card_of_size
-from emotion_summary.gpusim.session import Job
+from emotion_summary.gpusim.job import Job
 
 
 class SimulationError(RuntimeError):

@@ -13,7 +13,13 @@ ARCHS = {
         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
+    # Qwen(1)-7B, for the Qwen Q-LoRA calibration rows: multi-head attention, biased QKV.
+    "qwen-7b": ("llama", dict(
+        vocab_size=151936, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768,
+        rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=True)),
 }
+PLANNER_ARCHS = ("qwen2-7b", "qwen2.5-7b", "llama3.1-8b")
 YARN_FACTOR = 4
 
 

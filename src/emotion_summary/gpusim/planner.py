@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emotion_summary.errors import ConfigError
-from emotion_summary.gpusim.archs import ARCHS, position_limit
+from emotion_summary.gpusim.archs import PLANNER_ARCHS, position_limit
 
 TRAIN_PRESETS = ("8gb", "12gb", "24gb", "cpu-smoke")
 BREAKDOWN_ORDER = ("weights", "lora + optimizer", "saved activations", "recomputed layer", "logits",
@@ -30,8 +30,8 @@ def check_request(preset: str, arch: str, lengths: list[int], yarn: bool) -> Non
     problems = []
     if preset not in PRESETS:
         problems.append(f"--preset: unknown preset {preset!r}; choose one of {', '.join(p for p in PRESETS)}")
-    if arch not in ARCHS:
-        problems.append(f"--arch: unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch not in PLANNER_ARCHS:
+        problems.append(f"--arch: unknown arch {arch!r}; choose one of {', '.join(PLANNER_ARCHS)}")
     elif lengths:
         limit = position_limit(arch, yarn)
         for n in lengths:
@@ -55,7 +55,8 @@ def weights_only_check(result: dict) -> None:
 
 
 def describe(result: dict) -> str:
-    lines = [f"simulated {result['kind']}: preset {result['preset']}, {result['arch']}, "
+    depth = f", only {result['layers']} layers simulated" if result.get("layers") else ""
+    lines = [f"simulated {result['kind']}: preset {result['preset']}, {result['arch']}{depth}, "
              f"{' + '.join(f'{n:,}' for n in result['seq_lens'])} tokens "
              f"(batch {result['batch_size']}) on {result['card']} ({result['vram_gb']:.2f} GB)"]
     parts = result["breakdown_gb"]
@@ -73,46 +74,50 @@ def describe(result: dict) -> str:
     return "\n".join(lines)
 
 
+def longest_fitting(fits, lo: int, limit: int, step: int) -> int:
+    """The largest multiple of `step` in [lo, limit] for which `fits(n)` holds, assuming fitting is
+    monotone (shorter always fits when longer does); 0 when `lo` does not fit. Doubles from `lo`,
+    then bisects: about log2(limit / lo) + log2(limit / step) probes."""
+    if not fits(lo):
+        return 0
+    good, bad = lo, None
+    while bad is None and good < limit:
+        n = min(good * 2, limit)
+        if fits(n):
+            good = n
+        else:
+            bad = n
+    while bad is not None:
+        mid = (good + bad) // 2 // step * step
+        if mid <= good:
+            break
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
 def find_max_seq_len(preset: str, card, arch: str = "qwen2-7b", batch_size: int = 1, layers: int | None = None,
                      overrides: dict | None = None, flash_attn: bool = False, yarn: bool = False,
                      lo: int = 1024, step: int = 512, progress=print) -> tuple[int, dict | None]:
-    """The longest length (a multiple of `step`) whose training step fits `card`, and its result.
-    Doubles from `lo` while it fits, then bisects; one simulation per probe."""
-    from emotion_summary.gpusim.api import job, run_jobs
+    """The longest training length (a multiple of `step`) that fits `card`, and its simulated result."""
+    from emotion_summary.gpusim.api import SimulationError, job, run_jobs
 
-    limit = position_limit(arch, yarn)
     cache: dict[int, dict] = {}
 
-    def probe(n: int) -> bool:
+    def fits(n: int) -> bool:
         spec = job("train", preset, [n] * batch_size, card, arch, layers, overrides, flash_attn, yarn=yarn)
         result = run_jobs([spec])[0]
         if "error" in result:
-            from emotion_summary.gpusim.api import SimulationError
-
             raise SimulationError(result["error"])
         cache[n] = result
         progress(f"  {n:>7,} tokens: need {result['estimated_need_gb']:.2f} GB -> "
                  f"{'fits' if result['fits'] else 'does not fit'}")
         return result["fits"]
 
-    if not probe(lo):
-        return 0, cache[lo]
-    good, bad = lo, None
-    while bad is None and good < limit:
-        n = min(good * 2, limit)
-        if probe(n):
-            good = n
-        else:
-            bad = n
-    while bad is not None and bad - good > step:
-        mid = (good + bad) // 2 // step * step
-        if mid <= good:
-            break
-        if probe(mid):
-            good = mid
-        else:
-            bad = mid
-    return good, cache[good]
+    best = longest_fitting(fits, lo, position_limit(arch, yarn), step)
+    return best, cache[best] if best else cache[lo]
 
 
 def plan_memory(

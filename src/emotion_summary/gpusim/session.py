@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import torch
 
-from emotion_summary.gpusim.cards import CONTEXT_BYTES, Card
+from emotion_summary.gpusim.cards import Card
+from emotion_summary.gpusim.job import Job
 
 CATEGORIES = ("weights", "lora + optimizer", "saved activations", "logits", "recomputed layer",
               "kernel scratch", "generation")
@@ -24,23 +25,6 @@ def current_session():
 
 def current_tracker():
     return _SESSION.tracker if _SESSION is not None else None
-
-
-@dataclass
-class Job:
-    """What to simulate (JSON-able: the worker reads it from stdin)."""
-    kind: str = "train"  # train | generate
-    preset: str = "12gb"
-    seq_lens: list[int] = field(default_factory=lambda: [32768])  # one per sequence of the batch
-    card: dict = field(default_factory=dict)  # Card fields
-    arch: str = "qwen2-7b"
-    layers: int | None = None  # None: the architecture's depth
-    overrides: dict = field(default_factory=dict)  # TrainConfig fields
-    flash_attn: bool = False  # the flash-attn package installed (attn "auto" then picks FA2)
-    answer_tokens: int = 200  # supervised positions at the end of each sequence
-    max_new_tokens: int = 200  # generate: tokens produced after the prompt
-    yarn: bool = False
-    context_bytes: int = CONTEXT_BYTES
 
 
 def _card(job: Job) -> Card:
@@ -65,12 +49,14 @@ def _fake_loader(job: Job, tracker):
     from emotion_summary.gpusim.build import build_base_model
     from emotion_summary import model as project
 
-    def load_base_model(name_or_path, quantization="nf4", dtype_name="auto", attn="auto", lm_head_4bit=False):
+    def load_base_model(name_or_path, quantization="nf4", dtype_name="auto", attn="auto", lm_head_4bit=False,
+                        **_ignored):
         dtype = project.compute_dtype(dtype_name)
         with tracker.category("weights"):
             base = build_base_model(job.arch, job.layers, quantization, dtype, project.attn_implementation(attn),
                                     lm_head_4bit, project.device(), yarn_scaling(job.arch) if job.yarn else None)
-        project.disable_cpu_weight_repacking(base)
+        if hasattr(project, "disable_cpu_weight_repacking"):
+            project.disable_cpu_weight_repacking(base)
         tok = SimpleNamespace(pad_token_id=151643, eos_token_id=151645, pad_token="<|endoftext|>",
                               convert_tokens_to_ids=lambda t: 151643)
         return base, tok
@@ -174,6 +160,8 @@ def run_job(job: Job) -> dict:
         return simulate_training_step(job)
     if job.kind == "generate":
         return simulate_generation(job)
+    if job.kind == "plain":
+        return simulate_plain_training(job)
     raise ValueError(f"unknown job kind {job.kind!r}")
 
 
@@ -253,7 +241,7 @@ def simulate_generation(job: Job) -> dict:
     with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, sum(job.seq_lens)):
         tracker = gpu.tracker
         tracker.oracle.answers.update({"all": not padded, "eq(sum)": not padded, "isfinite": True,
-                                       "eq(max)": False, "max": 1})
+                                       "eq(max)": _finished_after(job.max_new_tokens), "max": 1})
         with patch_all(_common_patches(job, tracker)), torch.no_grad():
             base, tok = project.load_base_model(cfg.model_name_or_path, cfg.quantization, cfg.compute_dtype,
                                                 cfg.attn_implementation, cfg.lm_head_4bit)
@@ -265,10 +253,86 @@ def simulate_generation(job: Job) -> dict:
             ids = torch.zeros((len(job.seq_lens), width), dtype=torch.long, device=dev)
             attn = torch.ones((len(job.seq_lens), width), dtype=torch.long, device=dev)
             with tracker.category("generation"):
-                model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=job.max_new_tokens,
-                               min_new_tokens=job.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                               eos_token_id=[tok.eos_token_id, 151643], use_cache=True)
-        return _result(job, cfg, card, tracker, started)
+                out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=job.max_new_tokens,
+                                     min_new_tokens=job.max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=[tok.eos_token_id, 151643],
+                                     use_cache=True)
+        result = _result(job, cfg, card, tracker, started)
+        result["decode_steps"] = out.shape[1] - width
+        return result
+
+
+def simulate_plain_training(job: Job) -> dict:
+    """The textbook transformers + peft QLoRA step the published tables measure (calibration only):
+    prepare_model_for_kbit_training (16-bit weights upcast to fp32; overrides upcast=False skips it,
+    as peft does for a GPTQ base), checkpointing, LoRA on all linear layers (lora_r, lora_alpha),
+    flash-attn, `model(ids, labels=ids).loss` over full fp32 logits (loss="qwen1": cross-entropy on
+    the 16-bit shifted logits, as Qwen(1)'s modelling code does), 8-bit AdamW (optimizer="adamw":
+    torch's fp32 AdamW, the transformers Trainer default). Not the project's code: the project's step is simulate_training_step."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from emotion_summary.gpusim.build import build_base_model
+    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
+
+    card, started = _card(job), time.time()
+    o = job.overrides
+    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, sum(job.seq_lens)):
+        tracker = gpu.tracker
+        tracker.oracle.answers.update({"all": True, "eq(sum)": True, "isfinite": True})
+        with patch_all(_common_patches(job, tracker)):
+            with tracker.category("weights"):
+                base = build_base_model(job.arch, job.layers, "nf4", torch.bfloat16, "flash_attention_2", False,
+                                        torch.device("cuda", 0))
+                if o.get("upcast", True):
+                    base = prepare_model_for_kbit_training(
+                        base, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+                else:  # a GPTQ base (Qwen's Q-LoRA): peft leaves the 16-bit weights alone
+                    from emotion_summary.model import enable_checkpointing
+
+                    base.requires_grad_(False)
+                    enable_checkpointing(base)
+                    base.enable_input_require_grads()
+            with tracker.category("lora + optimizer"):
+                model = get_peft_model(base, LoraConfig(r=o.get("lora_r", 32), lora_alpha=o.get("lora_alpha", 32),
+                                                        lora_dropout=0.0, target_modules="all-linear",
+                                                        task_type="CAUSAL_LM"))
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = (torch.optim.AdamW(params, lr=1e-4) if o.get("optimizer") == "adamw"
+                         else bnb.optim.AdamW8bit(params, lr=1e-4))
+            _categorise_optimizer_step(optimizer, tracker)
+            for p in params:
+                p.register_post_accumulate_grad_hook(lambda p: tracker.recategorise(p.grad, "lora + optimizer"))
+            _init_optimizer_state(optimizer, params)
+            model.train()
+            tracker.reset_peak()
+            ids = torch.zeros((len(job.seq_lens), max(job.seq_lens)), dtype=torch.long, device="cuda")
+            tracker.oracle.nonzero_rows = ids.numel()
+            with tracker.category("saved activations"):
+                if o.get("loss", "hf") == "hf":  # transformers' loss: fp32 logits
+                    loss = model(input_ids=ids, labels=ids).loss
+                else:  # Qwen(1)'s own modelling code: cross-entropy on the 16-bit shifted logits
+                    logits = model(input_ids=ids).logits
+                    shift = logits[..., :-1, :].contiguous()
+                    loss = torch.nn.functional.cross_entropy(shift.view(-1, shift.shape[-1]),
+                                                             ids[..., 1:].contiguous().view(-1))
+                    del logits, shift
+            with tracker.category("recomputed layer"):
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return _result(job, None, card, tracker, started)
+
+
+def _finished_after(steps: int):
+    """generate() asks once per decoding step whether every sequence has finished
+    (`unfinished_sequences.max() == 0`): no sequence stops early, all stop after `steps` tokens."""
+    asked = [0]
+
+    def finished() -> bool:
+        asked[0] += 1
+        return asked[0] >= steps
+    return finished
 
 
 def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
@@ -289,7 +353,7 @@ def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
         "sim_seconds": round(time.time() - started, 1),
         "config": {k: getattr(cfg, k) for k in ("max_seq_len", "batch_size", "offload_activations",
                                                  "mlp_tile_tokens", "embedding_on_cpu", "lm_head_4bit",
-                                                 "lora_r", "lora_dropout", "optimizer")},
+                                                 "lora_r", "lora_dropout", "optimizer")} if cfg else job.overrides,
     }
 
 

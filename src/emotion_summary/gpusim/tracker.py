@@ -21,7 +21,8 @@ from emotion_summary.gpusim.allocator import round_size
 class Oracle:
     """Host reads of fake values, answered as the simulated run would on a GPU: `.item()` or
     `bool()` of a one-element tensor made by op `name` from a tensor made by op `inner` ->
-    `answers["name(inner)"]`, else `answers["name"]` (default: True / 1); the True count of a
+    `answers["name(inner)"]`, else `answers["name"]` (default: True / 1; a callable is called for
+    each read); the True count of a
     boolean mask (nonzero, x[mask]) -> `nonzero_rows`."""
 
     def __init__(self):
@@ -33,11 +34,13 @@ class Oracle:
             name = func.overloadpacket.__name__
             first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
             inner = getattr(first, "_es_made_by", None)
-            out._es_made_by = f"{name}({inner})" if inner else name
+            out._es_made_by = f"{name}({inner.split('(')[0]})" if inner else name
 
     def scalar(self, tensor: torch.Tensor):
         made_by = getattr(tensor, "_es_made_by", "")
         value = self.answers.get(made_by, self.answers.get(made_by.split("(")[0], True))
+        if callable(value):
+            value = value()
         if tensor.dtype == torch.bool:
             return bool(value)
         return float(value) if tensor.dtype.is_floating_point else int(value)
