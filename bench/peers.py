@@ -29,7 +29,16 @@ ours at the same length (LoRA B starts at 0, so it is the base model's loss on t
 LOSS_RTOL (bf16 autocast: BF16_LOSS_RTOL); ours, plain and trl (default) must run; an option that
 fails (activation offloading and Liger need a GPU) is a row with status "failed" and its error.
 
+--device sim runs the same peers on the simulated GPU (emotion_summary.gpusim: fake CUDA, the real
+Qwen2-7B shape, no weights): ours is the simulator's own run of the project's training step (once per
+preset in --ours_presets); plain and TRL run their own code on the model the project's loader would
+build. TRL's device checks are not patched; what the simulator stands in for is listed at _sim_peer,
+_triton_as_noop and _streams_as_synchronous. Memory only (fake tensors carry no values: no loss check,
+no time). Then each peer's longest context per card (find_longest).
+
   python bench/peers.py --seq_lens 4096,8192 --hidden_size 256 --out bench/results/peers_cpu.jsonl
+  python bench/peers.py --device sim --seq_lens 8192,16384,32768 --lora_dropout 0
+      --trl_options activation_offloading,offload_reentrant --triton_site DIR --out bench/results/peers_sim.jsonl
 """
 
 from __future__ import annotations
