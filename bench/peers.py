@@ -1,0 +1,859 @@
+"""Ours against its peers on one QLoRA training step: TRL's SFTTrainer and plain transformers + peft.
+
+Peers (each on the same random-weight model directory, built once, and the same token ids):
+  ours         Qwen2EmotionSummaryModel.for_training(preset) + wrapper.loss (LM head at the answer
+               positions only), as bench/train_step.py's "ours".
+  plain        the textbook peft QLoRA recipe: AutoModelForCausalLM.from_pretrained(4-bit NF4) ->
+               peft.prepare_model_for_kbit_training -> get_peft_model, step = model(input_ids,
+               labels=labels).loss (full logits over the sequence), torch AdamW.
+  trl          trl.SFTTrainer(model=<path>, quantization_config=<the same NF4 config>,
+               peft_config=<the same LoRA>) on a tokenized completion-only dataset (input_ids +
+               completion_mask, completion_only_loss=True): TRL's own completion-only path, default
+               SFTConfig otherwise (loss_type nll, gradient checkpointing on, its default optimizer).
+  trl:OPTION   the same with one of TRL's memory options (TRL_OPTIONS below).
+
+Every (peer, length) runs in a fresh subprocess, so each peak is its own process's (not a reset
+between phases in one process). Batches: random ids below the special tokens, the last
+`answer_tokens` positions supervised (train_step.py's batches, same seed: same ids; each row records
+a hash of its ids and the run checks they agree). One warm-up step, then `steps` timed steps
+(forward + backward + optimizer step; TRL's through trainer.train(), which adds its gradient
+clipping and scheduler step). tokens/s = batch x length / the median timed step.
+
+Memory on the CPU: "step extra" = the peak RSS during the steps (VmHWM reset after the model is
+built) minus the RSS after the model is built. Compute is fp32 on the CPU for every peer (ours
+picks fp32 without a GPU; TRL runs with bf16=False, use_cpu=True; `trl:bf16_autocast` is TRL's
+literal default there, bf16 autocast).
+
+The check (fails the run, exit 1): every row of an NLL peer must compute the same first-step loss as
+ours at the same length (LoRA B starts at 0, so it is the base model's loss on the answer), within
+LOSS_RTOL (bf16 autocast: BF16_LOSS_RTOL); ours, plain and trl (default) must run; an option that
+fails (activation offloading and Liger need a GPU) is a row with status "failed" and its error.
+
+--device sim runs the same peers on the simulated GPU (emotion_summary.gpusim: fake CUDA, the real
+Qwen2-7B shape, no weights): ours is the simulator's own run of the project's training step (once per
+preset in --ours_presets); plain and TRL run their own code on the model the project's loader would
+build. TRL's device checks are not patched; what the simulator stands in for is listed at _sim_peer,
+_triton_as_noop and _streams_as_synchronous. Memory only (fake tensors carry no values: no loss check,
+no time). Then each peer's longest context per card (find_longest).
+
+  python bench/peers.py --seq_lens 4096,8192 --hidden_size 256 --out bench/results/peers_cpu.jsonl
+  python bench/peers.py --device sim --seq_lens 8192,16384,32768 --lora_dropout 0
+      --trl_options activation_offloading,offload_reentrant --triton_site DIR --out bench/results/peers_sim.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import append_rows, gb, host_info, markdown_table, read_status_kb, reset_peak_rss
+
+from emotion_summary.cli import run
+from emotion_summary.cli_args import as_list
+from emotion_summary.errors import UserError
+from emotion_summary.qwen_tokenizer_offline import FIRST_SPECIAL_ID
+
+PEERS = ("ours", "plain", "trl")
+# TRL's memory options: SFTConfig fields set on top of the default config.
+TRL_OPTIONS = {
+    "dft": {"loss_type": "dft"},  # Dynamic Fine-Tuning: another objective (loss not compared)
+    "padding_free": {"padding_free": True},
+    "no_gc": {"gradient_checkpointing": False},
+    "selective_gc": {"gradient_checkpointing_kwargs": {"selective": True}},
+    "reentrant_gc": {"gradient_checkpointing_kwargs": {"use_reentrant": True}},
+    "activation_offloading": {"activation_offloading": True},
+    # Non-reentrant checkpointing keeps each layer's input by reference, out of reach of TRL's
+    # saved-tensor hooks; the reentrant variant saves it through them, so offloading can move it.
+    "offload_reentrant": {"activation_offloading": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}},
+    "liger": {"use_liger_kernel": True},
+    "bf16_autocast": {"bf16": True},  # CPU only: what SFTConfig's default bf16=True does there
+}
+REQUIRED = ("ours", "plain", "trl")  # must run; an option may be unsupported on this machine
+NOT_NLL = {"trl:dft"}  # a different objective: its loss is not compared
+LOSS_RTOL = 1e-5
+BF16_LOSS_RTOL = 2e-2
+
+
+class CheckFailed(UserError):
+    """The peers disagree (first-step loss, token ids) or a required peer did not run."""
+
+
+# ---- the parent: plan, spawn, check, report --------------------------------------------------------
+def peers(
+    seq_lens: str = "4096,8192",
+    peers: str = "ours,plain,trl",
+    trl_options: str = "all",
+    preset: str = "cpu-smoke",
+    hidden_size: int | None = 256,
+    intermediate_size: int | None = None,
+    num_hidden_layers: int | None = None,
+    steps: int = 2,
+    answer_tokens: int = 200,
+    out: str | None = None,
+    seed: int = 0,
+    timeout_s: int = 3600,
+    device: str = "cpu",
+    ours_presets: str = "8gb,12gb,24gb",
+    cards_gb: str = "8,12,24",
+    layers: int | None = None,
+    triton_site: str | None = None,
+    lora_dropout: float | None = None,
+    reuse_rows: str | None = None,
+    longest: bool = True,
+) -> None:
+    """One QLoRA step of ours, plain transformers + peft and TRL's SFTTrainer, measured on the CPU
+    (--device cpu) or simulated on fake CUDA for the real Qwen2-7B shape (--device sim).
+
+    Args:
+        seq_lens: comma-separated tokens per sequence.
+        peers: comma-separated from ours, plain, trl (none: only the --trl_options rows).
+        trl_options: comma-separated TRL memory options run as extra rows (trl:OPTION), "all" or "none".
+        preset: ours' preset (its memory levers; on the CPU only mlp_tile_tokens and lm_head_4bit act).
+        hidden_size: widen the tiny Qwen2 (2 layers, real 152,064 vocabulary) to this hidden size.
+        intermediate_size: the MLP width (default: 2.75 x hidden).
+        num_hidden_layers: override the number of layers.
+        steps: timed steps after one warm-up step.
+        answer_tokens: supervised positions at the end of the sequence.
+        out: append the JSON rows to this file.
+        seed: seed of the token ids.
+        timeout_s: wall-clock limit per subprocess.
+        device: cpu (measured, tiny model) or sim (simulated GPU, Qwen2-7B shape; emotion_summary.gpusim).
+        ours_presets: sim: ours runs once per preset (each card's longest context uses its own preset).
+        cards_gb: sim: card sizes (GiB, as the presets count them) for each peer's longest context.
+        layers: sim: cut the 7B shape to this many layers (a quick look; default: all 28).
+        triton_site: sim: a directory holding triton (pip install --target DIR triton==3.6.0), put on
+            the workers' path so TRL sees what a Linux GPU machine has (its compact LM-head branch).
+        lora_dropout: sim: override the LoRA dropout of every peer (default: the preset's).
+        reuse_rows: sim: a JSONL file of earlier rows: a fixed-length row of the same peer, length,
+            depth and overrides is taken from it instead of simulated again.
+        longest: sim: search each peer's longest context per card (not for --trl_options rows).
+    """
+    from train_step import ensure_model_dir
+
+    if device not in ("cpu", "sim"):
+        raise UserError(f"--device: cpu or sim, got {device!r}")
+
+    chosen = [] if peers == "none" else as_list(peers, "peers")  # none: only --trl_options rows
+    if any(p not in PEERS for p in chosen):
+        raise UserError(f"--peers: comma-separated from {', '.join(PEERS)} (or none), got {peers!r}")
+    # The default "all" goes with the trl peer; named options run with any peers.
+    options = _options(trl_options) if "trl" in chosen or not chosen or trl_options != "all" else []
+    if not chosen and not options:
+        raise UserError("--peers none needs --trl_options")
+    lengths = as_list(seq_lens, "seq_lens", item=int)
+    if not lengths or min(lengths) <= 2 * answer_tokens or answer_tokens <= 0:
+        raise UserError(f"--seq_lens: integers above 2 x --answer_tokens ({answer_tokens}), got {seq_lens!r}")
+    if device == "sim":
+        return run_sim(lengths, chosen, options, as_list(ours_presets, "ours_presets"),
+                       as_list(cards_gb, "cards_gb", item=float), answer_tokens, layers, triton_site, out,
+                       timeout_s, {} if lora_dropout is None else {"lora_dropout": lora_dropout}, reuse_rows,
+                       longest)
+    overrides = {k: v for k, v in {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
+                                   "num_hidden_layers": num_hidden_layers}.items() if v}
+    if hidden_size and not intermediate_size:
+        overrides["intermediate_size"] = int(hidden_size * 2.75)
+    model_path = ensure_model_dir("tiny", overrides, timeout_s)  # the one model build
+    if model_path == "tiny":  # the project's own tiny model: a directory the peers can load too
+        from emotion_summary.architectures import build_tiny_qwen2
+
+        model_path = str(build_tiny_qwen2())
+    host = host_info()
+    base = {"bench": "peers", "device": "cpu", "arch": "tiny", "arch_overrides": overrides, "preset": preset,
+            "model_name_or_path": model_path, "steps": steps, "batch_size": 1, "answer_tokens": answer_tokens,
+            "seed": seed}
+    variants = chosen + [f"trl:{o}" for o in options]
+    rows = []
+    for seq_len in lengths:
+        for variant in variants:
+            row = {**host, **base, "variant": variant, "seq_len": seq_len}
+            row.update(_spawn({**base, "variant": variant, "seq_len": seq_len}, timeout_s))
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+            append_rows(out, [row])  # as it comes: a long run keeps what it measured
+            rows.append(row)
+    problems = check(rows)
+    print(report(rows))
+    if problems:
+        raise CheckFailed("peers check failed:\n" + "\n".join(f"- {p}" for p in problems))
+    print("check passed: the same token ids and first-step loss in every NLL row")
+
+
+def _options(value: str) -> list[str]:
+    if value == "all":
+        return list(TRL_OPTIONS)
+    if value in ("none", ""):
+        return []
+    names = as_list(value, "trl_options")
+    bad = [n for n in names if n not in TRL_OPTIONS]
+    if bad:
+        raise UserError(f"--trl_options: from {', '.join(TRL_OPTIONS)} (or all, none), got {', '.join(bad)}")
+    return names
+
+
+def check(rows: list[dict]) -> list[str]:
+    """What is wrong with a set of rows (empty: the check passes)."""
+    problems = []
+    for seq_len in sorted({r["seq_len"] for r in rows}):
+        at = {r["variant"]: r for r in rows if r["seq_len"] == seq_len}
+        for name in REQUIRED:
+            if name in at and at[name]["status"] != "ok":
+                problems.append(f"{name} at {seq_len}: {at[name]['status']}: {at[name].get('error')}")
+        hashes = {r["ids_sha1"] for r in at.values() if r.get("ids_sha1")}
+        if len(hashes) > 1:
+            problems.append(f"{seq_len}: the peers saw different token ids")
+        ref = at.get("ours")
+        if not ref or ref.get("loss_first") is None:
+            continue
+        for name, r in at.items():
+            if name == "ours" or name in NOT_NLL or r["status"] != "ok":
+                continue
+            rtol = BF16_LOSS_RTOL if r.get("autocast_bf16") else LOSS_RTOL
+            got = r.get("loss_first")
+            if got is None or not math.isclose(got, ref["loss_first"], rel_tol=rtol):
+                problems.append(f"{name} at {seq_len}: first-step loss {got} != ours {ref['loss_first']} "
+                                f"(rtol {rtol})")
+    return problems
+
+
+def report(rows: list[dict]) -> str:
+    header = ["peer", "seq_len", "status", "after load GB", "step peak GB", "step extra GB", "tokens/s",
+              "first-step loss", "extra vs ours"]
+    ours = {r["seq_len"]: r for r in rows if r["variant"] == "ours" and r["status"] == "ok"}
+    table = []
+    for r in rows:
+        ref = ours.get(r["seq_len"])
+        ratio = (f"{r['step_extra_bytes'] / ref['step_extra_bytes']:.2f}x"
+                 if ref and r.get("step_extra_bytes") and r is not ref else None)
+        table.append([r["variant"], r["seq_len"], r["status"], gb(r.get("rss_after_load_bytes")),
+                      gb(r.get("step_peak_rss_bytes")), gb(r.get("step_extra_bytes")),
+                      None if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:.0f}",
+                      None if r.get("loss_first") is None else f"{r['loss_first']:.6f}", ratio])
+    return markdown_table(header, table)
+
+
+def run_sim(lengths, chosen, options, presets, cards, answer_tokens, layers, triton_site, out, timeout_s, overrides,
+            reuse_rows=None, search=True):
+    """Every peer at every length on the simulated GPU, then each peer's longest context per card:
+    the need line through those rows (linear in the length), checked by simulating the length it
+    predicts (must fit) and 512 tokens more (must not)."""
+    import os
+    from dataclasses import asdict
+
+    from emotion_summary.gpusim import native
+    from emotion_summary.gpusim.cards import CARDS, GiB, PRESET_CARDS, card_of_size
+
+    native.ensure_built()
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, triton_site, env.get("PYTHONPATH")) if p)
+    host = host_info()
+    base = {"bench": "peers", "device": "sim", "arch": "qwen2-7b", "layers": layers, "batch_size": 1,
+            "answer_tokens": answer_tokens, "card": asdict(CARDS["rtx4090"]), "triton_site": triton_site,
+            "overrides": overrides, "code_commit": _commit()}
+    lines = [f"ours@{p}" for p in presets if "ours" in chosen] + [v for v in chosen if v != "ours"] \
+        + [f"trl:{o}" for o in options]
+
+    def simulate(line: str, seq_len: int, card=None, kind="length") -> dict:
+        variant, _, preset = line.partition("@")
+        spec = {**base, "variant": variant, "preset": preset or "12gb", "seq_len": seq_len}
+        if card:
+            spec["card"] = asdict(card)
+        row = {**host, **spec, "line": line, "row_kind": kind, **_spawn(spec, timeout_s, env)}
+        row.pop("traceback", None)
+        print(json.dumps({k: row.get(k) for k in ("line", "seq_len", "status", "estimated_need_gb", "fits",
+                                                   "card", "error")}), flush=True)
+        append_rows(out, [row])
+        return row
+
+    earlier = {}
+    for r in (json.loads(x) for x in Path(reuse_rows).read_text().splitlines() if x.strip()) if reuse_rows else ():
+        if r.get("row_kind") == "length" and r.get("status") == "ok" and r.get("layers") == layers \
+                and (r.get("overrides") or {}) == overrides:
+            earlier[(r["line"], r["seq_len"])] = r
+    rows = [earlier.get((line, n)) or simulate(line, n) for n in lengths for line in lines]
+    longest = []
+    for gib in cards if search else ():
+        for line in lines:
+            if ":" in line:  # TRL options: fixed lengths only (each costs a simulation per probe)
+                continue
+            if line.startswith("ours@") and PRESET_CARDS.get(line[5:]) and \
+                    CARDS[PRESET_CARDS[line[5:]]].total_bytes != int(gib * GiB):
+                continue  # ours on a card: that card's preset
+            like = CARDS[PRESET_CARDS.get(line[5:], "rtx4090")] if line.startswith("ours@") else CARDS["rtx4090"]
+            card = card_of_size(gib, like)
+            longest.append(find_longest(line, [r for r in rows if r["line"] == line and r["status"] == "ok"],
+                                        card, lambda n, c=card, l=line: simulate(l, n, c, "probe")))
+    for row in longest:
+        append_rows(out, [{**host, **base, **row, "row_kind": "longest"}])
+    print(report_sim(rows, longest))
+    problems = [f"{r['line']} at {r['seq_len']}: {r['status']}: {r.get('error')}" for r in rows
+                if r["status"] != "ok" and r["line"].split(":")[0].split("@")[0] in REQUIRED and ":" not in r["line"]]
+    if problems:
+        raise CheckFailed("simulated peers failed:\n" + "\n".join(f"- {p}" for p in problems))
+
+
+def _commit() -> str | None:
+    """The commit of the code that ran (plus '+dirty' for uncommitted changes), for the record."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src", "bench"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def find_longest(line: str, rows: list[dict], card, simulate, step: int = 512, limit: int = 32768,
+                 check_next: bool = True) -> dict:
+    """The longest multiple of `step` (up to Qwen2's 32,768 positions) whose simulated need fits
+    `card`: the need curve through `rows` (need_curve) gives a guess, a simulation at the guess
+    confirms it (walking down by `step` while it does not fit), and with `check_next` one at
+    guess + step must not fit (walking up while it does). Rows already simulated count as probes."""
+    out = {"line": line, "card": card.name, "vram_gib": card.total_bytes / 2**30, "max_seq_len": None}
+    if len(rows) < 2:
+        return {**out, "status": "no rows"}
+    coef = need_curve([r["seq_len"] for r in rows], [r["estimated_need_gb"] * 1e9 for r in rows])
+    guess = _solve(coef, card.total_bytes) // step * step
+    probes = {r["seq_len"]: r["estimated_need_gb"] * 1e9 <= card.total_bytes for r in rows}
+
+    def fits(k):
+        if k not in probes:
+            r = simulate(k)
+            probes[k] = r["status"] == "ok" and r["estimated_need_gb"] * 1e9 <= card.total_bytes
+        return probes[k]
+
+    n = max(step, min(guess, limit))
+    while n > step and not fits(n):  # the line overshot: walk down
+        n -= step
+    if not fits(n):
+        n = 0
+    elif check_next or guess > limit:
+        while n + step <= limit and fits(n + step):  # undershot: walk up
+            n += step
+    return {**out, "status": "ok", "max_seq_len": n, "at_limit": n == limit, "curve_guess": guess,
+            "need_gb_curve": [c / 1e9 for c in coef], "next_checked": check_next or n == limit,
+            "probes": sorted(probes.items())}
+
+
+def need_curve(xs: list[int], ys: list[float]) -> list[float]:
+    """need(L) = a + b L + c L^2 through the rows (least squares; c = 0 with two rows). The need is
+    linear in L for every kernel that streams attention; a peer whose attention falls back to the
+    math path (an L x L matrix per head) grows with L^2."""
+    import numpy as np
+
+    degree = min(2, len(set(xs)) - 1)
+    return [float(c) for c in np.polyfit(np.array(xs, float), np.array(ys, float), degree)[::-1]] + [0.0] * (2 - degree)
+
+
+def _solve(coef: list[float], total: float) -> int:
+    """The largest L >= 0 before a + b L + c L^2 first exceeds `total` (0 if it already does at 0)."""
+    a, b, c = coef
+    if a > total:
+        return 0
+    if abs(c) * 1e12 < abs(b) or c == 0:
+        return int((total - a) / b) if b > 0 else 10**9
+    disc = b * b - 4 * c * (a - total)  # > 0 for c > 0 since a < total
+    if disc < 0:  # concave and never reaching `total`
+        return 10**9
+    roots = sorted((-b + sign * math.sqrt(disc)) / (2 * c) for sign in (1, -1))
+    return int(next(r for r in roots if r >= 0))
+
+
+def _commit() -> str | None:
+    """The commit of the code that ran (plus '+dirty' for uncommitted changes), for the record."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src", "bench"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def find_longest(line: str, rows: list[dict], card, simulate, step: int = 512, limit: int = 32768,
+                 check_next: bool = True) -> dict:
+    """The longest multiple of `step` (up to Qwen2's 32,768 positions) whose simulated need fits
+    `card`: the need curve through `rows` (need_curve) gives a guess, a simulation at the guess
+    confirms it (walking down by `step` while it does not fit), and with `check_next` one at
+    guess + step must not fit (walking up while it does). Rows already simulated count as probes."""
+    out = {"line": line, "card": card.name, "vram_gib": card.total_bytes / 2**30, "max_seq_len": None}
+    if len(rows) < 2:
+        return {**out, "status": "no rows"}
+    coef = need_curve([r["seq_len"] for r in rows], [r["estimated_need_gb"] * 1e9 for r in rows])
+    guess = _solve(coef, card.total_bytes) // step * step
+    probes = {r["seq_len"]: r["estimated_need_gb"] * 1e9 <= card.total_bytes for r in rows}
+
+    def fits(k):
+        if k not in probes:
+            r = simulate(k)
+            probes[k] = r["status"] == "ok" and r["estimated_need_gb"] * 1e9 <= card.total_bytes
+        return probes[k]
+
+    n = max(step, min(guess, limit))
+    while n > step and not fits(n):  # the line overshot: walk down
+        n -= step
+    if not fits(n):
+        n = 0
+    elif check_next or guess > limit:
+        while n + step <= limit and fits(n + step):  # undershot: walk up
+            n += step
+    return {**out, "status": "ok", "max_seq_len": n, "at_limit": n == limit, "curve_guess": guess,
+            "need_gb_curve": [c / 1e9 for c in coef], "next_checked": check_next or n == limit,
+            "probes": sorted(probes.items())}
+
+
+def need_curve(xs: list[int], ys: list[float]) -> list[float]:
+    """need(L) = a + b L + c L^2 through the rows (least squares; c = 0 with two rows). The need is
+    linear in L for every kernel that streams attention; a peer whose attention falls back to the
+    math path (an L x L matrix per head) grows with L^2."""
+    import numpy as np
+
+    degree = min(2, len(set(xs)) - 1)
+    return [float(c) for c in np.polyfit(np.array(xs, float), np.array(ys, float), degree)[::-1]] + [0.0] * (2 - degree)
+
+
+def _solve(coef: list[float], total: float) -> int:
+    """The largest L >= 0 with a + b L + c L^2 <= total (0 if none)."""
+    a, b, c = coef
+    if abs(c) < 1e-12 * max(abs(b), 1):
+        return max(0, int((total - a) / b)) if b > 0 else 10**9
+    disc = b * b - 4 * c * (a - total)
+    if disc < 0:
+        return 0
+    roots = [(-b + sign * math.sqrt(disc)) / (2 * c) for sign in (1, -1)]
+    return max(0, int(max(r for r in roots if c > 0 or r >= 0)) if c > 0 else int(min(roots)))
+
+
+def report_sim(rows: list[dict], longest: list[dict]) -> str:
+    header = ["peer", "seq_len", "status", "weights GB", "peak allocated GB", "estimated need GB",
+              "need vs trl"]
+    trl = {r["seq_len"]: r for r in rows if r["line"] == "trl" and r["status"] == "ok"}
+    table = []
+    for r in rows:
+        ref = trl.get(r["seq_len"])
+        ok = r["status"] == "ok"
+        table.append([r["line"], r["seq_len"], r["status"], f"{r['weights_gb']:.2f}" if ok else None,
+                      f"{r['peak_allocated_gb']:.2f}" if ok else None,
+                      f"{r['estimated_need_gb']:.2f}" if ok else None,
+                      f"{r['estimated_need_gb'] / ref['estimated_need_gb']:.2f}x" if ok and ref else None])
+    lines = [f"- {r['line']} on {r['vram_gib']:g} GiB: longest {r['max_seq_len']}"
+             + (" (Qwen2's 32,768 positions)" if r.get("at_limit") else "") for r in longest]
+    return markdown_table(header, table) + "\n\n" + "\n".join(lines)
+
+
+def _spawn(spec: dict, timeout_s: int, env: dict | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
+        spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_file.write_text(json.dumps({**spec, "workdir": tmp}))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file), str(result_file)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+            rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
+        except subprocess.TimeoutExpired as e:
+            rc, tail = "timeout", str(e)
+        if result_file.is_file():
+            return json.loads(result_file.read_text())
+    return {"status": "crashed", "error": f"exit {rc}: {tail[-1500:]}"}
+
+
+# ---- the subprocess: one peer at one length -------------------------------------------------------
+def make_batch(spec: dict) -> dict:
+    """train_step.py's synthetic batch: the same ids for the same seed and length."""
+    import torch
+
+    from emotion_summary.loss import IGNORE_INDEX
+
+    seq_len = spec["seq_len"]
+    g = torch.Generator().manual_seed(spec["seed"] + seq_len)
+    ids = torch.randint(0, FIRST_SPECIAL_ID, (spec["batch_size"], seq_len), generator=g)
+    labels = ids.clone()
+    labels[:, : seq_len - spec["answer_tokens"]] = IGNORE_INDEX
+    return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+
+
+def ids_sha1(batch: dict) -> str:
+    h = hashlib.sha1(batch["input_ids"].numpy().tobytes())
+    h.update(batch["labels"].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def project_config(spec: dict):
+    from emotion_summary.config import resolve_config
+
+    return resolve_config(spec["preset"], model_name_or_path=spec["model_name_or_path"],
+                          batch_size=spec["batch_size"], max_seq_len=spec["seq_len"], seed=spec["seed"])
+
+
+def build_ours(spec: dict, cfg):
+    """(step function, optimizer, info): the project's model and answer-only loss."""
+    from emotion_summary.model import Qwen2EmotionSummaryModel
+    from emotion_summary.train import make_optimizer
+
+    wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
+    wrapper.model.train()
+    params = [p for p in wrapper.model.parameters() if p.requires_grad]
+    return wrapper.loss, make_optimizer(cfg, params), {"optimizer": "make_optimizer (preset)"}
+
+
+def build_plain(spec: dict, cfg):
+    """The textbook peft QLoRA recipe with the project's NF4 and LoRA settings."""
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    from emotion_summary.model import attn_implementation, compute_dtype, device, lora_config, quantization_config
+
+    dtype = compute_dtype(cfg.compute_dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model_name_or_path, dtype=dtype, quantization_config=quantization_config("nf4", dtype),
+        attn_implementation=attn_implementation(cfg.attn_implementation),
+        device_map={"": 0} if torch.cuda.is_available() else "cpu")
+    model = prepare_model_for_kbit_training(model)  # upcasts 16-bit weights to fp32, checkpointing on
+    model = get_peft_model(model, lora_config(cfg))
+    model.train()
+    dev = device()
+
+    def step_loss(batch):
+        return model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
+                     labels=batch["labels"].to(dev)).loss
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return step_loss, torch.optim.AdamW(params, lr=cfg.learning_rate), {"optimizer": "torch AdamW"}
+
+
+def measure_steps(step_loss, optimizer, batch: dict, steps: int) -> dict:
+    """Warm-up + timed steps: forward, backward, optimizer step."""
+    losses, times = [], []
+    for i in range(1 + steps):
+        t0 = time.perf_counter()
+        loss = step_loss(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if i:
+            times.append(time.perf_counter() - t0)
+    return {"losses": losses, "step_times_s": times}
+
+
+def run_trl(spec: dict, cfg, batch: dict, option: str | None) -> tuple[dict, dict]:
+    """trainer.train() for 1 + steps optimizer steps on a one-row tokenized completion-only dataset."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from emotion_summary.model import attn_implementation, compute_dtype, lora_config, quantization_config
+
+    cuda = torch.cuda.is_available()
+    dtype = compute_dtype(cfg.compute_dtype)
+    extra = dict(TRL_OPTIONS.get(option or "", {}))
+    args = SFTConfig(
+        output_dir=str(Path(spec["workdir"]) / "trl"), max_steps=1 + spec["steps"],
+        per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
+        completion_only_loss=True, max_length=None, learning_rate=cfg.learning_rate, seed=spec["seed"],
+        logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        **{"use_cpu": not cuda, "bf16": cuda, **extra},
+        model_init_kwargs={"dtype": dtype, "attn_implementation": attn_implementation(cfg.attn_implementation)})
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    dataset = Dataset.from_list([{"input_ids": ids, "completion_mask": [int(t != -100) for t in labels]}])
+    losses: list[float] = []
+    times: list[float] = []
+
+    class Measured(SFTTrainer):
+        def compute_loss(self, *a, **k):
+            loss = super().compute_loss(*a, **k)
+            losses.append(float(loss.detach().float().item()))
+            return loss
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    trainer = Measured(model=cfg.model_name_or_path, args=args, train_dataset=dataset,
+                       processing_class=AutoTokenizer.from_pretrained(cfg.model_name_or_path),
+                       quantization_config=quantization_config("nf4", dtype), peft_config=lora_config(cfg),
+                       callbacks=[Clock()])
+    seen = trainer.train_dataset[0]
+    if seen["input_ids"] != ids or seen["labels"] != labels:
+        raise RuntimeError("TRL's prepared dataset differs from the batch (ids or labels)")
+    info = {"optimizer": str(args.optim), "trl_args": {k: getattr(args, k) for k in
+            ("loss_type", "padding_free", "gradient_checkpointing", "gradient_checkpointing_kwargs",
+             "activation_offloading", "use_liger_kernel", "bf16", "completion_only_loss")},
+            "autocast_bf16": bool(args.bf16)}
+
+    def train():
+        trainer.train()
+        return {"losses": losses, "step_times_s": times[1:]}
+
+    return train, info
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    variant = spec["variant"]
+    peer, _, option = variant.partition(":")
+    cfg = project_config(spec)
+    torch.manual_seed(spec["seed"])
+    batch = make_batch(spec)
+    row: dict = {"status": "ok", "error": None, "ids_sha1": ids_sha1(batch)}
+    try:
+        if peer == "trl":
+            train, info = run_trl(spec, cfg, batch, option or None)
+        else:
+            step_loss, optimizer, info = (build_ours if peer == "ours" else build_plain)(spec, cfg)
+
+            def train():
+                return measure_steps(step_loss, optimizer, batch, spec["steps"])
+        row.update(info)
+        row["rss_after_load_bytes"] = read_status_kb("VmRSS")
+        row["peak_rss_reset"] = reset_peak_rss()
+        result = train()
+    except Exception as e:  # reported in the row; the parent's check decides whether it fails the run
+        if option and option in TRL_OPTIONS:
+            return {**row, "status": "failed", "error": f"{type(e).__name__}: {str(e)[:400]}"}
+        raise
+    row["step_peak_rss_bytes"] = read_status_kb("VmHWM")
+    row["step_extra_bytes"] = row["step_peak_rss_bytes"] - row["rss_after_load_bytes"]
+    losses, times = result["losses"], result["step_times_s"]
+    row["losses"] = losses
+    row["loss_first"] = losses[0] if losses and math.isfinite(losses[0]) else None
+    if times:
+        row["step_times_s"] = [round(t, 4) for t in times]
+        row["step_s"] = statistics.median(times)
+        row["tokens_per_s"] = spec["batch_size"] * spec["seq_len"] / row["step_s"]
+    return row
+
+
+# ---- simulated GPU (emotion_summary.gpusim): fake CUDA, the real Qwen2-7B shape -----------------
+SIM_STEPS = 2  # the first creates the optimizer state, the second is a steady step; peak over both
+
+
+def sim_worker(spec: dict) -> dict:
+    """One peer's training step on the simulated card; runs in a fresh process (the fake-CUDA
+    library is loaded before torch). ours: the simulator's own run of the project's Trainer step."""
+    from emotion_summary.gpusim import native
+
+    native.preload()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import bitsandbytes  # noqa: F401  before torch.cuda is patched (it would load its CUDA backend)
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    from emotion_summary.gpusim.session import Job, run_job
+
+    job = Job(kind="train", preset=spec["preset"], seq_lens=[spec["seq_len"]], card=spec["card"],
+              arch=spec["arch"], layers=spec.get("layers"), overrides=spec.get("overrides") or {},
+              answer_tokens=spec["answer_tokens"])
+    peer, _, option = spec["variant"].partition(":")
+    try:
+        if peer == "ours":
+            return {"status": "ok", **run_job(job)}
+        return {"status": "ok", **_sim_peer(job, spec, peer, option or None)}
+    except Exception as e:  # an option the simulator cannot run is a row; the parent decides the rest
+        if not option:
+            raise
+        return {"status": "failed", "error": f"{type(e).__name__}: {str(e)[:400]}"}
+
+
+def _sim_peer(job, spec: dict, peer: str, option: str | None) -> dict:
+    """plain or trl on the simulator: the same fake NF4 model the project's loader would build,
+    then the peer's own code (peft's kbit preparation / TRL's SFTTrainer.train) on fake CUDA."""
+    import time as _time
+
+    import torch
+
+    from emotion_summary import model as project
+    from emotion_summary.gpusim.build import build_base_model
+    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
+    from emotion_summary.gpusim.session import _card, _common_patches, _config, _result, _session
+
+    card, cfg = _card(job), _config(job)
+    n = spec["seq_len"]
+    started = _time.time()
+    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, n):
+        tracker = gpu.tracker
+        tracker.oracle.answers.update({"all": True, "eq(sum)": True, "isfinite": True})
+        tracker.oracle.nonzero_rows = min(job.answer_tokens, n - 1)
+        streams = _streams_as_synchronous() if option in ("activation_offloading", "offload_reentrant") else []
+        with patch_all(_common_patches(job, tracker) + _triton_as_noop() + streams):
+            dtype = project.compute_dtype(cfg.compute_dtype)
+            with tracker.category("weights"):
+                base = build_base_model(job.arch, job.layers, "nf4", dtype,
+                                        project.attn_implementation(cfg.attn_implementation), False,
+                                        project.device())
+            _as_from_pretrained(base)
+            weights_bytes = tracker.now
+            info = (_sim_plain if peer == "plain" else _sim_trl)(base, cfg, spec, tracker, dtype, option)
+        result = _result(job, cfg, card, tracker, started)
+    result.update(weights_gb=weights_bytes / 1e9, **info)
+    return result
+
+
+def _as_from_pretrained(model) -> None:
+    """The attributes from_pretrained's bitsandbytes quantizer leaves on a 4-bit model (the simulator
+    builds it from the config): Trainer reads them to leave a 4-bit model where it was loaded."""
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    qcfg = model.config.quantization_config
+    model.hf_quantizer = AutoHfQuantizer.from_config(qcfg, pre_quantized=False)
+    model.is_quantized = True
+    model.quantization_method = qcfg.quant_method
+    model.hf_device_map = {"": 0}
+
+
+def _sim_batch(n: int, answer: int, device) -> dict:
+    import torch
+
+    ids = torch.zeros((1, n), dtype=torch.long, device=device)
+    labels = torch.full((1, n), -100, dtype=torch.long, device=device)
+    labels[:, n - answer:] = 0
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def _sim_plain(base, cfg, spec, tracker, dtype, option) -> dict:
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from emotion_summary.model import device, lora_config
+
+    with tracker.category("weights"):
+        model = prepare_model_for_kbit_training(base)  # fp32 copies of every 16-bit weight
+    with tracker.category("lora + optimizer"):
+        model = get_peft_model(model, lora_config(cfg))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
+    batch = _sim_batch(spec["seq_len"], spec["answer_tokens"], device())
+    tracker.reset_peak()
+    for _ in range(SIM_STEPS):
+        with tracker.category("saved activations"):
+            loss = model(**batch).loss
+        with tracker.category("recomputed layer"):
+            loss.backward()
+        with tracker.category("lora + optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {"optimizer": "torch AdamW", "lora_dtype": str(params[0].dtype),
+            "lm_head_dtype": str(model.get_base_model().lm_head.weight.dtype)}
+
+
+def _sim_trl(base, cfg, spec, tracker, dtype, option) -> dict:
+    """SFTTrainer.train() for SIM_STEPS steps on the fake model: TRL's own device checks see CUDA."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+    from trl.kernels.chunked_logprob import _use_triton
+
+    from emotion_summary.architectures import build_tiny_qwen2
+    from emotion_summary.model import lora_config
+
+    n, answer = spec["seq_len"], spec["answer_tokens"]
+    args = SFTConfig(output_dir=str(Path(spec["workdir"]) / "trl"), max_steps=SIM_STEPS,
+                     per_device_train_batch_size=1, completion_only_loss=True, max_length=None,
+                     learning_rate=cfg.learning_rate, logging_steps=1, save_strategy="no", report_to=[],
+                     disable_tqdm=True, dataloader_num_workers=0,
+                     dataloader_pin_memory=False,  # host memory only; pinning needs a real driver
+                     **TRL_OPTIONS.get(option or "", {}))
+    row = {"input_ids": [0] * n, "completion_mask": [0] * (n - answer) + [1] * answer}
+    # Two equal rows: the sampler's shuffle reads fake values (the simulator answers 1 for an index).
+    dataset = Dataset.from_list([row, row])
+    tokenizer = AutoTokenizer.from_pretrained(str(build_tiny_qwen2()))  # the real Qwen2 tokenizer
+
+    class Phases(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            tracker.reset_peak()  # after SFTTrainer built the adapter; the optimizer comes in train()
+            tracker.category_name = "saved activations"
+
+        def on_pre_optimizer_step(self, *a, **k):
+            tracker.category_name = "lora + optimizer"
+
+        def on_step_end(self, *a, **k):
+            tracker.category_name = "saved activations"
+
+    with tracker.category("lora + optimizer"):
+        trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=lora_config(cfg), callbacks=[Phases()])
+    trainer.train()
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    return {"optimizer": str(args.optim), "lora_dtype": str(params[0].dtype),
+            "trl_fused_lm_head_compact": _use_triton(next(trainer.model.parameters()).device),
+            "trl_args": {k: getattr(args, k) for k in ("loss_type", "padding_free", "gradient_checkpointing",
+                                                        "gradient_checkpointing_kwargs", "activation_offloading",
+                                                        "bf16", "completion_only_loss")}}
+
+
+class _Stream:
+    """A CUDA stream or event on the simulated card: work runs in program order, so waits are no-ops."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def wait_stream(self, *a):
+        pass
+
+    wait_event = record = synchronize = record_event = wait = wait_stream
+
+    def query(self):
+        return True
+
+
+def _streams_as_synchronous() -> list:
+    """TRL's activation offloading copies on a side stream and syncs it with events; the simulator
+    runs every op in program order, so the copies land when the Python code issues them and a
+    tensor lives as long as TRL's own stashes keep it (the real overlap can only hold it longer)."""
+    import torch
+
+    current = _Stream()
+    return [(torch.cuda, "Stream", _Stream), (torch.cuda, "Event", _Stream),
+            (torch.cuda, "stream", lambda s=None: _Stream()), (torch.cuda, "current_stream", lambda *a: current),
+            (torch.cuda, "default_stream", lambda *a: current),
+            (torch.Tensor, "record_stream", lambda self, stream: None)]
+
+
+def _triton_as_noop() -> list:
+    """Triton kernels cannot run on fake tensors. TRL's log-prob kernels fold a tile that TRL has
+    already allocated into per-row statistics it has also allocated: they allocate nothing, so a
+    launch is simulated as nothing. Without Triton installed there is nothing to patch (and TRL
+    then takes its torch fallback, which scores every position)."""
+    try:
+        from triton.runtime.jit import JITFunction
+    except ImportError:
+        return []
+    return [(JITFunction, "run", lambda self, *a, **k: None)]
+
+
+def _worker_main(spec_file: str, result_file: str) -> None:
+    from emotion_summary.atomic_io import atomic_write_json
+
+    spec = json.loads(Path(spec_file).read_text())
+    atomic_write_json(result_file, sim_worker(spec) if spec.get("device") == "sim" else worker(spec))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:  # internal: one measured subprocess (see _spawn)
+        _worker_main(sys.argv[2], sys.argv[3])
+    else:
+        run(peers)
