@@ -18,8 +18,7 @@ from pathlib import Path
 
 from _common import append_rows, host_info
 
-from emotion_summary.cli import run
-from emotion_summary.cli_args import as_list
+from emotion_summary.cli import comma_list, run
 from emotion_summary.errors import UserError
 
 # name -> (kind, preset, sequence lengths, card, extra job fields)
@@ -50,7 +49,7 @@ def gpu_fixes(rows: str = "train-12gb", label: str = "after", out: str | None = 
         out: append the rows to this JSONL file.
         lora_dropout: override the preset's LoRA dropout.
     """
-    names = as_list(rows, "rows")
+    names = comma_list(rows, "rows")
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise UserError(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")

@@ -55,8 +55,7 @@ from pathlib import Path
 
 from _common import append_rows, gb, host_info, markdown_table, read_status_kb, reset_peak_rss
 
-from emotion_summary.cli import run
-from emotion_summary.cli_args import as_list
+from emotion_summary.cli import comma_list, run
 from emotion_summary.errors import UserError
 from emotion_summary.qwen_tokenizer_offline import FIRST_SPECIAL_ID
 
@@ -140,19 +139,19 @@ def peers(
     if device not in ("cpu", "sim"):
         raise UserError(f"--device: cpu or sim, got {device!r}")
 
-    chosen = [] if peers == "none" else as_list(peers, "peers")  # none: only --trl_options rows
+    chosen = [] if peers == "none" else comma_list(peers, "peers")  # none: only --trl_options rows
     if any(p not in PEERS for p in chosen):
         raise UserError(f"--peers: comma-separated from {', '.join(PEERS)} (or none), got {peers!r}")
     # The default "all" goes with the trl peer; named options run with any peers.
     options = _options(trl_options) if "trl" in chosen or not chosen or trl_options != "all" else []
     if not chosen and not options:
         raise UserError("--peers none needs --trl_options")
-    lengths = as_list(seq_lens, "seq_lens", item=int)
+    lengths = comma_list(seq_lens, "seq_lens", item=int)
     if not lengths or min(lengths) <= 2 * answer_tokens or answer_tokens <= 0:
         raise UserError(f"--seq_lens: integers above 2 x --answer_tokens ({answer_tokens}), got {seq_lens!r}")
     if device == "sim":
-        return run_sim(lengths, chosen, options, as_list(ours_presets, "ours_presets"),
-                       as_list(cards_gb, "cards_gb", item=float), answer_tokens, layers, triton_site, out,
+        return run_sim(lengths, chosen, options, comma_list(ours_presets, "ours_presets"),
+                       comma_list(cards_gb, "cards_gb", item=float), answer_tokens, layers, triton_site, out,
                        timeout_s, {} if lora_dropout is None else {"lora_dropout": lora_dropout}, reuse_rows,
                        longest)
     overrides = {k: v for k, v in {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
@@ -189,7 +188,7 @@ def _options(value: str) -> list[str]:
         return list(TRL_OPTIONS)
     if value in ("none", ""):
         return []
-    names = as_list(value, "trl_options")
+    names = comma_list(value, "trl_options")
     bad = [n for n in names if n not in TRL_OPTIONS]
     if bad:
         raise UserError(f"--trl_options: from {', '.join(TRL_OPTIONS)} (or all, none), got {', '.join(bad)}")
