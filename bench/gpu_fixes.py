@@ -103,52 +103,13 @@ def _run_in_worker(specs: list[dict]) -> list[dict]:
     return results
 
 
-class StopAfter:
-    """The simulated answer to generate's "have all rows finished?" host read: no for `steps` reads,
-    then yes (the fake tensors hold no token values to decide it from)."""
-
-    def __init__(self, steps: int):
-        self.steps, self.reads = steps, 0
-
-    def __bool__(self) -> bool:
-        self.reads += 1
-        return self.reads > self.steps
-
-
 def simulate_generate_plain(job) -> dict:
     """The old wrapper's generate call (`_generate_batch` before the fixes): all prompts of the job in
     one left-padded `model.generate`, no prefill chunks, on the model the old `load` built (embedding
-    on the GPU, adapters as peft casts them)."""
-    import time
+    on the GPU, adapters as peft casts them): the package's simulate_generation."""
+    from emotion_summary.gpusim.session import simulate_generation
 
-    import torch
-    from peft import get_peft_model
-
-    from emotion_summary import model as project
-    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
-    from emotion_summary.gpusim.session import _card, _common_patches, _config, _result, _session
-
-    card, cfg = _card(job), _config(job)
-    started = time.time()
-    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, sum(job.seq_lens)):
-        tracker = gpu.tracker
-        tracker.oracle.answers.update({"all": len(set(job.seq_lens)) == 1, "eq(sum)": True, "isfinite": True,
-                                       "eq(max)": StopAfter(job.max_new_tokens), "max": 1})
-        with patch_all(_common_patches(job, tracker)), torch.no_grad():
-            base, tok = project.load_base_model(cfg.model_name_or_path, cfg.quantization, cfg.compute_dtype,
-                                                cfg.attn_implementation, cfg.lm_head_4bit)
-            with tracker.category("weights"):
-                model = get_peft_model(base, project.lora_config(cfg))
-            model.eval()
-            tracker.reset_peak()
-            width, dev = max(job.seq_lens), project.device()
-            ids = torch.zeros((len(job.seq_lens), width), dtype=torch.long, device=dev)
-            attn = torch.ones((len(job.seq_lens), width), dtype=torch.long, device=dev)
-            with tracker.category("generation"):
-                model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=job.max_new_tokens,
-                               min_new_tokens=job.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                               eos_token_id=[tok.eos_token_id, 151643], use_cache=True)
-        result = _result(job, cfg, card, tracker, started)
+    result = simulate_generation(job)
     result.update(kind="generate_plain", generate_groups=[len(job.seq_lens)])
     return result
 
@@ -164,7 +125,7 @@ def simulate_generate_ids(job) -> dict:
 
     from emotion_summary import model as project
     from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
-    from emotion_summary.gpusim.session import _card, _common_patches, _config, _result, _session
+    from emotion_summary.gpusim.session import _card, _common_patches, _config, _finished_after, _result, _session
     from emotion_summary.prompt import PromptSpec
 
     card, cfg = _card(job), _config(job)
@@ -186,7 +147,7 @@ def simulate_generate_ids(job) -> dict:
             def counted(prompts, *args):  # _generate_group without reading the fake ids back
                 groups.append(len(prompts))
                 tracker.oracle.answers["all"] = len({len(p) for p in prompts}) == 1
-                tracker.oracle.answers["eq(max)"] = StopAfter(job.max_new_tokens)
+                tracker.oracle.answers["eq(max)"] = _finished_after(job.max_new_tokens)
                 wrapper._generate_tensor(prompts, *args)
                 return [[] for _ in prompts]
 

@@ -22,7 +22,7 @@ Public API (all in emotion_summary.gpusim.api unless noted; importing this packa
   planner.plan_memory(preset="12gb", seq_len=None, batch_size=1, seq_lens=None, vram_gb=None, card=None,
       arch="qwen2-7b", find_max=False, generate=False, max_new_tokens=512, flash_attn=False,
       yarn=False, lora_dropout=None, layers=None, json=None) -> None   the CLI of scripts/plan_memory.py;
-      planner.plan(same arguments, json_out=...) -> dict does the work and returns the result.
+      planner.plan(same options as keywords, json= or json_out=) -> dict does the work and returns the result.
   planner.find_max_seq_len(preset, card, arch="qwen2-7b", batch_size=1, layers=None, overrides=None,
       flash_attn=False, yarn=False, lo=1024, step=512) -> (longest length, its result)
   planner.longest_fitting(fits, lo, limit, step) -> int   the bisection alone (fits: n -> bool)

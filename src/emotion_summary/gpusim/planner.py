@@ -3,7 +3,9 @@ the verdict; `find_max` bisects the longest length that fits. Light until a simu
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from types import SimpleNamespace
 
 from emotion_summary.errors import ConfigError
 from emotion_summary.gpusim.archs import PLANNER_ARCHS, position_limit
@@ -170,60 +172,51 @@ def plan_memory(
         layers: simulate only this many layers (quick looks; the real depth by default).
         json: also write the result as JSON to this file.
     """
-    plan(preset, seq_len, batch_size, seq_lens, vram_gb, card, arch, find_max, generate, max_new_tokens,
-         flash_attn, yarn, lora_dropout, layers, json)
+    plan(**locals())
 
 
-def plan(
-    preset: str = "12gb",
-    seq_len: int | None = None,
-    batch_size: int = 1,
-    seq_lens: str | None = None,
-    vram_gb: float | None = None,
-    card: str | None = None,
-    arch: str = "qwen2-7b",
-    find_max: bool = False,
-    generate: bool = False,
-    max_new_tokens: int = 512,
-    flash_attn: bool = False,
-    yarn: bool = False,
-    lora_dropout: float | None = None,
-    layers: int | None = None,
-    json_out: str | None = None,
-) -> dict:
-    """plan_memory's work; returns the result dict (see gpusim.__init__)."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--batch_size: a positive integer, got {batch_size!r}")
-    lengths = _as_lengths(seq_len, seq_lens)
+def plan(**options) -> dict:
+    """plan_memory's work on its options (as keywords; json_out= names the JSON file too); returns the
+    result dict (see gpusim.__init__)."""
+    if "json_out" in options:
+        options["json"] = options.pop("json_out")
+    bound = inspect.signature(plan_memory).bind(**options)
+    bound.apply_defaults()
+    o = SimpleNamespace(**bound.arguments)
+    if not isinstance(o.batch_size, int) or o.batch_size < 1:
+        raise ConfigError(f"--batch_size: a positive integer, got {o.batch_size!r}")
+    lengths = _as_lengths(o.seq_len, o.seq_lens)
     if lengths is None:
-        n = seq_len if seq_len is not None else _preset_max_seq_len(preset)
+        n = o.seq_len if o.seq_len is not None else _preset_max_seq_len(o.preset)
         if not isinstance(n, int):
             raise ConfigError(f"--seq_len: a whole number of tokens, got {n!r}")
-        lengths = [n] * batch_size
-    check_request(preset, arch, [] if find_max else lengths, yarn)
+        lengths = [n] * o.batch_size
+    check_request(o.preset, o.arch, [] if o.find_max else lengths, o.yarn)
     from emotion_summary.gpusim.api import resolve_card, simulate_generation, simulate_training
 
-    chosen = resolve_card(card, vram_gb, preset)
-    overrides = {} if lora_dropout is None else {"lora_dropout": float(lora_dropout)}
-    if yarn:
+    chosen = resolve_card(o.card, o.vram_gb, o.preset)
+    overrides = {} if o.lora_dropout is None else {"lora_dropout": float(o.lora_dropout)}
+    if o.yarn:
         overrides["max_seq_len"] = max(lengths)
-    if find_max:
-        print(f"searching the longest length for preset {preset} (batch {batch_size}) on {chosen.name} ...")
-        best, result = find_max_seq_len(preset, chosen, arch, batch_size, layers, overrides, flash_attn, yarn)
+    if o.find_max:
+        print(f"searching the longest length for preset {o.preset} (batch {o.batch_size}) on {chosen.name} ...")
+        best, result = find_max_seq_len(o.preset, chosen, o.arch, o.batch_size, o.layers, overrides, o.flash_attn,
+                                        o.yarn)
         if result is not None:
             weights_only_check(result)
         print(f"longest length that fits: {best:,} tokens" if best else "not even 1,024 tokens fit")
         out = {**(result or {}), "find_max": best}
-    elif generate:
-        out = simulate_generation(preset, lengths, chosen, arch, layers, overrides, flash_attn, max_new_tokens)
+    elif o.generate:
+        out = simulate_generation(o.preset, lengths, chosen, o.arch, o.layers, overrides, o.flash_attn,
+                                  o.max_new_tokens)
         print(describe(out))
     else:
-        out = simulate_training(preset, lengths, chosen, arch, layers, overrides, flash_attn)
+        out = simulate_training(o.preset, lengths, chosen, o.arch, o.layers, overrides, o.flash_attn)
         if not out["fits"]:
             weights_only_check(out)
         print(describe(out))
-    if json_out:
+    if o.json:
         from emotion_summary.atomic_io import atomic_write_json
 
-        atomic_write_json(Path(json_out), out)
+        atomic_write_json(Path(o.json), out)
     return out
