@@ -29,12 +29,17 @@ def tiny_causal_lm(vocab=97):
     return Qwen2ForCausalLM(qwen2_config("tiny", vocab_size=vocab, hidden_size=32, intermediate_size=64)).eval()
 
 
-def test_answer_only_loss_equals_full_logits_loss():
-    model = tiny_causal_lm()
+def two_answer_batch() -> dict:
+    """Two right-padded rows: prompts of 6 and 3 tokens, answers of 3 and 4."""
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
     answers = [[20, 21, 22], [30, 31, 32, 33]]
-    batch = collate([dict(zip(("input_ids", "labels"), build_labels(p, a))) for p, a in zip(prompts, answers)],
-                    pad_id=0)
+    return collate([dict(zip(("input_ids", "labels"), build_labels(p, a))) for p, a in zip(prompts, answers)],
+                   pad_id=0)
+
+
+def test_answer_only_loss_equals_full_logits_loss():
+    model = tiny_causal_lm()
+    batch = two_answer_batch()
     full = model(**batch).loss  # transformers' causal-LM loss over all logits, same labels
     hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     ours = answer_only_loss(hidden, model.lm_head, batch["labels"])
@@ -79,10 +84,7 @@ def test_final_norm_on_the_gathered_rows_gives_transformers_full_logits_loss():
     from emotion_summary.model import final_norm_deferred
 
     model = tiny_causal_lm()
-    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
-    answers = [[20, 21, 22], [30, 31, 32, 33]]
-    batch = collate([dict(zip(("input_ids", "labels"), build_labels(p, a))) for p, a in zip(prompts, answers)],
-                    pad_id=0)
+    batch = two_answer_batch()
     full = model(**batch).loss
     with final_norm_deferred(model.model) as norm:
         raw = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
