@@ -3,17 +3,16 @@ OpenAI-compatible server on 127.0.0.1: the project's prompt goes out, a checked 
 scores come back."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from emotion_summary.prompt import PromptSpec, build_prompt
 from emotion_summary.records import read_records
 from emotion_summary.submission import check_submission
 from tests.chat_server import FakeChatServer
+from tests.user_shell import python_wrapper_dir, user_env
 
 ROOT = Path(__file__).resolve().parents[1]
 README_ENDPOINT = "http://127.0.0.1:8000/v1"
@@ -45,8 +44,7 @@ def user_checkout(tmp_path: Path, fixtures: Path) -> Path:
     data.mkdir(parents=True)
     shutil.copy(fixtures / "es_tiny.jsonl", data / "Emotion_Summary.jsonl")
     shutil.copy(fixtures / "es_eval_gold.jsonl", data / "Emotion_Summary_example.jsonl")
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "python").symlink_to(sys.executable)  # the README says `python`
+    python_wrapper_dir(tmp_path / "bin")  # the README says `python`
     return home
 
 
@@ -57,9 +55,7 @@ def test_zero_shot_route_runs_as_written_against_a_loopback_server(tmp_path, fix
     zh = [line for line in readme_block("#### 路线 1：零样本（不训练）").splitlines() if not line.startswith("#")]
     assert zh == commands  # both languages give the same commands
     home = user_checkout(tmp_path, fixtures)
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    env = user_env(tmp_path / "bin")
     with FakeChatServer(summary_reply) as server:
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace(README_ENDPOINT, server.endpoint)],
                               cwd=home, env=env, capture_output=True, text=True, timeout=300)
