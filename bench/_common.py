@@ -25,7 +25,7 @@ def cpu_model() -> str:
 def host_info() -> dict:
     """What ran the benchmark, without touching CUDA (a CUDA context in the parent would skew the
     children's memory numbers)."""
-    from emotion_summary.train import library_versions
+    from emotion_summary.training.trainer import library_versions
 
     return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "platform": platform.platform(),
             "versions": library_versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -47,7 +47,7 @@ def append_rows(path: str | os.PathLike | None, rows: list[dict]) -> None:
     """One fsynced append per line (O_APPEND: concurrent writers never interleave a line)."""
     if not path:
         return
-    from emotion_summary.atomic_io import append_jsonl
+    from emotion_summary.core.atomic_io import append_jsonl
 
     for row in rows:
         append_jsonl(path, row)

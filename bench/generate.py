@@ -23,9 +23,9 @@ from pathlib import Path
 
 from _common import append_rows, gb, gpu_info, host_info, markdown_table
 
-from emotion_summary.cli import comma_list, run
-from emotion_summary.errors import UserError
-from emotion_summary.sample_data import SAMPLE_EN
+from emotion_summary.core.cli import comma_list, run
+from emotion_summary.core.errors import UserError
+from emotion_summary.data.sample_data import SAMPLE_EN
 
 SAMPLE = SAMPLE_EN
 MODES = ("batched", "single")
@@ -58,8 +58,9 @@ def generate(
     """
     import torch
 
-    from emotion_summary.model import Qwen2EmotionSummaryModel, device
-    from emotion_summary.records import read_records
+    from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
+    from emotion_summary.modeling.device import device
+    from emotion_summary.data.records import read_records
 
     chosen = comma_list(modes, "modes")
     if not chosen or any(m not in MODES for m in chosen):
@@ -147,10 +148,10 @@ def untrained_adapter(arch: str) -> Path:
     import torch
     from train_step import ensure_model_dir
 
-    from emotion_summary.architectures import cache_root
-    from emotion_summary.atomic_io import atomic_dir
-    from emotion_summary.config import resolve_config
-    from emotion_summary.model import Qwen2EmotionSummaryModel
+    from emotion_summary.modeling.architectures import cache_root
+    from emotion_summary.core.atomic_io import atomic_dir
+    from emotion_summary.training.config import resolve_config
+    from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
 
     path = cache_root() / f"{arch}-untrained-adapter"
     if adapter_complete(path):
@@ -169,7 +170,7 @@ def untrained_adapter(arch: str) -> Path:
 
 
 def prompt_ids(wrapper, record, max_new_tokens: int) -> list[int]:
-    from emotion_summary.encode import prompt_token_ids
+    from emotion_summary.prompting.encode import prompt_token_ids
 
     return prompt_token_ids(wrapper.tokenizer, wrapper.prompt, record, wrapper.max_prompt_tokens(max_new_tokens))[0]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from _common import append_rows, host_info
 
-from emotion_summary.cli import comma_list, run
-from emotion_summary.errors import UserError
+from emotion_summary.core.cli import comma_list, run
+from emotion_summary.core.errors import UserError
 
 # name -> (kind, preset, sequence lengths, card, extra job fields)
 ROWS = {
@@ -123,10 +123,10 @@ def simulate_generate_ids(job) -> dict:
     import torch
     from peft import get_peft_model
 
-    from emotion_summary import model as project
+    from emotion_summary.modeling import summary_model as project
     from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
     from emotion_summary.gpusim.session import _card, _common_patches, _config, _finished_after, _result, _session
-    from emotion_summary.prompt import PromptSpec
+    from emotion_summary.prompting.prompt import PromptSpec
 
     card, cfg = _card(job), _config(job)
     started = time.time()

@@ -55,9 +55,9 @@ from pathlib import Path
 
 from _common import append_rows, gb, host_info, markdown_table, read_status_kb, reset_peak_rss
 
-from emotion_summary.cli import comma_list, run
-from emotion_summary.errors import UserError
-from emotion_summary.qwen_tokenizer_offline import FIRST_SPECIAL_ID
+from emotion_summary.core.cli import comma_list, run
+from emotion_summary.core.errors import UserError
+from emotion_summary.modeling.tokenizer import FIRST_SPECIAL_ID
 
 PEERS = ("ours", "plain", "trl")
 # TRL's memory options: SFTConfig fields set on top of the default config.
@@ -160,7 +160,7 @@ def peers(
         overrides["intermediate_size"] = int(hidden_size * 2.75)
     model_path = ensure_model_dir("tiny", overrides, timeout_s)  # the one model build
     if model_path == "tiny":  # the project's own tiny model: a directory the peers can load too
-        from emotion_summary.architectures import build_tiny_qwen2
+        from emotion_summary.modeling.architectures import build_tiny_qwen2
 
         model_path = str(build_tiny_qwen2())
     host = host_info()
@@ -401,7 +401,7 @@ def make_batch(spec: dict) -> dict:
     """train_step.py's synthetic batch: the same ids for the same seed and length."""
     import torch
 
-    from emotion_summary.loss import IGNORE_INDEX
+    from emotion_summary.modeling.loss import IGNORE_INDEX
 
     seq_len = spec["seq_len"]
     g = torch.Generator().manual_seed(spec["seed"] + seq_len)
@@ -418,7 +418,7 @@ def ids_sha1(batch: dict) -> str:
 
 
 def project_config(spec: dict):
-    from emotion_summary.config import resolve_config
+    from emotion_summary.training.config import resolve_config
 
     return resolve_config(spec["preset"], model_name_or_path=spec["model_name_or_path"],
                           batch_size=spec["batch_size"], max_seq_len=spec["seq_len"], seed=spec["seed"])
@@ -426,8 +426,8 @@ def project_config(spec: dict):
 
 def build_ours(spec: dict, cfg):
     """(step function, optimizer, info): the project's model and answer-only loss."""
-    from emotion_summary.model import Qwen2EmotionSummaryModel
-    from emotion_summary.train import make_optimizer
+    from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
+    from emotion_summary.training.trainer import make_optimizer
 
     wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
     wrapper.model.train()
@@ -441,7 +441,9 @@ def build_plain(spec: dict, cfg):
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    from emotion_summary.model import attn_implementation, compute_dtype, device, lora_config, quantization_config
+    from emotion_summary.modeling.device import attn_implementation, compute_dtype, device
+    from emotion_summary.modeling.adapters import lora_config
+    from emotion_summary.modeling.loading import quantization_config
 
     dtype = compute_dtype(cfg.compute_dtype)
     model = AutoModelForCausalLM.from_pretrained(
@@ -483,7 +485,9 @@ def run_trl(spec: dict, cfg, batch: dict, option: str | None) -> tuple[dict, dic
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from emotion_summary.model import attn_implementation, compute_dtype, lora_config, quantization_config
+    from emotion_summary.modeling.device import attn_implementation, compute_dtype
+    from emotion_summary.modeling.adapters import lora_config
+    from emotion_summary.modeling.loading import quantization_config
 
     cuda = torch.cuda.is_available()
     dtype = compute_dtype(cfg.compute_dtype)
@@ -607,9 +611,8 @@ def _sim_peer(job, spec: dict, peer: str, option: str | None) -> dict:
     then the peer's own code (peft's kbit preparation / TRL's SFTTrainer.train) on fake CUDA."""
     import time as _time
 
-    import torch
 
-    from emotion_summary import model as project
+    from emotion_summary.modeling import summary_model as project
     from emotion_summary.gpusim.build import build_base_model
     from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
     from emotion_summary.gpusim.session import _card, _common_patches, _config, _result, _session
@@ -661,7 +664,8 @@ def _sim_plain(base, cfg, spec, tracker, dtype, option) -> dict:
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from emotion_summary.model import device, lora_config
+    from emotion_summary.modeling.device import device
+    from emotion_summary.modeling.adapters import lora_config
 
     with tracker.category("weights"):
         model = prepare_model_for_kbit_training(base)  # fp32 copies of every 16-bit weight
@@ -691,8 +695,8 @@ def _sim_trl(base, cfg, spec, tracker, dtype, option) -> dict:
     from trl import SFTConfig, SFTTrainer
     from trl.kernels.chunked_logprob import _use_triton
 
-    from emotion_summary.architectures import build_tiny_qwen2
-    from emotion_summary.model import lora_config
+    from emotion_summary.modeling.architectures import build_tiny_qwen2
+    from emotion_summary.modeling.adapters import lora_config
 
     n, answer = spec["seq_len"], spec["answer_tokens"]
     args = SFTConfig(output_dir=str(Path(spec["workdir"]) / "trl"), max_steps=SIM_STEPS,
@@ -776,7 +780,7 @@ def _triton_as_noop() -> list:
 
 
 def _worker_main(spec_file: str, result_file: str) -> None:
-    from emotion_summary.atomic_io import atomic_write_json
+    from emotion_summary.core.atomic_io import atomic_write_json
 
     spec = json.loads(Path(spec_file).read_text())
     atomic_write_json(result_file, sim_worker(spec) if spec.get("device") == "sim" else worker(spec))

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from _common import append_rows, host_info, markdown_table
 
-from emotion_summary.cli import run
-from emotion_summary.errors import UserError
+from emotion_summary.core.cli import run
+from emotion_summary.core.errors import UserError
 
 GiB = 1024**3
 # unsloth's published HF + FlashAttention-2 baseline, Llama-3.1-8B QLoRA r=32: card GB -> longest context

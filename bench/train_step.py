@@ -38,9 +38,9 @@ from pathlib import Path
 
 from _common import GB, append_rows, gb, gpu_info, host_info, markdown_table, read_status_kb, reset_peak_rss
 
-from emotion_summary.cli import comma_list, run
-from emotion_summary.errors import UserError
-from emotion_summary.qwen_tokenizer_offline import FIRST_SPECIAL_ID  # random ids stay below it
+from emotion_summary.core.cli import comma_list, run
+from emotion_summary.core.errors import UserError
+from emotion_summary.modeling.tokenizer import FIRST_SPECIAL_ID  # random ids stay below it
 
 VARIANTS = ("ours", "plain")
 LEVERS = ("offload_activations", "mlp_tile_tokens", "embedding_on_cpu", "lm_head_4bit", "liger_kernels")
@@ -97,8 +97,8 @@ def train_step(
     """
     import torch  # no CUDA context here: torch.cuda.is_available() creates none
 
-    from emotion_summary.config import resolve_config
-    from emotion_summary.presets import PRESETS
+    from emotion_summary.training.config import resolve_config
+    from emotion_summary.training.presets import PRESETS
 
     if arch not in ("qwen2-7b", "tiny"):
         raise UserError(f"--arch: qwen2-7b or tiny, got {arch!r}")
@@ -148,7 +148,7 @@ def ensure_model_dir(arch: str, overrides: dict, timeout_s: int) -> str:
     """'tiny' as the project builds it, else `architectures.build_random_qwen2`'s bf16 random-weight
     model of the (overridden) shape, saved once and loaded through the real from_pretrained path.
     Built in a subprocess, so this process stays small (15 GB for the 7B shape)."""
-    from emotion_summary.architectures import is_complete_model_dir, random_qwen2_dir
+    from emotion_summary.modeling.architectures import is_complete_model_dir, random_qwen2_dir
 
     if arch == "tiny" and not overrides:
         return "tiny"
@@ -251,7 +251,7 @@ class Bench:
         self.wrapper = self.optimizer = None
 
     def config(self):
-        from emotion_summary.config import resolve_config
+        from emotion_summary.training.config import resolve_config
 
         s = self.spec
         levers = PLAIN_LEVERS if s["variant"] == "plain" else {}
@@ -261,8 +261,9 @@ class Bench:
     def load(self) -> None:
         import torch
 
-        from emotion_summary.model import Qwen2EmotionSummaryModel, compute_dtype
-        from emotion_summary.train import make_optimizer
+        from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
+        from emotion_summary.modeling.device import compute_dtype
+        from emotion_summary.training.trainer import make_optimizer
 
         cfg = self.config()
         torch.manual_seed(cfg.seed)
@@ -292,7 +293,7 @@ class Bench:
     def batch(self, seq_len: int) -> dict:
         import torch
 
-        from emotion_summary.loss import IGNORE_INDEX
+        from emotion_summary.modeling.loss import IGNORE_INDEX
 
         g = torch.Generator().manual_seed(self.spec["seed"] + seq_len)
         b = self.spec["batch_size"]
@@ -399,7 +400,7 @@ def search_longest(fits, start: int, limit: int, step: int) -> int:
 def worker(spec: dict) -> list[dict]:
     if "build" in spec:
         b = spec["build"]
-        from emotion_summary.architectures import build_random_qwen2
+        from emotion_summary.modeling.architectures import build_random_qwen2
 
         build_random_qwen2(b["arch"], dtype=BUILD_DTYPE, **b["overrides"])
         return []
@@ -434,7 +435,7 @@ def worker(spec: dict) -> list[dict]:
 
 
 def _worker_main(spec_file: str, result_file: str) -> None:
-    from emotion_summary.atomic_io import atomic_write_json
+    from emotion_summary.core.atomic_io import atomic_write_json
 
     rows = worker(json.loads(Path(spec_file).read_text()))
     atomic_write_json(result_file, rows)

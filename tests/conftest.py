@@ -31,7 +31,7 @@ def gold_file(fixtures) -> Path:
 
 @pytest.fixture
 def records(gold_file):
-    from emotion_summary.records import read_records
+    from emotion_summary.data.records import read_records
 
     return read_records(gold_file)
 

@@ -7,8 +7,8 @@ import json
 import random
 import re
 
-from emotion_summary.records import GOLD_FIELDS
-from emotion_summary.synthesize import SYSTEM, Targets
+from emotion_summary.data.records import GOLD_FIELDS
+from emotion_summary.teacher.synthesize import SYSTEM, Targets
 
 SMALL = Targets(sessions=3, case_words=40, process_words=120, reflection_words=50)
 _WORDS = ("client", "mother", "work", "sleep", "worry", "school", "night", "talk", "change", "breath", "fear",

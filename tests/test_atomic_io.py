@@ -2,7 +2,7 @@
 
 import pytest
 
-from emotion_summary.atomic_io import atomic_dir
+from emotion_summary.core.atomic_io import atomic_dir
 
 
 def done(path):
@@ -35,7 +35,7 @@ def test_an_incomplete_directory_is_replaced_and_a_complete_one_kept(tmp_path):
 
 
 def test_a_file_where_the_directory_goes_is_refused_and_left_alone(tmp_path):
-    from emotion_summary.errors import UserError
+    from emotion_summary.core.errors import UserError
 
     target = tmp_path / "cache"
     target.write_text("someone's notes")

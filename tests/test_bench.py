@@ -114,7 +114,7 @@ def test_report_marks_fits_and_find_max(train_step_module):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="these options are refused on CPU only")
 def test_gpu_only_options_are_refused_on_cpu(train_step_module):
-    from emotion_summary.errors import UserError
+    from emotion_summary.core.errors import UserError
 
     with pytest.raises(UserError, match="needs a CUDA GPU"):
         train_step_module.train_step(arch="qwen2-7b")
@@ -125,7 +125,7 @@ def test_gpu_only_options_are_refused_on_cpu(train_step_module):
 
 
 def test_list_options_are_checked_before_anything_is_built(train_step_module, generate_module):
-    from emotion_summary.errors import UserError
+    from emotion_summary.core.errors import UserError
 
     for bad in ("0", "512,-1", "512,x", ""):
         with pytest.raises(UserError, match="--seq_lens"):
@@ -142,8 +142,8 @@ def _model_dir(path: Path, tag: str) -> Path:
 
 
 def test_publish_dir_keeps_the_winner_and_replaces_an_incomplete_directory(tmp_path):
-    from emotion_summary.architectures import is_complete_model_dir
-    from emotion_summary.atomic_io import publish_dir
+    from emotion_summary.modeling.architectures import is_complete_model_dir
+    from emotion_summary.core.atomic_io import publish_dir
 
     out = tmp_path / "model"
     mine = _model_dir(tmp_path / "model.tmp-1", "mine")
@@ -163,7 +163,7 @@ def test_publish_dir_keeps_the_winner_and_replaces_an_incomplete_directory(tmp_p
 
 
 def test_is_complete_model_dir_needs_every_shard(tmp_path):
-    from emotion_summary.architectures import is_complete_model_dir
+    from emotion_summary.modeling.architectures import is_complete_model_dir
 
     d = _model_dir(tmp_path / "m", "x")
     (d / "model.safetensors").unlink()
@@ -180,7 +180,7 @@ def test_build_random_qwen2_rebuilds_an_incomplete_directory(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from emotion_summary.architectures import build_random_qwen2, is_complete_model_dir, random_qwen2_dir
+    from emotion_summary.modeling.architectures import build_random_qwen2, is_complete_model_dir, random_qwen2_dir
 
     assert random_qwen2_dir("qwen2-7b", dtype="bf16").name == "qwen2-7b-bf16-random"
     assert random_qwen2_dir("tiny", 1, "bf16", num_hidden_layers=1, hidden_size=32).name == \
@@ -204,7 +204,7 @@ def test_build_random_qwen2_rebuilds_an_incomplete_directory(tmp_path):
 @pytest.mark.slow
 def test_a_half_written_adapter_cache_is_rebuilt(generate_module, monkeypatch, tmp_path):
     """save_pretrained writes adapter_config.json first: a killed build must not count as built."""
-    import emotion_summary.architectures as architectures
+    import emotion_summary.modeling.architectures as architectures
 
     monkeypatch.setattr(architectures, "cache_root", lambda: tmp_path)
     broken = tmp_path / "tiny-untrained-adapter"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from emotion_summary.records import read_records
-from emotion_summary.submission import SUBMISSION_KEYS, check_submission, read_predictions, submission_row
+from emotion_summary.data.records import read_records
+from emotion_summary.predicting.submission import SUBMISSION_KEYS, check_submission, read_predictions, submission_row
 
 from tests.conftest import ROOT
 
@@ -81,8 +81,8 @@ def test_language_mismatch_is_a_warning(tmp_path, inputs, good_rows):
 def test_language_is_that_of_the_whole_report_as_in_the_prompt(tmp_path, inputs):
     """A Chinese report whose session notes are mostly English test names: the prompt answers it in
     Chinese, so a Chinese prediction is right and an English one is flagged."""
-    from emotion_summary.records import write_records
-    from emotion_summary.text import record_language
+    from emotion_summary.data.records import write_records
+    from emotion_summary.data.text import record_language
 
     record = read_records(inputs)[2]
     record = dataclasses.replace(record, consultation_process=("SCL-90, SAS and SDS were given; then CBT.",))
@@ -151,7 +151,7 @@ def test_a_field_in_another_script_warns_per_field(tmp_path, inputs, good_rows, 
 
 
 def test_blank_or_zero_width_gold_is_not_gold(tmp_path):
-    from emotion_summary.records import GOLD_FIELDS, RecordError, record_from_dict, write_records
+    from emotion_summary.data.records import GOLD_FIELDS, RecordError, record_from_dict, write_records
 
     base = {"id": 1, "case_description": ["Case."], "consultation_process": ["Session."],
             "experience_and_reflection": "", **{f: f"The {f}." for f in GOLD_FIELDS}}
@@ -165,7 +165,7 @@ def test_blank_or_zero_width_gold_is_not_gold(tmp_path):
 
 
 def test_a_bad_prediction_file_is_named_once_in_the_error(tmp_path):
-    from emotion_summary.records import RecordError
+    from emotion_summary.data.records import RecordError
 
     missing = tmp_path / "nothere.jsonl"
     with pytest.raises(RecordError) as e:

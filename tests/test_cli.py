@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from emotion_summary import commands
-from emotion_summary.cli import Option, Usage, function_options, parse_command_line
-from emotion_summary.config import TrainConfig, resolve_config, validate
-from emotion_summary.errors import ConfigError, RunDirError
+from emotion_summary.core.cli import Option, Usage, function_options, parse_command_line
+from emotion_summary.training.config import TrainConfig, resolve_config, validate
+from emotion_summary.core.errors import ConfigError, RunDirError
 from tests.conftest import ROOT, refused
 
 SCRIPTS = sorted([*ROOT.glob("scripts/*.py"), *ROOT.glob("eval/*.py")])
@@ -23,7 +23,7 @@ def command_of(script):
 
 def options_of(command: str) -> list[Option]:
     if command == "train":
-        from emotion_summary.train import command_options
+        from emotion_summary.training.command import command_options
     elif command == "pipeline":
         from emotion_summary.pipeline import command_options
     else:
@@ -111,7 +111,7 @@ def test_values_are_typed_and_flags_take_every_spelling():
     (".json", json.dumps({"lora_r": 8, "learning_rate": 1e-4, "train_data": ["a.jsonl", "b.jsonl"], "seed": 7})),
 ])
 def test_config_file_gives_values_and_the_command_line_wins(suffix, text, tmp_path):
-    from emotion_summary.train import command_options
+    from emotion_summary.training.command import command_options
 
     path = tmp_path / f"run{suffix}"
     path.write_text(text)
@@ -120,7 +120,7 @@ def test_config_file_gives_values_and_the_command_line_wins(suffix, text, tmp_pa
 
 
 def test_config_file_problems_name_the_option(tmp_path):
-    from emotion_summary.train import command_options
+    from emotion_summary.training.command import command_options
 
     path = tmp_path / "bad.yaml"
     path.write_text("lora_r: eight\nlora_rank: 4\nresume: 1\n")
@@ -171,7 +171,7 @@ def test_silently_accepted_options_are_errors(tmp_path):
 
 
 def test_resume_needs_an_existing_unfinished_run(tmp_path):
-    from emotion_summary.run_dir import RunDir
+    from emotion_summary.training.run_dir import RunDir
 
     with pytest.raises(RunDirError, match="no run to resume here"):
         RunDir(tmp_path / "missing").resume_config({})
@@ -183,7 +183,7 @@ def test_resume_needs_an_existing_unfinished_run(tmp_path):
 
 
 def _labelled(rid, report, gold, language=None):
-    from emotion_summary.records import GOLD_FIELDS, record_from_dict
+    from emotion_summary.data.records import GOLD_FIELDS, record_from_dict
 
     row = {"id": rid, "case_description": [report], "consultation_process": [report],
            "experience_and_reflection": report, **{k: gold for k in GOLD_FIELDS}}
@@ -197,7 +197,7 @@ ZH = "来访者因工作压力感到焦虑，几个月来睡眠不好。"
 
 
 def test_training_prompt_language_follows_the_labels():
-    from emotion_summary.train import training_language
+    from emotion_summary.training.train_data import training_language
 
     assert training_language("auto", [_labelled(1, EN, EN), _labelled(2, ZH, ZH)]) == "auto"
     assert training_language("auto", [_labelled(1, ZH, EN, "en"), _labelled(2, EN, EN)]) == "en"
@@ -208,7 +208,7 @@ def test_training_prompt_language_follows_the_labels():
 
 
 def test_preset_auto_prints_what_it_chose_before_anything_loads(tmp_path, capsys, monkeypatch):
-    from emotion_summary import train as train_module
+    from emotion_summary.training import command as train_module
 
     monkeypatch.setattr(train_module, "detect_vram_gb", lambda: None)
     train_module.build_config("auto", output_dir=str(tmp_path / "r"))
@@ -248,7 +248,7 @@ def test_outputs_onto_inputs_directories_or_under_files_are_refused_before_any_w
 
 
 def test_a_failed_assertion_in_the_fake_servers_handler_fails_the_test():
-    from emotion_summary.client import ChatClient, EndpointError
+    from emotion_summary.teacher.client import ChatClient, EndpointError
     from tests.chat_server import FakeChatServer
 
     def reply(messages):

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from emotion_summary.client import ChatClient, EndpointError, public_url
-from emotion_summary.errors import UserError
+from emotion_summary.teacher.client import ChatClient, EndpointError, public_url
+from emotion_summary.core.errors import UserError
 from tests.loopback_servers import ScriptedServer, chat_reply, drip, raw, respond
 
 GOOD = respond(200, chat_reply("hello"))

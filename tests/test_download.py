@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from emotion_summary import download
-from emotion_summary.errors import UserError
-from emotion_summary.records import RecordError, read_records
+from emotion_summary.data import download
+from emotion_summary.core.errors import UserError
+from emotion_summary.data.records import RecordError, read_records
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "download_data.py"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

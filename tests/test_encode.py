@@ -2,14 +2,14 @@
 
 import pytest
 
-from emotion_summary.encode import IGNORE_INDEX, encode_example, prompt_token_ids
-from emotion_summary.prompt import PromptSpec
-from emotion_summary.records import GOLD_FIELDS, record_from_dict
+from emotion_summary.prompting.encode import IGNORE_INDEX, encode_example, prompt_token_ids
+from emotion_summary.prompting.prompt import PromptSpec
+from emotion_summary.data.records import GOLD_FIELDS, record_from_dict
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
+    from emotion_summary.modeling.tokenizer import qwen2_tokenizer
 
     return qwen2_tokenizer()
 
@@ -47,7 +47,7 @@ def test_long_report_is_trimmed_to_fit_and_the_answer_kept_whole(tokenizer):
 
 
 def test_encoding_is_cached_with_datasets_and_equal_to_direct_encoding(tokenizer, tmp_path):
-    from emotion_summary.encode import encode_records
+    from emotion_summary.prompting.encode import encode_records
 
     recs = [record(20), record(3000)]
     recs[1] = recs[1].__class__(**{**recs[1].__dict__, "id": 2})

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from emotion_summary.records import GOLD_FIELDS, read_records
-from emotion_summary.sample_data import SAMPLE_EN, SAMPLE_PSYQA
+from emotion_summary.data.records import GOLD_FIELDS, read_records
+from emotion_summary.data.sample_data import SAMPLE_EN, SAMPLE_PSYQA
 from tests.chat_server import FakeChatServer
 
 pytestmark = pytest.mark.slow
@@ -20,12 +20,12 @@ def teacher(messages):
 
 
 def test_psyqa_to_labelled_training_to_scored_submission(tmp_path):
-    from emotion_summary.evaluate import evaluate
-    from emotion_summary.folds import write_fold
-    from emotion_summary.inference import infer
-    from emotion_summary.label import label_with_teacher
-    from emotion_summary.psyqa import convert_psyqa
-    from emotion_summary.train import train
+    from emotion_summary.scoring.evaluate import evaluate
+    from emotion_summary.data.folds import write_fold
+    from emotion_summary.predicting.predict import infer
+    from emotion_summary.teacher.label import label_with_teacher
+    from emotion_summary.data.psyqa import convert_psyqa
+    from emotion_summary.training.command import train
 
     records = tmp_path / "psyqa_es.jsonl"
     convert_psyqa(str(SAMPLE_PSYQA), str(records))
@@ -49,9 +49,9 @@ def test_psyqa_to_labelled_training_to_scored_submission(tmp_path):
 
 
 def test_predicting_the_training_reports_is_refused(tmp_path):
-    from emotion_summary.errors import UserError
-    from emotion_summary.inference import infer
-    from emotion_summary.train import train
+    from emotion_summary.core.errors import UserError
+    from emotion_summary.predicting.predict import infer
+    from emotion_summary.training.command import train
 
     data = SAMPLE_EN
     run_dir = train(preset="cpu-smoke", train_data=str(data), folds=0, max_steps=1, output_dir=str(tmp_path / "r"))

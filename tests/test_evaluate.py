@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from emotion_summary.errors import UserError
-from emotion_summary.evaluate import evaluate, labels_for
-from emotion_summary.extractive import extract_fields
-from emotion_summary.records import RecordError, read_records
-from emotion_summary.submission import write_submission
+from emotion_summary.core.errors import UserError
+from emotion_summary.scoring.evaluate import evaluate, labels_for
+from emotion_summary.predicting.extractive import extract_fields
+from emotion_summary.data.records import RecordError, read_records
+from emotion_summary.predicting.submission import write_submission
 
 
 def submission_of(path, records, fields_fn):
@@ -54,8 +54,7 @@ def test_a_gold_file_without_gold_fields_is_a_clear_error(tmp_path, gold_file):
 
 
 def test_offline_bertscore_still_reports_rouge(tmp_path, gold_file, monkeypatch, capsys):
-    from emotion_summary import metrics
-
+    from emotion_summary.scoring import metrics
     monkeypatch.setattr(metrics, "_hub_cached", lambda repo: False)
     monkeypatch.setattr(metrics, "_hub_reachable", lambda timeout_s=3.0: False)
     records = read_records(gold_file)

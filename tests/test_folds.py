@@ -3,10 +3,10 @@ import random
 
 import pytest
 
-from emotion_summary.errors import UserError
-from emotion_summary.folds import (FINGERPRINTS_FILE, find_leaks, fold_of, guard_leakage, save_fingerprints,
+from emotion_summary.core.errors import UserError
+from emotion_summary.data.folds import (FINGERPRINTS_FILE, find_leaks, fold_of, guard_leakage, save_fingerprints,
                                    split_folds)
-from emotion_summary.records import Record
+from emotion_summary.data.records import Record
 
 
 def rec(i: int, text: str | None = None, source: str = "longemotion") -> Record:

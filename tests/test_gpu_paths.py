@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from emotion_summary import model as model_module
-from emotion_summary.errors import ModelError
-from emotion_summary.model import (SDPA_REPEAT_KV, attn_implementation, compute_dtype, generation_groups,
-                                   prefill_chunk_tokens)
+from emotion_summary.modeling import device as model_module
+from emotion_summary.core.errors import ModelError
+from emotion_summary.modeling.device import SDPA_REPEAT_KV, attn_implementation, compute_dtype
+from emotion_summary.modeling.generation import generation_groups, prefill_chunk_tokens
 
 
 def pretend_gpu(monkeypatch, capability: tuple[int, int], flash_attn: bool = False):
@@ -55,7 +55,7 @@ def test_flash_attention_2_only_on_ampere_or_newer_in_16_bit(monkeypatch):
 def tiny_qwen2(attn: str):
     from transformers import Qwen2ForCausalLM
 
-    from emotion_summary.architectures import qwen2_config
+    from emotion_summary.modeling.architectures import qwen2_config
 
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(qwen2_config("tiny", vocab_size=97, hidden_size=64, intermediate_size=64)).eval()
@@ -116,8 +116,8 @@ def test_prefill_chunks_share_4096_tokens_over_the_batch():
 
 
 def test_out_of_memory_names_one_lever_resumable_ones_first():
-    from emotion_summary.config import RESUME_FREE_FIELDS, resolve_config
-    from emotion_summary.train import memory_lever
+    from emotion_summary.training.config import RESUME_FREE_FIELDS, resolve_config
+    from emotion_summary.training.oom import memory_lever
 
     cfg = resolve_config("24gb", offload_activations=False)
     assert memory_lever(cfg) == ("Pull this lever: python scripts/train_qwen2.py --output_dir model/qwen2-es-24gb "
@@ -133,7 +133,7 @@ def test_out_of_memory_names_one_lever_resumable_ones_first():
 def test_cpu_embedding_is_outside_the_parameters_so_generate_keeps_the_gpu_as_model_device():
     """`model.device` is the first parameter's device; with the embedding registered on the CPU,
     generate moved every input (position ids, masks) to the CPU beside a GPU model."""
-    from emotion_summary.model import CpuEmbedding, keep_embedding_on_cpu
+    from emotion_summary.modeling.levers import CpuEmbedding, keep_embedding_on_cpu
 
     model = tiny_qwen2("sdpa")
     ids = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(2))
@@ -148,7 +148,7 @@ def test_cpu_embedding_is_outside_the_parameters_so_generate_keeps_the_gpu_as_mo
 
 
 def test_merging_goes_to_the_cpu_when_the_16_bit_model_does_not_fit_the_free_memory(monkeypatch):
-    from emotion_summary.model import sixteen_bit_fits_gpu
+    from emotion_summary.modeling.loading import sixteen_bit_fits_gpu
 
     pretend_gpu(monkeypatch, (8, 6))
     free = {"bytes": 10**9}

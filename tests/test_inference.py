@@ -11,15 +11,15 @@ import types
 
 import pytest
 
-from emotion_summary.atomic_io import read_jsonl_tolerant
-from emotion_summary.errors import UserError
-from emotion_summary.client import EndpointError, run_pool
-from emotion_summary.backends import Backend
-from emotion_summary.inference import assemble, infer, predict
-from emotion_summary.replies import side_file_for
-from emotion_summary.prompt import PromptSpec, answer_text
-from emotion_summary.records import GOLD_FIELDS
-from emotion_summary.submission import SUBMISSION_KEYS, check_submission, read_predictions
+from emotion_summary.core.atomic_io import read_jsonl_tolerant
+from emotion_summary.core.errors import UserError
+from emotion_summary.teacher.client import EndpointError, run_pool
+from emotion_summary.predicting.backends import Backend
+from emotion_summary.predicting.predict import assemble, infer, predict
+from emotion_summary.prompting.replies import side_file_for
+from emotion_summary.prompting.prompt import PromptSpec, answer_text
+from emotion_summary.data.records import GOLD_FIELDS
+from emotion_summary.predicting.submission import SUBMISSION_KEYS, check_submission, read_predictions
 
 from tests.chat_server import FakeChatServer, unused_endpoint
 
@@ -163,7 +163,7 @@ def test_infer_writes_a_valid_submission_in_input_order_and_reports_fills(tmp_pa
 
 
 def fake_model_module(generate_log: list):
-    """A stand-in for emotion_summary.model with the wrapper's contract (load, prompt, generate)."""
+    """A stand-in for emotion_summary.modeling.summary_model with the wrapper's contract (load, prompt, generate)."""
 
     class FakeWrapper:
         def __init__(self):
@@ -182,7 +182,7 @@ def fake_model_module(generate_log: list):
 
 @pytest.fixture(scope="module")
 def qwen2_tokenizer_files(tmp_path_factory):
-    from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
+    from emotion_summary.modeling.tokenizer import qwen2_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
     qwen2_tokenizer().save_pretrained(str(out))
@@ -193,7 +193,7 @@ def make_checkpoint(directory, tokenizer_files, spec: PromptSpec | None = None, 
     """The files the trainer writes into an adapter directory, without weights worth loading."""
     import shutil
 
-    from emotion_summary.config import resolve_config
+    from emotion_summary.training.config import resolve_config
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "tiny"}))
@@ -212,7 +212,7 @@ def checkpoint(tmp_path, qwen2_tokenizer_files):
 
 def test_hf_backend_wiring_with_a_fake_wrapper(tmp_path, gold_file, checkpoint, monkeypatch, capsys):
     log = []
-    monkeypatch.setitem(sys.modules, "emotion_summary.model", fake_model_module(log))
+    monkeypatch.setitem(sys.modules, "emotion_summary.modeling.summary_model", fake_model_module(log))
     out = tmp_path / "sub.jsonl"
     infer(input=str(gold_file), output=str(out), model_path=str(checkpoint), backend="hf", batch_size=2,
           max_new_tokens=64, language="en")
@@ -237,7 +237,7 @@ def test_hf_backend_takes_max_new_tokens_and_batch_size_from_the_checkpoint(tmp_
     """cpu-smoke: max_new_tokens 96, training micro-batch 2; inference batches by max_seq_len (1,024
     tokens: up to 8 reports a call), not by the training micro-batch."""
     log = []
-    monkeypatch.setitem(sys.modules, "emotion_summary.model", fake_model_module(log))
+    monkeypatch.setitem(sys.modules, "emotion_summary.modeling.summary_model", fake_model_module(log))
     out = tmp_path / "sub.jsonl"
     infer(input=str(gold_file), output=str(out), model_path=str(checkpoint), backend="hf")
     assert [(n, len(ids)) for _, n, ids in log] == [(96, 3)]
@@ -253,7 +253,7 @@ def test_leakage_guard_is_called(tmp_path, gold_file, checkpoint, monkeypatch):
         calls.append((len(records), model_path, allow_leakage))
         raise UserError("LEAKAGE: refused")
 
-    monkeypatch.setattr("emotion_summary.inference.guard_leakage", guard)
+    monkeypatch.setattr("emotion_summary.predicting.predict.guard_leakage", guard)
     with pytest.raises(UserError, match="LEAKAGE"):
         infer(input=str(gold_file), output=str(tmp_path / "o.jsonl"), model_path=str(checkpoint),
               backend="hf", allow_leakage=False)
@@ -370,7 +370,7 @@ def test_extractive_submission_on_the_official_inputs_passes_the_checker(tmp_pat
 
 def test_a_retrained_model_in_the_same_directory_is_not_reused(tmp_path, gold_file, checkpoint, monkeypatch):
     log = []
-    monkeypatch.setitem(sys.modules, "emotion_summary.model", fake_model_module(log))
+    monkeypatch.setitem(sys.modules, "emotion_summary.modeling.summary_model", fake_model_module(log))
     args = dict(input=str(gold_file), output=str(tmp_path / "o.jsonl"), model_path=str(checkpoint), backend="hf")
     infer(**args)
     infer(**args)

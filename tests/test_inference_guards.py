@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from emotion_summary.atomic_io import read_jsonl_tolerant
-from emotion_summary.cli import run
-from emotion_summary.errors import UserError
-from emotion_summary.inference import MostlyRefused, infer
-from emotion_summary.prompt import answer_text
-from emotion_summary.records import GOLD_FIELDS, read_records, write_records
-from emotion_summary.replies import side_file_for
+from emotion_summary.core.atomic_io import read_jsonl_tolerant
+from emotion_summary.core.cli import run
+from emotion_summary.core.errors import UserError
+from emotion_summary.predicting.predict import MostlyRefused, infer
+from emotion_summary.prompting.prompt import answer_text
+from emotion_summary.data.records import GOLD_FIELDS, read_records, write_records
+from emotion_summary.prompting.replies import side_file_for
 
 from tests.chat_server import FakeChatServer
 
@@ -73,10 +73,10 @@ def test_an_output_path_that_cannot_be_a_file_is_one_line_before_generation(tmp_
 
 
 def test_a_submission_that_fails_the_check_exits_non_zero(tmp_path, inputs, monkeypatch, capsys):
-    from emotion_summary.submission import SubmissionReport
+    from emotion_summary.predicting.submission import SubmissionReport
 
     broken = SubmissionReport("sub.jsonl", 3, errors=["sub.jsonl:line 2: invalid JSON"])
-    monkeypatch.setattr("emotion_summary.inference.check_submission", lambda *a, **k: broken)
+    monkeypatch.setattr("emotion_summary.predicting.predict.check_submission", lambda *a, **k: broken)
     with pytest.raises(SystemExit) as stop:
         run(infer, ["--input", str(inputs), "--output", str(tmp_path / "sub.jsonl"), "--backend", "extractive"])
     assert stop.value.code == 2
@@ -166,9 +166,9 @@ def test_openai_prompts_fit_the_checkpoint_budget_even_when_the_template_costs_m
     """The openai backend used to subtract a fixed template margin and never check the result; with
     the margin too small, its prompts ran over max_seq_len - max_new_tokens. fit_prompt retries."""
     from tests.test_inference import make_checkpoint
-    from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
+    from emotion_summary.modeling.tokenizer import qwen2_tokenizer
 
-    monkeypatch.setattr("emotion_summary.encode.TEMPLATE_MARGIN", 0)
+    monkeypatch.setattr("emotion_summary.prompting.encode.TEMPLATE_MARGIN", 0)
     tokenizer_dir = tmp_path / "tok"
     tokenizer = qwen2_tokenizer()
     tokenizer.save_pretrained(str(tokenizer_dir))

@@ -2,18 +2,18 @@
 
 import pytest
 
-from emotion_summary.atomic_io import read_jsonl_tolerant
-from emotion_summary.inference import infer
-from emotion_summary.replies import side_file_for
-from emotion_summary.submission import check_submission
+from emotion_summary.core.atomic_io import read_jsonl_tolerant
+from emotion_summary.predicting.predict import infer
+from emotion_summary.prompting.replies import side_file_for
+from emotion_summary.predicting.submission import check_submission
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tiny_adapter(tmp_path_factory):
-    from emotion_summary.config import resolve_config
-    from emotion_summary.model import Qwen2EmotionSummaryModel
+    from emotion_summary.training.config import resolve_config
+    from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
 
     return Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke")).save(
         tmp_path_factory.mktemp("tiny-adapter"))
@@ -21,7 +21,7 @@ def tiny_adapter(tmp_path_factory):
 
 def test_hf_backend_writes_a_valid_submission_and_resumes_without_loading(tmp_path, fixtures, tiny_adapter,
                                                                          monkeypatch, capsys):
-    from emotion_summary.model import Qwen2EmotionSummaryModel
+    from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
 
     inputs = fixtures / "es_eval_gold.jsonl"
     out = tmp_path / "Emotion_Summary_Result.jsonl"
@@ -41,8 +41,8 @@ def test_hf_backend_writes_a_valid_submission_and_resumes_without_loading(tmp_pa
 
 
 def test_a_folder_without_a_model_is_a_user_error(tmp_path, fixtures):
-    from emotion_summary.errors import UserError
-    from emotion_summary.prompt import PromptSpec
+    from emotion_summary.core.errors import UserError
+    from emotion_summary.prompting.prompt import PromptSpec
 
     PromptSpec().save(tmp_path)
     with pytest.raises(UserError, match="neither a LoRA adapter"):
@@ -65,7 +65,7 @@ def test_openai_backend_trims_prompts_as_the_checkpoint_was_trained(tmp_path, ti
     checkpoint's max_seq_len with its tokenizer (cpu-smoke: 1,024 tokens)."""
     import json
 
-    from emotion_summary.records import write_records, record_from_dict
+    from emotion_summary.data.records import write_records, record_from_dict
     from tests.chat_server import FakeChatServer
 
     long = record_from_dict({"id": 1, "case_description": ["A client."],
@@ -82,8 +82,8 @@ def test_openai_backend_trims_prompts_as_the_checkpoint_was_trained(tmp_path, ti
 def test_hf_backend_runs_a_plain_base_model_with_the_default_prompt(tmp_path, fixtures, tiny_adapter, capsys):
     """Base vs fine-tuned is one command each on the same inputs: the plain model directory (no
     prompt.json, no train_config.json) is asked with the project's default prompt."""
-    from emotion_summary.architectures import build_tiny_qwen2
-    from emotion_summary.prompt import PromptSpec
+    from emotion_summary.modeling.architectures import build_tiny_qwen2
+    from emotion_summary.prompting.prompt import PromptSpec
 
     base = build_tiny_qwen2()
     assert not (base / "prompt.json").exists()

@@ -13,7 +13,7 @@ import pytest
 
 from emotion_summary import install_torch as it
 from emotion_summary.commands import install_torch as main
-from emotion_summary.errors import ConfigError, UserError
+from emotion_summary.core.errors import ConfigError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMI = ROOT / "tests" / "fixtures" / "nvidia_smi"
@@ -213,7 +213,7 @@ def test_check_reports_a_bitsandbytes_without_its_cuda_library():
 
 
 def test_auto_preset_refuses_a_gpu_torch_cannot_use(monkeypatch):
-    from emotion_summary.config import resolve_config
+    from emotion_summary.training.config import resolve_config
 
     monkeypatch.setattr(it, "read_nvidia_smi", lambda path=None: it.parse_nvidia_smi(
         (SMI / "driver_560_cuda_12.6.txt").read_text()))

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from emotion_summary.client import ChatClient, EndpointError
-from emotion_summary.errors import UserError
-from emotion_summary.evaluate import evaluate
-from emotion_summary.judge import (judge_messages, judge_predictions, parse_scores, report_text,
+from emotion_summary.teacher.client import ChatClient, EndpointError
+from emotion_summary.core.errors import UserError
+from emotion_summary.scoring.evaluate import evaluate
+from emotion_summary.scoring.judge import (judge_messages, judge_predictions, parse_scores, report_text,
                                    judge_totals)
-from emotion_summary.records import GOLD_FIELDS
-from emotion_summary.submission import write_submission
+from emotion_summary.data.records import GOLD_FIELDS
+from emotion_summary.predicting.submission import write_submission
 
 from tests.chat_server import FakeChatServer, unused_endpoint
 
@@ -40,7 +40,7 @@ def test_parse_scores_is_tolerant_but_strict_about_range(reply, want):
 
 
 def test_long_reports_are_capped_in_the_middle(records):
-    from emotion_summary.records import record_from_dict
+    from emotion_summary.data.records import record_from_dict
 
     long = record_from_dict({"id": 1, "case_description": ["Start of the case. " + "words " * 400],
                              "consultation_process": ["first session " * 300, "middle " * 2000 + "END."],

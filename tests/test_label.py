@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from emotion_summary.client import ChatClient, EndpointError
-from emotion_summary.errors import UserError
-from emotion_summary.label import (label_file, label_source_counts, label_with_teacher, rejects_path,
+from emotion_summary.teacher.client import ChatClient, EndpointError
+from emotion_summary.core.errors import UserError
+from emotion_summary.teacher.label import (label_file, label_source_counts, label_with_teacher, rejects_path,
                                    reply_problem)
-from emotion_summary.prompt import LANGUAGE_RULES
-from emotion_summary.records import GOLD_FIELDS, Record, read_records, write_records
+from emotion_summary.prompting.prompt import LANGUAGE_RULES
+from emotion_summary.data.records import GOLD_FIELDS, Record, read_records, write_records
 from tests.chat_server import FakeChatServer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "label_with_teacher.py"

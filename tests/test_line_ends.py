@@ -7,10 +7,10 @@ import stat
 
 import pytest
 
-from emotion_summary.atomic_io import (append_jsonl, atomic_write_bytes, atomic_write_jsonl, jsonl_lines,
+from emotion_summary.core.atomic_io import (append_jsonl, atomic_write_bytes, atomic_write_jsonl, jsonl_lines,
                                        read_jsonl_tolerant)
-from emotion_summary.records import GOLD_FIELDS, Record, read_records, write_records
-from emotion_summary.submission import check_submission, read_predictions, submission_row, write_submission
+from emotion_summary.data.records import GOLD_FIELDS, Record, read_records, write_records
+from emotion_summary.predicting.submission import check_submission, read_predictions, submission_row, write_submission
 
 ODD = "one\u2028two\u2029three\u0085four"
 

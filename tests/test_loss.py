@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emotion_summary.encode import IGNORE_INDEX, build_labels
-from emotion_summary.loss import answer_only_loss, collate
+from emotion_summary.prompting.encode import IGNORE_INDEX, build_labels
+from emotion_summary.modeling.loss import answer_only_loss, collate
 
 
 def test_build_labels_masks_every_prompt_token_and_keeps_the_answer():
@@ -23,7 +23,7 @@ def test_collate_right_pads_and_masks_padding():
 def tiny_causal_lm(vocab=97):
     from transformers import Qwen2ForCausalLM
 
-    from emotion_summary.architectures import qwen2_config
+    from emotion_summary.modeling.architectures import qwen2_config
 
     torch.manual_seed(0)
     return Qwen2ForCausalLM(qwen2_config("tiny", vocab_size=vocab, hidden_size=32, intermediate_size=64)).eval()
@@ -81,7 +81,7 @@ def test_answer_only_loss_matches_manual_cross_entropy():
 
 def test_final_norm_on_the_gathered_rows_gives_transformers_full_logits_loss():
     """The decoder runs without its final RMSNorm; the norm runs on the supervised rows alone."""
-    from emotion_summary.model import final_norm_deferred
+    from emotion_summary.modeling.levers import final_norm_deferred
 
     model = tiny_causal_lm()
     batch = two_answer_batch()

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from emotion_summary.config import resolve_config
-from emotion_summary.errors import UserError
-from emotion_summary.model import Qwen2EmotionSummaryModel, merge_adapter, write_portable_config
+from emotion_summary.training.config import resolve_config
+from emotion_summary.core.errors import UserError
+from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
+from emotion_summary.modeling.merge import merge_adapter, write_portable_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +21,9 @@ QWEN2_ROPE_THETA = 1_000_000.0
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run directory as the trainer leaves it: fingerprints at the top, the adapter in a checkpoint."""
-    from emotion_summary.folds import save_fingerprints
-    from emotion_summary.records import read_records
-    from emotion_summary.sample_data import SMOKE_DATA
+    from emotion_summary.data.folds import save_fingerprints
+    from emotion_summary.data.records import read_records
+    from emotion_summary.data.sample_data import SMOKE_DATA
 
     run = tmp_path_factory.mktemp("run")
     trained = Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke", lora_dropout=0.0))
@@ -48,7 +49,7 @@ def merged_dir(run_dir, merged):
 def test_merged_model_computes_what_the_16bit_base_plus_adapter_computes(run_dir, merged_dir):
     from peft import PeftModel
 
-    from emotion_summary.model import load_base_model
+    from emotion_summary.modeling.loading import load_base_model
 
     ids = torch.tensor([[151644, 872, 198, 108386, 151645]])
     base16, _ = load_base_model("tiny", quantization="none")
@@ -63,9 +64,9 @@ def test_merged_model_computes_what_the_16bit_base_plus_adapter_computes(run_dir
 
 
 def test_merging_a_checkpoint_keeps_the_runs_fingerprints_for_the_leakage_guard(run_dir, merged_dir):
-    from emotion_summary.folds import FINGERPRINTS_FILE, guard_leakage
-    from emotion_summary.records import read_records
-    from emotion_summary.sample_data import SMOKE_DATA
+    from emotion_summary.data.folds import FINGERPRINTS_FILE, guard_leakage
+    from emotion_summary.data.records import read_records
+    from emotion_summary.data.sample_data import SMOKE_DATA
 
     assert (Path(merged_dir) / FINGERPRINTS_FILE).read_bytes() == (run_dir / FINGERPRINTS_FILE).read_bytes()
     with pytest.raises(UserError, match="LEAKAGE"):
@@ -98,7 +99,7 @@ def test_yarn_scaling_is_written_in_both_layouts(tmp_path):
 
 
 def test_merge_refuses_its_input_as_output_and_a_non_empty_out_dir_before_loading(run_dir, tmp_path, monkeypatch):
-    from emotion_summary import model
+    from emotion_summary.modeling import merge as model
 
     monkeypatch.setattr(model, "merged_model", lambda *a: pytest.fail("loaded a model"))
     adapter = run_dir / "checkpoints" / "step-3"

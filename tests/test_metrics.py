@@ -5,9 +5,9 @@ import tracemalloc
 
 import pytest
 
-from emotion_summary import metrics
-from emotion_summary.metrics import BertScoreUnavailable, bertscore_f1, mean, rouge_report, rouge_scores, tokenize
-from emotion_summary.records import GOLD_FIELDS
+from emotion_summary.scoring import metrics
+from emotion_summary.scoring.metrics import BertScoreUnavailable, bertscore_f1, mean, rouge_report, rouge_scores, tokenize
+from emotion_summary.data.records import GOLD_FIELDS
 
 
 def test_tokenize_lowercases_and_drops_punctuation():
@@ -55,7 +55,7 @@ def test_one_mean_for_rouge_bertscore_and_the_judge():
     assert mean(x / 2 for x in range(1, 4)) == 1.0  # any iterable, a generator too
     assert mean([]) == 0.0  # ROUGE and BERTScore: no reports score 0
     assert mean([], empty=None) is None  # the judge: no scored items is "no figure", not 0
-    from emotion_summary.judge import judge_totals
+    from emotion_summary.scoring.judge import judge_totals
 
     assert judge_totals([], "judge-model")["mean"] is None
 
@@ -121,10 +121,10 @@ def test_light_modules_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, emotion_summary.metrics, emotion_summary.evaluate, emotion_summary.extractive, "
-            "emotion_summary.judge, emotion_summary.check, emotion_summary.inference; "
-            "emotion_summary.metrics.rouge_scores('a b', 'a b'); "
-            "print(sorted(m for m in ('torch', 'transformers', 'emotion_summary.model', 'emotion_summary.train') "
+    code = ("import sys, emotion_summary.scoring.metrics, emotion_summary.scoring.evaluate, emotion_summary.predicting.extractive, "
+            "emotion_summary.scoring.judge, emotion_summary.predicting.check, emotion_summary.predicting.predict; "
+            "emotion_summary.scoring.metrics.rouge_scores('a b', 'a b'); "
+            "print(sorted(m for m in ('torch', 'transformers', 'emotion_summary.modeling.summary_model', 'emotion_summary.training.trainer') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -133,9 +133,9 @@ def test_light_modules_do_not_import_torch():
 def test_evaluate_reports_bertscore_per_field_with_a_local_model(tiny_bert, tmp_path, fixtures):
     import json
 
-    from emotion_summary.evaluate import evaluate
-    from emotion_summary.records import read_records
-    from emotion_summary.submission import write_submission
+    from emotion_summary.scoring.evaluate import evaluate
+    from emotion_summary.data.records import read_records
+    from emotion_summary.predicting.submission import write_submission
 
     records = read_records(fixtures / "es_eval_gold.jsonl")
     sub = tmp_path / "gold.jsonl"

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from emotion_summary.config import resolve_config
-from emotion_summary.model import Qwen2EmotionSummaryModel, disable_cpu_weight_repacking, tile_mlp
+from emotion_summary.training.config import resolve_config
+from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
+from emotion_summary.modeling.loading import disable_cpu_weight_repacking
+from emotion_summary.modeling.levers import tile_mlp
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +28,10 @@ def test_loads_in_4bit_with_lora_on_every_linear_projection(wrapper):
 
 
 def _smoke_batch(wrapper):
-    from emotion_summary.encode import encode_example
-    from emotion_summary.loss import collate
-    from emotion_summary.records import read_records
-    from emotion_summary.sample_data import SMOKE_DATA
+    from emotion_summary.prompting.encode import encode_example
+    from emotion_summary.modeling.loss import collate
+    from emotion_summary.data.records import read_records
+    from emotion_summary.data.sample_data import SMOKE_DATA
 
     rec = read_records(SMOKE_DATA[0])[0]
     return rec, collate([encode_example(wrapper.tokenizer, wrapper.prompt, rec, 1024)], wrapper.tokenizer.pad_token_id)
@@ -53,7 +55,7 @@ def test_eval_forward_repacks_4bit_weights_in_place_on_an_avx512_bf16_cpu(avx512
     """The trap, shown on any CPU: without our switch, one eval forward without grad repacks every
     4-bit weight in place (on an AVX512-BF16 CPU the next training step then fails with 'a view of a
     leaf Variable ... in-place')."""
-    from emotion_summary import model as model_module
+    from emotion_summary.modeling import loading as model_module
 
     monkeypatch.setattr(model_module, "disable_cpu_weight_repacking", lambda model: 0)
     trap = Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke"))
@@ -105,7 +107,7 @@ def test_tiled_mlp_gives_the_same_outputs_and_gradients():
 def test_adapter_of_another_base_model_is_refused(tmp_path):
     import json
 
-    from emotion_summary.model import ModelError
+    from emotion_summary.core.errors import ModelError
 
     cfg = resolve_config("cpu-smoke")
     wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
@@ -135,10 +137,10 @@ def test_16bit_weights_stay_16bit_for_training():
 
 
 def smoke_batch(wrapper):
-    from emotion_summary.encode import encode_example
-    from emotion_summary.loss import collate
-    from emotion_summary.records import read_records
-    from emotion_summary.sample_data import SMOKE_DATA
+    from emotion_summary.prompting.encode import encode_example
+    from emotion_summary.modeling.loss import collate
+    from emotion_summary.data.records import read_records
+    from emotion_summary.data.sample_data import SMOKE_DATA
 
     rec = read_records(SMOKE_DATA[0])[0]
     return collate([encode_example(wrapper.tokenizer, wrapper.prompt, rec, 1024)], wrapper.tokenizer.pad_token_id)
@@ -184,9 +186,9 @@ def test_wrapper_loss_is_transformers_full_logits_loss(wrapper):
 
 
 def test_generate_ids_prefills_long_prompts_in_chunks_with_the_same_tokens(wrapper, monkeypatch):
-    from emotion_summary import model as model_module
-    from emotion_summary.records import read_records
-    from emotion_summary.sample_data import SMOKE_DATA
+    from emotion_summary.modeling import generation as model_module
+    from emotion_summary.data.records import read_records
+    from emotion_summary.data.sample_data import SMOKE_DATA
 
     records = read_records(SMOKE_DATA[0])[:3]
     prompts = [wrapper._prompt_ids(r, 8) for r in records]

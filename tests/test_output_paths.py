@@ -140,8 +140,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
                                                                            monkeypatch):
     import os
 
-    from emotion_summary import paths
-
+    from emotion_summary.core import paths
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
@@ -154,7 +153,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
 
 
 def test_an_os_error_during_a_command_is_one_line_and_exit_2(capsys):
-    from emotion_summary.cli import call
+    from emotion_summary.core.cli import call
 
     def write():
         raise PermissionError(13, "Permission denied", "/srv/out.jsonl")
@@ -185,7 +184,7 @@ def test_two_outputs_of_one_command_on_one_file_are_refused(tmp_path, capsys, go
 
 
 def test_training_options_out_of_range_are_named_like_every_other_command():
-    from emotion_summary.config import resolve_config, validate
+    from emotion_summary.training.config import resolve_config, validate
 
     problems = validate(resolve_config("cpu-smoke", lora_r=0, learning_rate=-1.0, max_steps=-2, weight_decay=-0.1))
     assert "lora_r: expected an integer >= 1, got 0" in problems

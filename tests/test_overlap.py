@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from emotion_summary.errors import UserError
-from emotion_summary.folds import FINGERPRINTS_FILE, find_leaks, guard_leakage, save_fingerprints
-from emotion_summary.overlap import (NGRAM, WINDOW, OverlapIndex, Signature, normalise, record_text, tokens,
+from emotion_summary.core.errors import UserError
+from emotion_summary.data.folds import FINGERPRINTS_FILE, find_leaks, guard_leakage, save_fingerprints
+from emotion_summary.data.overlap import (NGRAM, WINDOW, OverlapIndex, Signature, normalise, record_text, tokens,
                                      winnowed_hashes)
-from emotion_summary.records import Record
+from emotion_summary.data.records import Record
 
 CASE = ("Visitor, female, 29 years old, single, a nurse in a city hospital. She came because she has "
         "slept badly for three months and cries after night shifts without knowing why.")
@@ -124,8 +124,8 @@ def test_version_2_file_keeps_the_version_1_fields_and_its_settings(tmp_path):
 
 
 def test_official_inputs_do_not_leak_into_each_other(shared_data):
-    from emotion_summary.folds import LEAK_MIN_RATIO
-    from emotion_summary.records import read_records
+    from emotion_summary.data.folds import LEAK_MIN_RATIO
+    from emotion_summary.data.records import read_records
 
     official = read_records(shared_data / "longemotion" / "Emotion_Summary.jsonl")
     index = OverlapIndex(min_shared=None, min_ratio=LEAK_MIN_RATIO)
@@ -139,7 +139,7 @@ def test_overlap_and_synthesis_import_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys, emotion_summary.overlap, emotion_summary.synthesize, emotion_summary.folds\n"
+    code = ("import sys, emotion_summary.data.overlap, emotion_summary.teacher.synthesize, emotion_summary.data.folds\n"
             "print([m for m in ('torch', 'transformers', 'peft', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -39,7 +39,7 @@ def test_check_passes_on_agreeing_rows_and_names_each_problem(peers_module):
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None,
                     reason="trl is an optional benchmark dependency: pip install -e '.[bench]'")
 def test_three_peers_same_first_step_loss(peers_module, tmp_path):
-    from emotion_summary.architectures import build_tiny_qwen2
+    from emotion_summary.modeling.architectures import build_tiny_qwen2
 
     spec = {"model_name_or_path": str(build_tiny_qwen2()), "preset": "cpu-smoke", "seq_len": 256,
             "batch_size": 1, "answer_tokens": 64, "steps": 0, "seed": 0, "workdir": str(tmp_path)}

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from emotion_summary.errors import UserError
+from emotion_summary.core.errors import UserError
 from emotion_summary.pipeline import pipeline
-from emotion_summary.submission import check_submission
+from emotion_summary.predicting.submission import check_submission
 
 pytestmark = pytest.mark.slow
 

@@ -1,9 +1,9 @@
 import json
 
-from emotion_summary.text import detect_language
-from emotion_summary.prompt import (TRIM_MARKER, PromptSpec, answer_text, build_prompt,
+from emotion_summary.data.text import detect_language
+from emotion_summary.prompting.prompt import (TRIM_MARKER, PromptSpec, answer_text, build_prompt,
                                     parse_answer)
-from emotion_summary.records import GOLD_FIELDS, record_from_dict
+from emotion_summary.data.records import GOLD_FIELDS, record_from_dict
 
 REC = record_from_dict({
     "id": 5, "case_description": ["A 30-year-old teacher."],

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from emotion_summary.extractive import report_sentences
-from emotion_summary.psyqa import ID_OFFSET, convert_items, convert_psyqa, load_psyqa
-from emotion_summary.records import RecordError, read_records, record_from_dict
-from emotion_summary.text import split_sentences
+from emotion_summary.predicting.extractive import report_sentences
+from emotion_summary.data.psyqa import ID_OFFSET, convert_items, convert_psyqa, load_psyqa
+from emotion_summary.data.records import RecordError, read_records, record_from_dict
+from emotion_summary.data.text import split_sentences
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "download_and_convert_psyqa.py"
 

@@ -42,8 +42,8 @@ def test_the_config_file_sentence_names_every_command_that_reads_one():
 
 
 def test_side_files_are_named_as_the_code_names_them():
-    from emotion_summary.label import rejects_path
-    from emotion_summary.replies import side_file_for
+    from emotion_summary.teacher.label import rejects_path
+    from emotion_summary.prompting.replies import side_file_for
 
     assert rejects_path("x/labelled.jsonl").name == "labelled.rejects.jsonl"  # `<output stem>.rejects.jsonl`
     assert side_file_for("x/sub.jsonl").name == "sub.jsonl.raw.jsonl"  # `<output>.raw.jsonl`

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from emotion_summary.atomic_io import append_jsonl, atomic_write_text, read_jsonl_tolerant, repair_jsonl_tail
-from emotion_summary.records import GOLD_FIELDS, RecordError, read_records, write_records
+from emotion_summary.core.atomic_io import append_jsonl, atomic_write_text, read_jsonl_tolerant, repair_jsonl_tail
+from emotion_summary.data.records import GOLD_FIELDS, RecordError, read_records, write_records
 
 GOOD = {"id": 1, "case_description": ["Client, 30."], "consultation_process": ["Session one."],
         "experience_and_reflection": "Reflection."}
@@ -69,7 +69,7 @@ def test_require_gold_names_the_first_missing_field(tmp_path):
 
 
 def test_fingerprint_ignores_whitespace_and_case_but_not_content():
-    from emotion_summary.records import record_from_dict
+    from emotion_summary.data.records import record_from_dict
 
     a = record_from_dict(GOOD)
     b = record_from_dict({**GOOD, "consultation_process": ["  session   ONE. "], "id": 99})
@@ -122,7 +122,7 @@ def test_official_files_load(shared_data):
 
 
 def test_a_directory_given_as_records_is_called_a_directory(tmp_path):
-    from emotion_summary.records import RecordError, read_records
+    from emotion_summary.data.records import RecordError, read_records
 
     with pytest.raises(RecordError, match=r": is a directory$"):
         read_records(tmp_path)

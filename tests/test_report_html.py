@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
-from emotion_summary.evaluate import evaluate
-from emotion_summary.records import read_records
-from emotion_summary.report_html import render_html
-from emotion_summary.submission import write_submission
+from emotion_summary.scoring.evaluate import evaluate
+from emotion_summary.data.records import read_records
+from emotion_summary.scoring.report_html import render_html
+from emotion_summary.predicting.submission import write_submission
 
 HOSTILE = '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'"> & </div>'
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

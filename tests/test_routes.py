@@ -8,9 +8,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from emotion_summary.prompt import PromptSpec, build_prompt
-from emotion_summary.records import read_records
-from emotion_summary.submission import check_submission
+from emotion_summary.prompting.prompt import PromptSpec, build_prompt
+from emotion_summary.data.records import read_records
+from emotion_summary.predicting.submission import check_submission
 from tests.chat_server import FakeChatServer
 from tests.user_shell import python_wrapper_dir, user_env
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from emotion_summary.prompt import PromptSpec
-from emotion_summary.records import GOLD_FIELDS, Record, read_records, record_from_dict
+from emotion_summary.prompting.prompt import PromptSpec
+from emotion_summary.data.records import GOLD_FIELDS, Record, read_records, record_from_dict
 from emotion_summary.stats import length_table, measure, percentile, write_outputs
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stats.py"
@@ -81,8 +81,8 @@ def test_summary_counts_and_fits_worked_out_by_hand(tmp_path):
 
 
 def test_mixed_sources_get_their_own_rows(fixtures):
-    from emotion_summary.psyqa import convert_items, load_psyqa
-    from emotion_summary.records import record_from_dict
+    from emotion_summary.data.psyqa import convert_items, load_psyqa
+    from emotion_summary.data.records import record_from_dict
 
     psyqa = [record_from_dict(d) for d in convert_items(load_psyqa(fixtures / "psyqa_tiny.json"))]
     rows = measure(CharTokenizer(), {"a": read_records(fixtures / "es_tiny.jsonl"), "b": psyqa}, PromptSpec())

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from emotion_summary.client import ChatClient
-from emotion_summary.errors import UserError
-from emotion_summary.label import label_file, rejects_path
-from emotion_summary.prompt import NOT_DESCRIBED
-from emotion_summary.records import GOLD_FIELDS, Record, read_records, write_records
-from emotion_summary.submission import check_submission, write_submission
-from emotion_summary.synthesize import (ID_OFFSET, PROMPT_VERSION, SOURCE, builtin_seeds, check_report, plan_jobs,
+from emotion_summary.teacher.client import ChatClient
+from emotion_summary.core.errors import UserError
+from emotion_summary.teacher.label import label_file, rejects_path
+from emotion_summary.prompting.prompt import NOT_DESCRIBED
+from emotion_summary.data.records import GOLD_FIELDS, Record, read_records, write_records
+from emotion_summary.predicting.submission import check_submission, write_submission
+from emotion_summary.teacher.synthesize import (ID_OFFSET, PROMPT_VERSION, SOURCE, builtin_seeds, check_report, plan_jobs,
                                         read_seeds, synthesize_file)
 from tests.chat_server import FakeChatServer
 from tests.synth_teacher import SMALL, report_for, teacher
@@ -283,12 +283,12 @@ def test_labelling_keeps_synth_source_and_accepts_not_described(tmp_path):
 def test_seeds_to_synthetic_reports_to_labels_to_training_to_scored_submission(tmp_path):
     """Issue 13's route end to end: 5 seeds -> 5 synthetic reports -> teacher labels -> cpu-smoke
     training -> predictions on held-out sample reports -> local scores."""
-    from emotion_summary.evaluate import evaluate
-    from emotion_summary.folds import write_fold
-    from emotion_summary.inference import infer
-    from emotion_summary.label import label_with_teacher
-    from emotion_summary.sample_data import SAMPLE_EN
-    from emotion_summary.train import train
+    from emotion_summary.scoring.evaluate import evaluate
+    from emotion_summary.data.folds import write_fold
+    from emotion_summary.predicting.predict import infer
+    from emotion_summary.teacher.label import label_with_teacher
+    from emotion_summary.data.sample_data import SAMPLE_EN
+    from emotion_summary.training.command import train
 
     seeds = seeds_file(tmp_path)
     labelled = tmp_path / "labelled.jsonl"

@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
-from emotion_summary.errors import UserError
-from emotion_summary.config import resolve_config, validate
-from emotion_summary.presets import PRESETS
-from emotion_summary.train import prepare_run, train
+from emotion_summary.core.errors import UserError
+from emotion_summary.training.config import resolve_config, validate
+from emotion_summary.training.command import prepare_run, train
 
 pytestmark = pytest.mark.slow
 SMOKE = dict(preset="cpu-smoke", max_steps=4, save_every=2, eval_every=2)
@@ -65,7 +64,8 @@ def test_refuses_unlabelled_records_naming_file_line_and_field(tmp_path):
 
 
 def test_training_moves_lora_weights_and_leaves_base_weights(tmp_path):
-    from emotion_summary.train import Trainer, load_data
+    from emotion_summary.training.trainer import Trainer
+    from emotion_summary.training.train_data import load_data
 
     cfg = resolve_config("cpu-smoke", max_steps=2, output_dir=str(tmp_path / "r"))
     trainer = Trainer(cfg, *load_data(cfg))
@@ -109,7 +109,7 @@ def test_run_directories_are_never_overwritten(tmp_path):
 
 
 def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch, capsys):
-    from emotion_summary import train as train_module
+    from emotion_summary.training import trainer as train_module
 
     calls = {"n": 0}
     real_step = train_module.Trainer._optimizer_step
@@ -154,8 +154,8 @@ def test_more_config_problems_are_caught_before_loading(tmp_path):
     cfg = resolve_config("cpu-smoke", max_steps=-1, warmup_ratio=1.5, lora_target="q_proj")
     text = "\n".join(validate(cfg))
     assert "max_steps" in text and "warmup_ratio" in text and "lora_target" in text
-    from emotion_summary.cli import parse_command_line
-    from emotion_summary.train import build_config, command_options
+    from emotion_summary.core.cli import parse_command_line
+    from emotion_summary.training.command import build_config, command_options
 
     parsed = parse_command_line(command_options(), ["--lora_target", "q_proj,v_proj"])
     assert parsed == {"lora_target": ["q_proj", "v_proj"]}
@@ -165,7 +165,7 @@ def test_more_config_problems_are_caught_before_loading(tmp_path):
 
 
 def test_an_id_in_two_training_files_is_an_error_naming_both(tmp_path):
-    from emotion_summary.sample_data import SAMPLE_EN
+    from emotion_summary.data.sample_data import SAMPLE_EN
 
     copy = tmp_path / "copy.jsonl"
     copy.write_text(SAMPLE_EN.read_text())
@@ -189,7 +189,7 @@ def test_resume_after_a_kill_before_the_first_checkpoint_keeps_one_row_per_step(
 
 
 def test_resume_refuses_changed_training_data(tmp_path):
-    from emotion_summary.sample_data import SAMPLE_EN
+    from emotion_summary.data.sample_data import SAMPLE_EN
 
     data = tmp_path / "train.jsonl"
     data.write_text(SAMPLE_EN.read_text())
@@ -204,10 +204,10 @@ def test_resume_refuses_changed_training_data(tmp_path):
 
 
 def test_a_checkpoint_is_a_loadable_adapter_and_guarded_against_leakage(tmp_path):
-    from emotion_summary.folds import find_leaks
-    from emotion_summary.model import Qwen2EmotionSummaryModel
-    from emotion_summary.records import read_records
-    from emotion_summary.sample_data import SAMPLE_EN
+    from emotion_summary.data.folds import find_leaks
+    from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
+    from emotion_summary.data.records import read_records
+    from emotion_summary.data.sample_data import SAMPLE_EN
 
     run = tmp_path / "r"
     train_until(2, **SMOKE, train_data=str(SAMPLE_EN), folds=0, output_dir=str(run))
@@ -218,7 +218,8 @@ def test_a_checkpoint_is_a_loadable_adapter_and_guarded_against_leakage(tmp_path
 
 
 def prepared_trainer(tmp_path, **overrides):
-    from emotion_summary.train import Trainer, load_data
+    from emotion_summary.training.trainer import Trainer
+    from emotion_summary.training.train_data import load_data
 
     cfg = resolve_config("cpu-smoke", output_dir=str(tmp_path / "r"), **overrides)
     trainer = Trainer(cfg, *load_data(cfg))

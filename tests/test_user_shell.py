@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from emotion_summary.submission import check_submission
+from emotion_summary.predicting.submission import check_submission
 from tests.user_shell import ROOT, python_wrapper_dir, user_env
 
 

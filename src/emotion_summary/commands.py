@@ -9,24 +9,24 @@ from typing import Callable
 
 # command -> (module, function, accepts --config FILE)
 FUNCTION_COMMANDS = {
-    "check_submission": ("check", "check", False),
-    "convert_psyqa": ("psyqa", "convert_psyqa", False),
-    "download_data": ("download", "download_data", False),
-    "inference": ("inference", "infer", True),
-    "label_with_teacher": ("label", "label_with_teacher", True),
-    "merge_adapter": ("model", "merge_adapter", False),
+    "check_submission": ("predicting.check", "check", False),
+    "convert_psyqa": ("data.psyqa", "convert_psyqa", False),
+    "download_data": ("data.download", "download_data", False),
+    "inference": ("predicting.predict", "infer", True),
+    "label_with_teacher": ("teacher.label", "label_with_teacher", True),
+    "merge_adapter": ("modeling.merge", "merge_adapter", False),
     "stats": ("stats", "stats", False),
-    "write_fold": ("folds", "write_fold", False),
-    "evaluate": ("evaluate", "evaluate", True),
+    "write_fold": ("data.folds", "write_fold", False),
+    "evaluate": ("scoring.evaluate", "evaluate", True),
     "install_torch": ("install_torch", "install_torch", False),
-    "synthesize_reports": ("synthesize", "synthesize_reports", True),
+    "synthesize_reports": ("teacher.synthesize", "synthesize_reports", True),
     "plan_memory": ("gpusim.planner", "plan_memory", False),
 }
 
 
 def _function_command(module: str, name: str, config_file: bool) -> Callable[..., None]:
     def main(argv: list[str] | None = None) -> None:
-        from emotion_summary.cli import run
+        from emotion_summary.core.cli import run
 
         run(getattr(importlib.import_module(f"emotion_summary.{module}"), name), argv, config_file)
 
@@ -39,7 +39,7 @@ globals().update({command: _function_command(*spec) for command, spec in FUNCTIO
 
 
 def train(argv: list[str] | None = None) -> None:
-    from emotion_summary.train import main
+    from emotion_summary.training.command import main
 
     main(argv)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from emotion_summary.errors import UserError
-from emotion_summary.paths import refuse_unreadable
+from emotion_summary.core.errors import UserError
+from emotion_summary.core.paths import refuse_unreadable
 
 REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements_qwen2.txt"
 WHEEL_INDEX = "https://download.pytorch.org/whl"

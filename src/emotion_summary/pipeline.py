@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emotion_summary.config import TrainConfig
-from emotion_summary.errors import RunDirError, UserError
-from emotion_summary.records import write_records
-from emotion_summary.run_dir import RunDir
-from emotion_summary.submission import SUBMISSION_FILE
+from emotion_summary.training.config import TrainConfig
+from emotion_summary.core.errors import RunDirError, UserError
+from emotion_summary.data.records import write_records
+from emotion_summary.training.run_dir import RunDir
+from emotion_summary.predicting.submission import SUBMISSION_FILE
 
 HELDOUT_FILE = "heldout_fold.jsonl"  # the fold the pipeline predicts when no --predict_input is given
 
 
 def _train_or_reuse(preset: str, output_dir: str | None, train_options: dict) -> Path:
     """Train; or resume the unfinished run; or reuse the finished one when it has the same config."""
-    from emotion_summary.train import resolve, train
+    from emotion_summary.training.command import resolve, train
 
     cfg, _ = resolve(preset, output_dir=output_dir, **train_options)
     run = RunDir(cfg.output_dir)
@@ -40,7 +40,7 @@ def _train_or_reuse(preset: str, output_dir: str | None, train_options: dict) ->
 def _heldout_inputs(run_dir: Path, out_dir: Path) -> Path:
     """The run's validation records (its held-out fold, plus any --eval_data), written as an
     inputs+gold file to predict and score."""
-    from emotion_summary.train import load_data
+    from emotion_summary.training.train_data import load_data
 
     cfg = TrainConfig.load(run_dir)
     if not cfg.folds:
@@ -66,8 +66,8 @@ def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str |
         allow_leakage: predict reports that were in the training data (scores then mean little).
         **train_options: any option of scripts/train_qwen2.py (--train_data, --max_steps, --lora_r ...).
     """
-    from emotion_summary.evaluate import evaluate
-    from emotion_summary.inference import infer
+    from emotion_summary.scoring.evaluate import evaluate
+    from emotion_summary.predicting.predict import infer
 
     _refuse_bad_paths(predict_input, gold, submission_dir)  # before training, which may take hours
     run_dir = _train_or_reuse(preset, output_dir, train_options)
@@ -86,7 +86,7 @@ def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str |
 
 
 def _refuse_bad_paths(predict_input: str | None, gold: str | None, submission_dir: str | None) -> None:
-    from emotion_summary.paths import refuse_overwrite, refuse_unreadable
+    from emotion_summary.core.paths import refuse_overwrite, refuse_unreadable
 
     inputs = {"--predict_input": predict_input, "--gold": gold}
     refuse_unreadable(inputs)
@@ -98,22 +98,22 @@ def _refuse_bad_paths(predict_input: str | None, gold: str | None, submission_di
 
 
 def _has_gold(path: Path) -> bool:
-    from emotion_summary.records import read_records
+    from emotion_summary.data.records import read_records
 
     return all(r.has_gold for r in read_records(path))
 
 
 def command_options():
     """pipeline's own options, then every training option but the two it names itself."""
-    from emotion_summary.cli import dataclass_options, function_options
+    from emotion_summary.core.cli import dataclass_options, function_options
 
     return function_options(pipeline) + dataclass_options(TrainConfig, exclude=("preset", "output_dir"))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Train (or reuse/resume the run), write a submission, check it and score it (the main job)."""
-    from emotion_summary.cli import call, parse_or_exit
-    from emotion_summary.train import PRESET_NOTE
+    from emotion_summary.core.cli import call, parse_or_exit
+    from emotion_summary.training.command import PRESET_NOTE
 
     values = parse_or_exit(command_options(), argv, main.__doc__, config_file=True, defaults_note=PRESET_NOTE)
     call(lambda: pipeline(**values))

@@ -18,13 +18,13 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from emotion_summary.config import resolve_config
-from emotion_summary.presets import PRESETS
-from emotion_summary.encode import answer_token_ids, prompt_token_ids
-from emotion_summary.paths import refuse_overwrite
-from emotion_summary.prompt import Language, PromptSpec
-from emotion_summary.records import Record, read_records
+from emotion_summary.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from emotion_summary.training.config import resolve_config
+from emotion_summary.training.presets import PRESETS
+from emotion_summary.prompting.encode import answer_token_ids, prompt_token_ids
+from emotion_summary.core.paths import refuse_overwrite
+from emotion_summary.prompting.prompt import Language, PromptSpec
+from emotion_summary.data.records import Record, read_records
 
 WINDOWS = (4096, 8192, 16384, 32768)
 DEFAULT_NEW_TOKENS = resolve_config("24gb").max_new_tokens  # the budget used for the 4K..32K table
@@ -144,7 +144,7 @@ def histogram_png(rows: list[dict]) -> bytes:
     import matplotlib.ticker
     import numpy as np
 
-    from emotion_summary.plots import png_bytes, pyplot
+    from emotion_summary.core.plots import png_bytes, pyplot
 
     plt = pyplot()
     values = [r["prompt_tokens"] for r in rows]
@@ -188,7 +188,7 @@ def stats(inputs: str, *more_inputs: str, out_dir: str = "data/stats", language:
                      {f"input {i + 1}": p for i, p in enumerate((inputs, *more_inputs))},
                      dirs={"--out_dir": out_dir, "--tokenizer_cache": tokenizer_cache})
     files = {str(p): read_records(p) for p in (inputs, *more_inputs)}
-    from emotion_summary.qwen_tokenizer_offline import qwen2_tokenizer
+    from emotion_summary.modeling.tokenizer import qwen2_tokenizer
 
     print("loading the Qwen2 tokenizer (built once, ~1 min, then cached)", file=sys.stderr)
     spec = PromptSpec(language=language)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 
-from emotion_summary.errors import ConfigError, UserError
+from emotion_summary.core.errors import ConfigError, UserError
 from emotion_summary.gpusim.cards import CARDS, PRESET_CARDS, Card, card_named, card_of_size
 from emotion_summary.gpusim.job import Job
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emotion_summary.architectures import QWEN2_7B
+from emotion_summary.modeling.architectures import QWEN2_7B
 
 ARCHS = {
     "qwen2-7b": ("qwen2", QWEN2_7B),

@@ -92,7 +92,7 @@ def build_base_model(arch: str, layers: int | None, quantization: str, dtype: to
     """The model `load_base_model` returns on a GPU, with fake weights."""
     from transformers import AutoModelForCausalLM
 
-    from emotion_summary.model import quantization_config
+    from emotion_summary.modeling.loading import quantization_config
 
     from torch.utils._python_dispatch import _disable_current_modes
 

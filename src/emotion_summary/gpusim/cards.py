@@ -38,7 +38,7 @@ PRESET_CARDS = {"8gb": "rtx4060", "12gb": "rtx3060", "24gb": "rtx4090"}
 
 
 def card_named(name: str) -> Card:
-    from emotion_summary.errors import ConfigError
+    from emotion_summary.core.errors import ConfigError
 
     key = name.lower().replace(" ", "").replace("-", "").replace("_", "")
     for k, card in CARDS.items():

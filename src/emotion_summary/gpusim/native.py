@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from emotion_summary.errors import UserError
+from emotion_summary.core.errors import UserError
 
 SOURCE = Path(__file__).with_name("fake_cuda.cpp")
 LIB_NAME = "es_fake_cuda"
@@ -26,7 +26,7 @@ class NoCompilerError(UserError):
 
 
 def build_dir() -> Path:
-    from emotion_summary.architectures import cache_root
+    from emotion_summary.modeling.architectures import cache_root
 
     tag = f"{_torch_version()}-{hash_source()}"
     return cache_root() / "gpusim" / tag

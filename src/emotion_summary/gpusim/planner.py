@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 from types import SimpleNamespace
 
-from emotion_summary.errors import ConfigError
+from emotion_summary.core.errors import ConfigError
 from emotion_summary.gpusim.archs import PLANNER_ARCHS, position_limit
 
 TRAIN_PRESETS = ("8gb", "12gb", "24gb", "cpu-smoke")
@@ -20,7 +20,7 @@ def _as_lengths(seq_len, seq_lens) -> list[int] | None:
     if seq_lens is None:
         return None
     if isinstance(seq_lens, str):
-        from emotion_summary.cli import parse_value
+        from emotion_summary.core.cli import parse_value
 
         try:
             return parse_value(seq_lens, list[int])
@@ -32,8 +32,8 @@ def _as_lengths(seq_len, seq_lens) -> list[int] | None:
 def _preset_max_seq_len(preset: str) -> int:
     """The preset's own length (its override, else TrainConfig's default); 1024 for an unknown name,
     which check_request then refuses."""
-    from emotion_summary.config import TrainConfig
-    from emotion_summary.presets import PRESETS
+    from emotion_summary.training.config import TrainConfig
+    from emotion_summary.training.presets import PRESETS
 
     if preset not in PRESETS:
         return 1024
@@ -41,7 +41,7 @@ def _preset_max_seq_len(preset: str) -> int:
 
 
 def check_request(preset: str, arch: str, lengths: list[int], yarn: bool) -> None:
-    from emotion_summary.presets import PRESETS
+    from emotion_summary.training.presets import PRESETS
 
     problems = []
     if preset not in PRESETS:
@@ -216,7 +216,7 @@ def plan(**options) -> dict:
             weights_only_check(out)
         print(describe(out))
     if o.json:
-        from emotion_summary.atomic_io import atomic_write_json
+        from emotion_summary.core.atomic_io import atomic_write_json
 
         atomic_write_json(Path(o.json), out)
     return out

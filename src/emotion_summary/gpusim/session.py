@@ -47,7 +47,8 @@ def _fake_loader(job: Job, tracker):
     """Stands in for model.load_base_model: the same model and placement, fake weights."""
     from emotion_summary.gpusim.archs import yarn_scaling
     from emotion_summary.gpusim.build import build_base_model
-    from emotion_summary import model as project
+    from emotion_summary.modeling import device as project
+    from emotion_summary.modeling.loading import disable_cpu_weight_repacking
 
     def load_base_model(name_or_path, quantization="nf4", dtype_name="auto", attn="auto", lm_head_4bit=False,
                         **_ignored):
@@ -55,8 +56,7 @@ def _fake_loader(job: Job, tracker):
         with tracker.category("weights"):
             base = build_base_model(job.arch, job.layers, quantization, dtype, project.attn_implementation(attn),
                                     lm_head_4bit, project.device(), yarn_scaling(job.arch) if job.yarn else None)
-        if hasattr(project, "disable_cpu_weight_repacking"):
-            project.disable_cpu_weight_repacking(base)
+        disable_cpu_weight_repacking(base)
         tok = SimpleNamespace(pad_token_id=151643, eos_token_id=151645, pad_token="<|endoftext|>",
                               convert_tokens_to_ids=lambda t: 151643)
         return base, tok
@@ -166,7 +166,7 @@ def run_job(job: Job) -> dict:
 
 
 def _config(job: Job):
-    from emotion_summary.config import resolve_config
+    from emotion_summary.training.config import resolve_config
 
     overrides = {"max_seq_len": max(job.seq_lens), "batch_size": len(job.seq_lens), **job.overrides}
     return resolve_config(job.preset, None, **overrides)
@@ -175,7 +175,7 @@ def _config(job: Job):
 def _common_patches(job, tracker):
     import peft
 
-    from emotion_summary import model as project
+    from emotion_summary.modeling import summary_model as project
     from emotion_summary.gpusim.attention import install
 
     return (install(job.flash_attn) + _bnb_patches() + _dispatch_extras(tracker)
@@ -189,8 +189,8 @@ def simulate_training_step(job: Job) -> dict:
     zero gradients creates it, as a first real step would), then `Trainer._optimizer_step` over two
     micro-batches (the first one's gradients live through the second)."""
     from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
-    from emotion_summary.model import Qwen2EmotionSummaryModel
-    from emotion_summary.train import Trainer, make_optimizer
+    from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
+    from emotion_summary.training.trainer import Trainer, make_optimizer
 
     card, cfg = _card(job), _config(job)
     padded = len(set(job.seq_lens)) > 1
@@ -233,7 +233,7 @@ def simulate_generation(job: Job) -> dict:
     from peft import get_peft_model
 
     from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
-    from emotion_summary import model as project
+    from emotion_summary.modeling import summary_model as project
 
     card, cfg = _card(job), _config(job)
     padded = len(set(job.seq_lens)) > 1
@@ -288,7 +288,7 @@ def simulate_plain_training(job: Job) -> dict:
                     base = prepare_model_for_kbit_training(
                         base, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
                 else:  # a GPTQ base (Qwen's Q-LoRA): peft leaves the 16-bit weights alone
-                    from emotion_summary.model import enable_checkpointing
+                    from emotion_summary.modeling.levers import enable_checkpointing
 
                     base.requires_grad_(False)
                     enable_checkpointing(base)

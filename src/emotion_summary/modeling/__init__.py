@@ -1,0 +1,1 @@
+"""modeling: see the package docstring for the stages."""

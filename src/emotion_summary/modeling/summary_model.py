@@ -1,0 +1,218 @@
+"""Qwen2EmotionSummaryModel: a causal LM with a LoRA adapter, its tokenizer, its prompt and its config.
+
+Everything that decides how a checkpoint was built (quantisation, LoRA, prompt) is read back from
+the `train_config.json` and `prompt.json` saved beside it; inference never restates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+
+from emotion_summary.core.errors import ModelError
+from emotion_summary.data.records import Record
+from emotion_summary.modeling.adapters import adapters_in_compute_dtype, lora_config
+from emotion_summary.modeling.device import device, uses_flash_attention
+from emotion_summary.modeling.generation import (
+    dtype_bytes,
+    free_gpu_bytes,
+    generation_groups,
+    prefill_chunk_tokens,
+    strip_padding,
+)
+from emotion_summary.modeling.levers import (
+    apply_liger_kernels,
+    enable_checkpointing,
+    final_norm_deferred,
+    keep_embedding_on_cpu,
+    tile_mlp,
+)
+from emotion_summary.modeling.loading import load_base_model
+from emotion_summary.modeling.loss import answer_only_loss
+from emotion_summary.modeling.merge import check_adapter_base
+from emotion_summary.prompting.encode import prompt_budget, prompt_token_ids
+from emotion_summary.prompting.prompt import PromptSpec, parse_answer
+from emotion_summary.training.config import TrainConfig
+
+
+class Qwen2EmotionSummaryModel:
+    """A Qwen2 causal LM with a LoRA adapter, its tokenizer, its prompt and its training config."""
+
+    def __init__(self, model, tokenizer, prompt: PromptSpec, config: TrainConfig):
+        self.model, self.tokenizer, self.prompt, self.config = model, tokenizer, prompt, config
+        self.trimmed: dict[int, int] = {}  # report id -> prompt tokens trimmed at generation
+
+    # ---- building -----------------------------------------------------------------------------
+    @classmethod
+    def for_training(cls, cfg: TrainConfig) -> "Qwen2EmotionSummaryModel":
+        from peft import get_peft_model
+
+        apply_liger_kernels(cfg.liger_kernels)
+        base, tokenizer = load_base_model(cfg.model_name_or_path, cfg.quantization, cfg.compute_dtype,
+                                          cfg.attn_implementation, cfg.lm_head_4bit)
+        # Not peft's prepare_model_for_kbit_training: it upcasts every 16-bit weight to fp32, and the
+        # embedding and LM head alone (2 x 152,064 x 3,584) would grow from 2.2 GB to 4.4 GB.
+        base.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(base)
+        base.config.use_cache = False
+        tile_mlp(base, cfg.mlp_tile_tokens)
+        if cfg.embedding_on_cpu and torch.cuda.is_available():
+            keep_embedding_on_cpu(base)
+        model = get_peft_model(base, lora_config(cfg),
+                               autocast_adapter_dtype=not adapters_in_compute_dtype(base.dtype))
+        base.disable_input_require_grads()  # peft hooks the embedding again for 16-bit bases
+        print(f"preset {cfg.preset}: compute dtype {str(base.dtype).removeprefix('torch.')}, attention "
+              f"{base.config._attn_implementation}, LoRA weights "
+              f"{str(next(p.dtype for p in model.parameters() if p.requires_grad)).removeprefix('torch.')}"
+              f", embedding on {base.get_input_embeddings().weight.device.type}", file=sys.stderr)
+        return cls(model, tokenizer, PromptSpec(language=cfg.language), cfg)
+
+    @classmethod
+    def load(cls, model_path: str | Path, quantization: str | None = None) -> "Qwen2EmotionSummaryModel":
+        """An adapter directory (base model and quantisation read from its train_config.json), a merged
+        model directory (16-bit unless `quantization='nf4'`; both carry prompt.json), or a plain model
+        directory such as Qwen2-7B-Instruct (16-bit unless told, the project's default prompt). The
+        embedding stays in CPU RAM where training kept it there."""
+        from emotion_summary.modeling.identity import describe_model
+
+        info = describe_model(model_path)
+        cfg = info.config
+        if info.kind == "adapter":
+            from peft import PeftModel
+
+            check_adapter_base(info.path, cfg.model_name_or_path)
+            base, tokenizer = load_base_model(cfg.model_name_or_path, info.quantization(quantization),
+                                              cfg.compute_dtype, cfg.attn_implementation, cfg.lm_head_4bit)
+            if cfg.embedding_on_cpu and torch.cuda.is_available():
+                keep_embedding_on_cpu(base)
+            model = PeftModel.from_pretrained(base, str(info.path),
+                                              autocast_adapter_dtype=not adapters_in_compute_dtype(base.dtype))
+        else:
+            model, tokenizer = load_base_model(str(info.path), info.quantization(quantization), cfg.compute_dtype,
+                                               cfg.attn_implementation)
+            if cfg.embedding_on_cpu and torch.cuda.is_available():
+                keep_embedding_on_cpu(model)
+        model.eval()
+        return cls(model, tokenizer, info.spec, cfg)
+
+    def load_adapter(self, adapter_dir: str | Path) -> None:
+        """Load trained LoRA weights into this model (same base model required)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        adapter_dir = Path(adapter_dir)
+        check_adapter_base(adapter_dir, self.config.model_name_or_path)
+        set_peft_model_state_dict(self.model, load_file(str(adapter_dir / "adapter_model.safetensors")))
+
+    # ---- training -----------------------------------------------------------------------------
+    @property
+    def pads_cheaply(self) -> bool:
+        """Whether a padded batch costs no more than its rows (FlashAttention-2's varlen path); other
+        kernels get a dense [batch, 1, L, L] mask (2.15 GB at 32K x 2), so the trainer runs rows one by one."""
+        return uses_flash_attention(self.model)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Answer-only loss; the final norm and the LM head run at the supervised positions alone.
+
+        With `offload_activations` only the decoder's saved tensors (the checkpointed layer inputs)
+        go to pinned CPU memory; the loss (LM-head weight, answer logits) stays on the GPU. Token ids
+        stay on the CPU when the embedding is there, and labels always do (the gather index is built
+        on the CPU: no GPU sync)."""
+        causal_lm = self.model.get_base_model()
+        decoder = causal_lm.model
+        dev = device()
+        offload = self.config.offload_activations and dev.type == "cuda"
+        ctx = torch.autograd.graph.save_on_cpu(pin_memory=True) if offload else contextlib.nullcontext()
+        ids_device = decoder.get_input_embeddings().weight.device
+        mask = batch.get("attention_mask")
+        # A mask without padding is no mask: SDPA then runs causal with no L x L mask at all.
+        mask = None if mask is None or bool(mask.all()) else mask.to(dev, non_blocking=True)
+        with ctx, final_norm_deferred(decoder) as norm:
+            hidden = decoder(input_ids=batch["input_ids"].to(ids_device, non_blocking=True),
+                             attention_mask=mask).last_hidden_state
+        return answer_only_loss(hidden, causal_lm.lm_head, batch["labels"], norm=norm)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Adapter weights, tokenizer, prompt.json and train_config.json: all inference needs."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(out))
+        self.tokenizer.save_pretrained(str(out))
+        self.prompt.save(out)
+        self.config.save(out)
+        return out
+
+    # ---- inference ----------------------------------------------------------------------------
+    def max_prompt_tokens(self, max_new_tokens: int) -> int:
+        return prompt_budget(self.config.max_seq_len, max_new_tokens)
+
+    @torch.no_grad()
+    def generate(self, records: list[Record], max_new_tokens: int = 512, batch_size: int | None = None) -> list[str]:
+        """Greedy replies, in the order given (callers sort by length so batches pad little).
+        `batch_size` caps the records per `generate` call; on a GPU the free memory may cap it lower."""
+        if self.max_prompt_tokens(max_new_tokens) < 256:
+            raise ModelError(f"max_new_tokens={max_new_tokens} leaves under 256 prompt tokens in this "
+                             f"model's max_seq_len={self.config.max_seq_len}; lower --max_new_tokens")
+        prompts = [self._prompt_ids(r, max_new_tokens) for r in records]
+        new_ids = self.generate_ids(prompts, max_new_tokens, batch_size=batch_size)
+        return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+
+    def _prompt_ids(self, record: Record, max_new_tokens: int) -> list[int]:
+        ids, trimmed = prompt_token_ids(self.tokenizer, self.prompt, record, self.max_prompt_tokens(max_new_tokens))
+        if trimmed:
+            self.trimmed[record.id] = trimmed
+            print(f"report {record.id}: {trimmed} tokens trimmed from the middle to fit max_seq_len="
+                  f"{self.config.max_seq_len} with max_new_tokens={max_new_tokens}", file=sys.stderr)
+        return ids
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int = 0,
+                     batch_size: int | None = None) -> list[list[int]]:
+        """Greedy new token ids (stop tokens included, padding not) for each prompt's token ids, in
+        order. Prompts go in groups of at most `batch_size` (default: as many as the free GPU memory
+        holds, `DEFAULT_CPU_BATCH` on the CPU), left-padded; long prompts are prefilled in chunks."""
+        self.model.eval()
+        out: list[list[int]] = []
+        for group in generation_groups([len(p) for p in prompts], max_new_tokens, self._kv_bytes_per_token(),
+                                       self._prefill_bytes_per_token(), free_gpu_bytes(), batch_size):
+            out += self._generate_group([prompts[i] for i in group], max_new_tokens, min_new_tokens)
+        return out
+
+    def _generate_group(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int) -> list[list[int]]:
+        gen = self._generate_tensor(prompts, max_new_tokens, min_new_tokens)
+        return [strip_padding(row, self._stop_ids()) for row in gen.tolist()]
+
+    def _stop_ids(self) -> list[int]:
+        return [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+
+    def _generate_tensor(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int) -> torch.Tensor:
+        """The new ids of one left-padded group, [group, new tokens] (finished rows padded)."""
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device())
+        attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device())
+        stop = self._stop_ids()
+        chunk = prefill_chunk_tokens(len(prompts))
+        gen = self.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+                                  min_new_tokens=min_new_tokens, do_sample=False, pad_token_id=pad,
+                                  eos_token_id=stop, use_cache=True,
+                                  prefill_chunk_size=chunk if width > chunk else None)
+        return gen[:, width:]
+
+    def _kv_bytes_per_token(self) -> int:
+        c = self.model.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * dtype_bytes(self.model)
+
+    def _prefill_bytes_per_token(self) -> int:
+        """Live activations per prompt token while one layer runs a prefill chunk without grad:
+        residual, normed input, q/k/v/attention output, the MLP's gate, up and product."""
+        c = self.model.config
+        return (6 * c.hidden_size + 3 * c.intermediate_size) * dtype_bytes(self.model)
+
+    def summarise(self, record: Record, max_new_tokens: int = 512) -> dict[str, str]:
+        return parse_answer(self.generate([record], max_new_tokens, 1)[0]).fields

@@ -1,0 +1,1 @@
+"""predicting: see the package docstring for the stages."""

@@ -1,0 +1,1 @@
+"""prompting: see the package docstring for the stages."""

@@ -1,0 +1,269 @@
+"""`eval/evaluate.py`: score one submission (or two, side by side) against gold ES records.
+
+Writes <out_dir>/<name>.json (every number, per id too), <name>.md (tables), <name>.png (per-field
+bars) and <name>.html (every report's fields beside the gold, worst first; self-contained), each
+atomically. Imports no training code; torch only when BERTScore runs.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from emotion_summary.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from emotion_summary.core.cli import check_numbers
+from emotion_summary.core.errors import UserError
+from emotion_summary.teacher.client import ChatClient, EndpointError
+from emotion_summary.core.paths import refuse_overwrite
+from emotion_summary.scoring.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
+                                     rouge_report)
+from emotion_summary.data.records import GOLD_FIELDS, Record, read_records
+from emotion_summary.scoring.report_html import per_id_judge, render_html
+from emotion_summary.predicting.submission import read_predictions
+from emotion_summary.data.text import detect_language
+
+SHORT = {"causes": "causes", "symptoms": "symptoms", "treatment_process": "process",
+         "characteristics_of_illness": "characteristics", "treatment_effect": "effect"}
+METRIC_TITLES = {"rouge-1": "ROUGE-1 F1", "rouge-2": "ROUGE-2 F1", "rouge-l": "ROUGE-L F1",
+                 "bertscore": "BERTScore F1", "judge": "LLM judge (1-5)"}
+
+
+def read_gold(path: str | Path) -> list[Record]:
+    """ES records that carry all five gold fields; an inputs-only file is a clear error."""
+    return read_records(path, require_gold=True)
+
+
+def load_predictions(path: str | Path, gold: Sequence[Record]) -> dict[int, dict[str, str]]:
+    preds = read_predictions(path)
+    missing = [r.id for r in gold if r.id not in preds]
+    if missing:
+        raise UserError(f"{path}: no prediction for {len(missing)} of the {len(gold)} gold ids: "
+                        f"{missing[:30]}{' ...' if len(missing) > 30 else ''}")
+    return preds
+
+
+def labels_for(paths: Sequence[str]) -> list[str]:
+    """Short distinct names: file stems, or parent/stem when the stems clash."""
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    longer = [f"{Path(p).parent.name}/{Path(p).stem}" for p in paths]
+    return longer if len(set(longer)) == len(longer) else [f"{chr(65 + i)}:{s}" for i, s in enumerate(stems)]
+
+
+# ---------------------------------------------------------------- BERTScore over systems
+
+
+def bertscore_systems(systems: list[dict], gold: Sequence[Record], model: str | None,
+                      num_layers: int | None) -> None:
+    """Add a "bertscore" section to every system; one model load per gold language."""
+    by_lang: dict[str, list[Record]] = {}
+    for r in gold:
+        by_lang.setdefault(detect_language(" ".join(r.gold().values())), []).append(r)
+    per_id: list[dict] = [{} for _ in systems]
+    used = []
+    for lang, recs in by_lang.items():
+        pairs = [(i, r.id, f) for i in range(len(systems)) for r in recs for f in GOLD_FIELDS]
+        gold_of = {r.id: r for r in recs}
+        result = bertscore_f1([systems[i]["_preds"][rid][f] for i, rid, f in pairs],
+                              [getattr(gold_of[rid], f) for _, rid, f in pairs], lang, model, num_layers)
+        used.append({"lang": lang, "model": result.model, "num_layers": result.num_layers,
+                     "rescaled": result.rescaled, "n_reports": len(recs)})
+        for (i, rid, f), v in zip(pairs, result.f1):
+            per_id[i].setdefault(rid, {})[f] = v
+    for system, scores in zip(systems, per_id):
+        per_field = {f: mean(scores[r.id][f] for r in gold) for f in GOLD_FIELDS}
+        system["bertscore"] = {"per_field": per_field, "mean": mean(per_field.values()),
+                               "models": used, "per_id": scores}
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _cell(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _metric_rows(system: dict, metric: str) -> dict[str, float | None] | None:
+    """{field or 'mean': value} for one metric of one system; None when the metric was not run."""
+    if metric in ROUGE_METRICS:
+        r = system["rouge"]
+        return {**{f: r["per_field"][f][metric] for f in GOLD_FIELDS}, "mean": r["mean"][metric]}
+    section = system.get(metric)
+    if not section or "per_field" not in section:
+        return None
+    pf = section["per_field"]
+    return {**{f: pf[f]["mean"] if isinstance(pf[f], dict) else pf[f] for f in GOLD_FIELDS},
+            "mean": section["mean"]}
+
+
+def _metrics(results: dict) -> list[str]:
+    extra = [m for m in ("bertscore", "judge") if all(_metric_rows(s, m) for s in results["systems"])]
+    return [*ROUGE_METRICS, *extra]
+
+
+def render_markdown(results: dict) -> str:
+    systems = results["systems"]
+    labels = [s["label"] for s in systems]
+    lines = [f"# ES evaluation: {' vs '.join(labels)}", "",
+             f"- gold: `{results['gold']}` ({results['n_reports']} reports)"]
+    lines += [f"- {s['label']}: `{s['pred']}`" for s in systems]
+    lines.append(f"- ROUGE: F1 over jieba tokens, lower-cased, punctuation dropped, each text capped at "
+                 f"{results['rouge_max_tokens']} tokens")
+    lines += [f"- {note}" for note in results["notes"]]
+    for metric in _metrics(results):
+        rows = [_metric_rows(s, metric) for s in systems]
+        head = ["field", *labels] + (["Δ (2nd − 1st)"] if len(systems) == 2 else [])
+        lines += ["", f"## {METRIC_TITLES[metric]}", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]
+        for key in [*GOLD_FIELDS, "mean"]:
+            values = [r[key] for r in rows]
+            cells = [_cell(v) for v in values]
+            if len(values) == 2:
+                cells.append("–" if None in values else f"{values[1] - values[0]:+.4f}")
+            name = f"**{key}**" if key == "mean" else key
+            lines.append("| " + " | ".join([name, *cells]) + " |")
+    for s in systems:
+        judge = s.get("judge")
+        if judge and judge.get("mean") is not None:
+            lines += ["", f"Leaderboard-style ES judge score for {s['label']}: {judge['mean']:.3f} / 5 "
+                          f"= {judge['mean_x20']:.1f} / 100 ({judge['n_failed']} of {judge['n_items']} "
+                          f"items failed, judge {judge['model']})"]
+    return "\n".join(lines) + "\n"
+
+
+def render_chart(results: dict) -> bytes:
+    from emotion_summary.core.plots import png_bytes, pyplot
+
+    plt = pyplot()
+    metrics = _metrics(results)
+    systems = results["systems"]
+    keys = [*GOLD_FIELDS, "mean"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    width = 0.8 / len(systems)
+    for ax, metric in zip(axes[0], metrics):
+        for i, s in enumerate(systems):
+            rows = _metric_rows(s, metric)
+            xs = [k + (i - (len(systems) - 1) / 2) * width for k in range(len(keys))]
+            ax.bar(xs, [rows[k] or 0.0 for k in keys], width, label=s["label"])
+        ax.set_title(METRIC_TITLES[metric])
+        ax.set_xticks(range(len(keys)), [SHORT.get(k, k) for k in keys], rotation=35, ha="right")
+        ax.set_ylim(0, 5 if metric == "judge" else 1)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=len(systems),
+               fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return png_bytes(fig, dpi=110)
+
+
+def output_name(labels: Sequence[str]) -> str:
+    return re.sub(r"[^\w.-]+", "_", "_vs_".join(labels)).strip("_") or "evaluation"
+
+
+OUTPUT_SUFFIXES = (".json", ".md", ".png", ".html")
+
+
+def write_outputs(results: dict, out_dir: str | Path, name: str, gold: Sequence[Record] = ()) -> list[Path]:
+    out_dir = Path(out_dir)
+    public = {**results, "systems": [{k: v for k, v in s.items() if not k.startswith("_")}
+                                     for s in results["systems"]]}
+    page = render_html(results, {r.id: r.gold() for r in gold},
+                       {r.id: "\n".join(r.case_description) for r in gold})
+    return [atomic_write_json(out_dir / f"{name}.json", public),
+            atomic_write_text(out_dir / f"{name}.md", render_markdown(results)),
+            atomic_write_bytes(out_dir / f"{name}.png", render_chart(results)),
+            atomic_write_text(out_dir / f"{name}.html", page)]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _judge_systems(systems, gold, client: ChatClient, cache, concurrency, reference):
+    from emotion_summary.scoring.judge import judge_predictions, judge_totals
+
+    model = client.model
+    for s in systems:
+        items = judge_predictions(gold, s["_preds"], client, cache, use_reference=reference,
+                                  concurrency=concurrency, desc=f"judge {s['label']}")
+        s["judge"] = {**judge_totals(items, model), "per_id": per_id_judge(items)}
+
+
+def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "eval/results",
+             name: str | None = None, bertscore: bool = True, bertscore_model: str | None = None,
+             bertscore_num_layers: int | None = None, judge: bool = False, endpoint: str | None = None,
+             model: str | None = None, concurrency: int = 4, judge_cache: str | None = None,
+             judge_reference: bool = True, timeout_s: float = 120.0, max_retries: int = 4) -> None:
+    """Score a submission against gold ES records: ROUGE, optional BERTScore and LLM judge.
+
+    Args:
+        pred: submission file (Emotion_Summary_Result.jsonl format).
+        gold: ES records with the five gold fields (e.g. Emotion_Summary_example.jsonl).
+        compare: a second submission, shown side by side with the first.
+        out_dir: where <name>.json, <name>.md, <name>.png and <name>.html are written.
+        name: base name of the outputs; default from the prediction file names.
+        bertscore: also compute BERTScore F1 (needs bert-score, torch and the model).
+        bertscore_model: hub id or local folder; default roberta-large (English), bert-base-chinese (Chinese).
+        bertscore_num_layers: layer to use; default bert_score's choice for a known model, else the last.
+        judge: also run the LLM judge (needs --endpoint and --model).
+        endpoint: base URL of an OpenAI-compatible server for the judge, e.g. http://127.0.0.1:8000/v1.
+        model: judge model name.
+        concurrency: judge requests in flight at once.
+        judge_cache: JSONL cache of judge replies; default <out_dir>/judge_cache.jsonl.
+        judge_reference: show the judge the gold field as a reference (the leaderboard judge sees it).
+        timeout_s: per-request timeout of the judge in seconds.
+        max_retries: judge retries on connection errors, timeouts, 429 and 5xx.
+    """
+    paths = [str(pred)] + ([str(compare)] if compare is not None else [])
+    name = str(name) if name else output_name(labels_for(paths))
+    outputs = {f"--out_dir/{name}{ext}": Path(out_dir) / f"{name}{ext}" for ext in OUTPUT_SUFFIXES}
+    refuse_overwrite({**outputs, "--judge_cache": judge_cache}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
+    check_numbers({"concurrency": (concurrency, int, 1), "bertscore_num_layers": (bertscore_num_layers, int, 0)})
+    use_bertscore, use_judge = bertscore, judge
+    if use_judge and not (endpoint and model):
+        raise UserError("--judge needs --endpoint URL and --model NAME")
+    client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries) if use_judge else None
+    gold_records = read_gold(gold)
+    golds = {r.id: r.gold() for r in gold_records}
+    labels = labels_for(paths)
+    systems = [{"label": label, "pred": path, "_preds": load_predictions(path, gold_records)}
+               for label, path in zip(labels, paths)]
+    results = {"gold": str(gold), "n_reports": len(gold_records), "ids": list(golds),
+               "rouge_max_tokens": MAX_TOKENS, "notes": [], "systems": systems}
+    for s in systems:
+        s["n_ignored_ids"] = len(set(s["_preds"]) - set(golds))
+        s["rouge"] = rouge_report(s["_preds"], golds)
+    if use_bertscore:
+        try:
+            bertscore_systems(systems, gold_records, bertscore_model, bertscore_num_layers)
+        except BertScoreUnavailable as e:
+            results["notes"].append(f"BERTScore skipped: {e}")
+            print(f"WARNING: BERTScore skipped: {e}", file=sys.stderr)
+    judge_error = None
+    if use_judge:
+        cache = judge_cache or str(Path(out_dir) / "judge_cache.jsonl")
+        try:
+            _judge_systems(systems, gold_records, client, cache, concurrency, judge_reference)
+        except EndpointError as e:
+            judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
+                                        "run the same command again to resume")
+            results["notes"].append(str(judge_error))
+    written = write_outputs(results, out_dir, name, gold_records)
+    print(render_markdown(results))
+    print("wrote " + ", ".join(map(str, written)))
+    if judge_error:
+        raise judge_error
+    _judge_failures(systems)
+
+
+def _judge_failures(systems: list[dict]) -> None:
+    """Say how many judge items failed; an error when no item of a system got a score."""
+    from emotion_summary.scoring.judge import failure_line
+
+    for s in systems:
+        if s.get("judge") and failure_line(s["judge"], s["label"]):
+            print(f"WARNING: {failure_line(s['judge'], s['label'])}", file=sys.stderr)
+    useless = [s["label"] for s in systems if s.get("judge") and s["judge"]["n_failed"] == s["judge"]["n_items"]]
+    if useless:
+        raise UserError(f"the judge gave no usable score for {', '.join(useless)}: every item failed (see "
+                        "the failures in the .json); check --model and the endpoint")

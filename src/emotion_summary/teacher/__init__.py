@@ -1,0 +1,1 @@
+"""teacher: see the package docstring for the stages."""

@@ -1,0 +1,1 @@
+"""training: see the package docstring for the stages."""
