@@ -1,6 +1,7 @@
 """The README's route 1 (zero-shot through --backend openai) runs as written, against a fake
 OpenAI-compatible server on 127.0.0.1: the project's prompt goes out, a checked submission and
-scores come back."""
+scores come back. The block is the first ```bash block after the marker `<!-- route: zero-shot -->`
+in README.md (and README.zh.md, which must give the same commands)."""
 
 import json
 import re
@@ -16,13 +17,14 @@ from tests.user_shell import python_wrapper_dir, user_env
 
 ROOT = Path(__file__).resolve().parents[1]
 README_ENDPOINT = "http://127.0.0.1:8000/v1"
+ROUTE_MARKER = "<!-- route: zero-shot -->"
 
 
-def readme_block(heading: str) -> str:
-    """The first ```bash block after `heading` in README.md."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index(heading + "\n")
-    match = re.compile(r"```bash\n(.*?)```", re.S).search(text, start)
+def readme_block(readme: str) -> str:
+    """The first ```bash block after the zero-shot route's marker in `readme`."""
+    text = (ROOT / readme).read_text(encoding="utf-8")
+    assert text.count(ROUTE_MARKER) == 1, f"{readme} must mark the zero-shot route once with {ROUTE_MARKER}"
+    match = re.compile(r"```bash\n(.*?)```", re.S).search(text, text.index(ROUTE_MARKER))
     return match.group(1)
 
 
@@ -49,10 +51,10 @@ def user_checkout(tmp_path: Path, fixtures: Path) -> Path:
 
 
 def test_zero_shot_route_runs_as_written_against_a_loopback_server(tmp_path, fixtures):
-    block = readme_block("### Route 1: zero-shot (no training)")
+    block = readme_block("README.md")
     assert block.count(README_ENDPOINT) == 2 and "--backend openai" in block
     commands = [line for line in block.splitlines() if not line.startswith("#")]
-    zh = [line for line in readme_block("#### 路线 1：零样本（不训练）").splitlines() if not line.startswith("#")]
+    zh = [line for line in readme_block("README.zh.md").splitlines() if not line.startswith("#")]
     assert zh == commands  # both languages give the same commands
     home = user_checkout(tmp_path, fixtures)
     env = user_env(tmp_path / "bin")
@@ -70,7 +72,7 @@ def test_zero_shot_route_runs_as_written_against_a_loopback_server(tmp_path, fix
     for folder, records in (("zero-shot-gold", gold), ("zero-shot", inputs)):
         report = check_submission(home / "submissions" / folder / "Emotion_Summary_Result.jsonl")
         assert report.ok and sorted(report.rows) == sorted(r.id for r in records)
-    scores = json.loads((home / "eval" / "results" / "Emotion_Summary_Result.json").read_text())
+    scores = json.loads((home / "eval" / "results" / "zero-shot-gold.json").read_text())  # --name zero-shot-gold
     assert scores["n_reports"] == len(gold) and 0 < scores["systems"][0]["rouge"]["mean"]["rouge-1"] < 1
-    page = (home / "eval" / "results" / "Emotion_Summary_Result.html").read_text(encoding="utf-8")
+    page = (home / "eval" / "results" / "zero-shot-gold.html").read_text(encoding="utf-8")
     assert all(f'data-id="{r.id}"' in page for r in gold)

@@ -108,8 +108,8 @@ def test_official_inputs_token_lengths(shared_data, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "stats.json").read_text(encoding="utf-8"))
-    # measured once with this prompt (es-v1) and the offline-built Qwen2 tokenizer (README, "Token-length
-    # statistics"); a change of either shows up here
+    # measured once with this prompt (es-v1) and the offline-built Qwen2 tokenizer (bench/RESULTS.md, "Token
+    # lengths of the official inputs"); a change of either shows up here
     assert summary["groups"]["all"]["prompt_tokens"] == {"count": 150, "mean": 3322.9, "median": 3075.0,
                                                          "p90": 4461.1, "min": 1460, "max": 6960}
     assert summary["fits_windows"] == {"4096": 103, "8192": 150, "16384": 150, "32768": 150}
