@@ -8,6 +8,18 @@ required options, and `--config FILE` (YAML or JSON) where a command accepts one
 checked against its type at the boundary; all problems (unknown options, mistyped values, missing
 required ones) are printed at once, one line each naming the option, and the command exits 2.
 A UserError raised by the command itself is printed as one line too (exit 2).
+
+Options several commands share are an option group: a frozen dataclass whose fields declare type,
+default, help and range once (`EndpointOptions`: every command that talks to an OpenAI-compatible
+server). A command takes the group as one parameter decorated with `option_group`; its fields become
+that command's options, checked together when the group is built.
+
+Exit codes, the same in every command:
+    0    done
+    1    ran, but the result is not usable: a submission that fails the check (`check`, `predict`),
+         or no usable reply from a teacher or judge
+    2    a problem the user can fix: a bad option or input file, an endpoint that cannot be used
+    130  interrupted (Ctrl-C or SIGTERM); finished work is kept and the same command resumes
 """
 
 from __future__ import annotations
@@ -17,18 +29,22 @@ import inspect
 import json
 import math
 import re
+import signal
 import sys
+import threading
 import textwrap
 import types
 import typing
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from emotion_summary.errors import ConfigError, UserError
+from emotion_summary.errors import ConfigError, NotReady, UserError
 from emotion_summary.paths import missing_file, set_command_line_inputs
 
 REQUIRED = inspect.Parameter.empty
+EXIT_OK, EXIT_NOT_READY, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _TRUE = {"true", "yes", "y", "1", "on"}
 _FALSE = {"false", "no", "n", "0", "off"}
 _NONE = {"none", "null"}
@@ -74,9 +90,14 @@ def function_options(fn: Callable) -> list[Option]:
     Parameters whose names start with `_` and `**kwargs` are not options."""
     hints = typing.get_type_hints(fn)
     _, helps = _docstring_help(fn)
+    groups = getattr(fn, "__option_groups__", {})
     out = []
     for p in inspect.signature(fn).parameters.values():
         if p.name.startswith("_") or p.kind is p.VAR_KEYWORD:
+            continue
+        if p.name in groups:  # its fields, in their declared order
+            cls, without = groups[p.name]
+            out += dataclass_options(cls, exclude=without)
             continue
         variadic = p.kind is p.VAR_POSITIONAL
         out.append(Option(p.name, hints.get(p.name, str), p.default, helps.get(p.name, ""), variadic=variadic))
@@ -198,16 +219,19 @@ def comma_list(value: Any, name: str, item: type = str) -> list:
         raise ConfigError(f"--{name}: {e}") from None
 
 
-def number_problem(name: str, value: Any, kind: type, minimum: float, strict: bool = False) -> str | None:
-    """None when `value` is a `kind` (int or float) at least (or, `strict`, above) `minimum`; else the
-    one-line problem naming --name. The one range check of every command's numbers."""
+def number_problem(name: str, value: Any, kind: type, minimum: float, strict: bool = False,
+                   maximum: float | None = None) -> str | None:
+    """None when `value` is a `kind` (int or float) at least (or, `strict`, above) `minimum` and at most
+    `maximum`; else the one-line problem naming --name. The one range check of every command's numbers."""
     try:
         number = None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = None
+    too_big = maximum is not None and number is not None and number > maximum
     if number is None or not math.isfinite(number) or number < minimum or (strict and number == minimum) \
-            or (kind is int and not number.is_integer()):
+            or too_big or (kind is int and not number.is_integer()):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        bound += f" and <= {maximum:g}" if maximum is not None else ""
         return f"--{name}: expected {'an integer' if kind is int else 'a number'} {bound}, got {value!r}"
     return None
 
@@ -225,6 +249,94 @@ def check_numbers(checks: dict[str, tuple], separator: str = "\n") -> None:
     problems = [number_problem(name, *spec) for name, spec in checks.items() if spec[0] is not None]
     if any(problems):
         raise ConfigError(separator.join(p for p in problems if p))
+
+
+# ---- option groups ------------------------------------------------------------------------------
+
+def ranged(default, help: str, kind: type, minimum: float, maximum: float | None = None, strict: bool = False,
+           zero_is_off: bool = False, **metadata):
+    """A group field with its range beside it: `kind` in [minimum, maximum] (`strict`: above minimum);
+    `zero_is_off`: 0 is accepted too, meaning the feature is off."""
+    return field(default=default, metadata={"help": help, "range": (kind, minimum, maximum, strict, zero_is_off),
+                                            **metadata})
+
+
+def group_problems(group) -> list[str]:
+    """Every range problem of an option group's values, one line each naming the option."""
+    problems = []
+    for f in dataclasses.fields(group):
+        value = getattr(group, f.name)
+        if "range" not in f.metadata or value is None:
+            continue
+        kind, minimum, maximum, strict, zero_is_off = f.metadata["range"]
+        if zero_is_off and value == 0 and not isinstance(value, bool):
+            continue
+        if problem := number_problem(f.name, value, kind, minimum, strict, maximum):
+            problems.append(problem + (" (or 0 for off)" if zero_is_off else ""))
+    return problems
+
+
+def option_group(param: str, without: tuple[str, ...] = ()):
+    """Decorate a command whose parameter `param` is an option group (a dataclass): its fields, except
+    `without`, are the command's options, and a caller may pass them flat (`endpoint=...`) or as the
+    group itself (`param=Group(...)`), not both."""
+    def decorate(fn):
+        cls = typing.get_type_hints(fn)[param]
+        names = {f.name for f in dataclasses.fields(cls)} - set(without)
+
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            flat = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+            if flat and kwargs.get(param) is not None:
+                raise TypeError(f"{fn.__name__}: pass {param}= or its fields, not both")
+            if flat:
+                kwargs[param] = cls(**flat)
+            return fn(*args, **kwargs)
+
+        command.__option_groups__ = {**getattr(fn, "__option_groups__", {}), param: (cls, tuple(without))}
+        return command
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class EndpointOptions:
+    """An OpenAI-compatible server (vLLM, LMDeploy, a hosted API): the options of every command that
+    asks one (predict --backend openai, label, synthesize, evaluate --judge)."""
+
+    endpoint: str = field(default="", metadata={
+        "help": "base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM) or a hosted API"})
+    model: str = field(default="", metadata={"help": "model name the server serves"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
+        "help": "environment variable holding the API key (sent as a Bearer token when set; never written)"})
+    concurrency: int = ranged(4, "requests in flight at once", int, 1, 256)
+    timeout_s: float = ranged(300.0, "seconds for one whole request, connect to last byte", float, 0, 86_400,
+                              strict=True)
+    max_retries: int = ranged(4, "HTTP retries per request on connection errors, timeouts, garbled replies, "
+                              "429 and 5xx (back-off doubles from 1 s, at most 60 s a wait; Retry-After is "
+                              "honoured)", int, 0, 100)
+    requests_per_minute: float = ranged(0.0, "client-side rate limit; 0 for none", float, 0.01, 1_000_000,
+                                        zero_is_off=True)
+    max_tokens: int | None = ranged(None, "reply length limit per request (default: the command's own: labelling "
+                                    "1024, synthesis 6000, judge 200)", int, 1, 1_000_000)
+    max_reply_mb: float = ranged(4.0, "refuse a reply body larger than this many MB (stops reading there)",
+                                 float, 0, 1024, strict=True)
+
+    def __post_init__(self):
+        problems = group_problems(self)
+        if str(self.endpoint).strip():
+            from emotion_summary.client import endpoint_problem
+
+            if problem := endpoint_problem(str(self.endpoint)):
+                problems.insert(0, problem)
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    def require(self, why: str) -> "EndpointOptions":
+        """Itself, or a ConfigError when --endpoint or --model is missing (`why`: the command needing them)."""
+        if not (str(self.endpoint).strip() and str(self.model).strip()):
+            raise ConfigError(f"{why} needs --endpoint URL and --model NAME (the served model)")
+        return self
 
 
 # ---- parsing ----------------------------------------------------------------------------------
@@ -431,16 +543,38 @@ def run(fn: Callable, argv: list[str] | None = None, config_file: bool = False):
 
 
 def call(thunk: Callable[[], Any]):
+    """Run a command's work with the one mapping of outcomes to exit codes (see the module's docstring).
+    SIGTERM (docker stop, timeout) is handled as Ctrl-C, so in-flight paid work is kept the same way."""
+    previous = _terminate_as_interrupt()
     try:
         return thunk()
+    except NotReady as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(EXIT_NOT_READY)
     except UserError as e:
         fail(str(e))
     except OSError as e:  # a file that vanished, a full or read-only disk: one line, not a traceback
         fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # the command may say what was kept and how to resume
+        print(f"\n{e}" if str(e) else "\ninterrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-__all__ = ["Option", "REQUIRED", "Usage", "at_least", "call", "check_numbers", "check_value", "comma_list", "dataclass_options", "fail",
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread; returns the handler it replaced (None when
+    not in the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+__all__ = ["EndpointOptions", "Option", "REQUIRED", "group_problems", "option_group", "ranged", "Usage", "at_least", "call", "check_numbers", "check_value", "comma_list", "dataclass_options", "fail",
            "function_options", "help_text", "number_problem", "parse_command_line", "parse_or_exit", "parse_value", "run"]
