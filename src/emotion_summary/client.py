@@ -36,11 +36,13 @@ R = TypeVar("R")
 
 
 class EndpointError(UserError, RuntimeError):
-    """`status` is the HTTP status of the final failure, None for connection errors and timeouts."""
+    """`status` is the HTTP status of the final failure, None for connection errors and timeouts;
+    `garbled`: every try got a reply that could not be read (too large, not a chat reply, bad text)."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, garbled: bool = False):
         super().__init__(message)
         self.status = status
+        self.garbled = garbled
 
 
 # 4xx statuses about the key, the URL, the model name or a proxy (or the load), not about one request.
@@ -49,7 +51,11 @@ _NOT_ABOUT_THE_REQUEST = {401, 403, 404, 407, 408, 429}
 
 def is_refusal(error: EndpointError) -> bool:
     """The endpoint refused this one request for good (e.g. a report too long for the served context):
-    asking again gets the same 4xx. Anything else (network, 5xx, 429, a bad key) is about the endpoint."""
+    asking again gets the same 4xx; or it answered it only with garbage, try after try (counted like a
+    refusal, so one hostile reply does not stop the run). Anything else (network, 5xx, 429, a bad key)
+    is about the endpoint."""
+    if error.garbled:
+        return True
     return error.status is not None and 400 <= error.status < 500 and error.status not in _NOT_ABOUT_THE_REQUEST
 
 
@@ -151,6 +157,10 @@ def garbled_text(content) -> str | None:
 class _Transport(Exception):
     """The request did not get a whole, readable reply (cut off, garbled, too slow): retried.
     args: (message, HTTP status or None, seconds a Retry-After header asks for or None)."""
+
+
+class _Garbled(_Transport):
+    """A whole reply arrived but cannot be used: too large, not a chat reply, or its text is garbage."""
 
 
 _DEFAULTS = EndpointOptions()
@@ -289,7 +299,7 @@ class ChatClient:
         if cut.is_set():  # cut off mid-reply: what was read is not the whole reply
             raise TimeoutError(too_slow)
         if len(body) > self.max_reply_bytes:
-            raise _Transport(f"reply from {self.public_url} is larger than --max_reply_mb {self.max_reply_mb:g}; "
+            raise _Garbled(f"reply from {self.public_url} is larger than --max_reply_mb {self.max_reply_mb:g}; "
                              "stopped reading it", status if status >= 300 else None)
         return status, headers, body
 
@@ -309,16 +319,16 @@ class ChatClient:
             content = reply_text(json.loads(body.decode("utf-8")))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as e:
             # not UTF-8, not JSON, nested too deep, a 5,000-digit number, not a chat reply
-            raise _Transport(f"unexpected reply from {self.public_url}: {self._redact(repr(e))[:200]}") from None
+            raise _Garbled(f"unexpected reply from {self.public_url}: {self._redact(repr(e))[:200]}") from None
         if problem := garbled_text(content):
-            raise _Transport(f"garbled reply from {self.public_url}: {problem}")
+            raise _Garbled(f"garbled reply from {self.public_url}: {problem}")
         return self._redact(content)  # an endpoint echoing the key in its answer: never stored
 
     def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0) -> str:
         """The assistant's reply text; raises EndpointError after the retries are spent."""
         payload = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                    "temperature": temperature}
-        last, status = "", None
+        last, status, garbled = "", None, False
         for attempt in range(self.max_retries + 1):
             self._wait_for_rate_limit()
             asked = None
@@ -326,8 +336,10 @@ class ChatClient:
                 return self._answer(*self._post(payload))
             except _Transport as e:
                 last, status, asked = (list(e.args) + [None, None])[:3]
+                garbled = isinstance(e, _Garbled)
             except OSError as e:  # refused, reset, DNS, TLS, the deadline
-                last, status = f"cannot reach {self.public_url}: {self._redact(str(getattr(e, 'reason', e)))}", None
+                last, status, garbled = (f"cannot reach {self.public_url}: "
+                                         f"{self._redact(str(getattr(e, 'reason', e)))}", None, False)
             if attempt == self.max_retries:
                 break
             if asked is not None and asked > MAX_WAIT_S:  # waiting here would hold the run for longer
@@ -335,7 +347,7 @@ class ChatClient:
                                     f"{MAX_WAIT_S:g} s this client waits; run the same command later to resume)",
                                     status)
             time.sleep(backoff_wait(attempt, self.backoff_s, asked))
-        raise EndpointError(f"{last} (gave up after {self.max_retries + 1} tries)", status)
+        raise EndpointError(f"{last} (gave up after {self.max_retries + 1} tries)", status, garbled)
 
 
 def backoff_wait(attempt: int, first_s: float, retry_after_s: float | None = None) -> float:
