@@ -93,7 +93,7 @@ def test_label_refuses_numbers_out_of_range_in_one_line(tmp_path, capsys, fixtur
 def test_evaluate_refuses_a_judge_concurrency_below_one(tmp_path, capsys, gold_file):
     argv = [str(gold_file), str(gold_file), "--out_dir", str(tmp_path / "res"), "--bertscore", "false",
             "--judge", "--endpoint", "http://127.0.0.1:9/v1", "--model", "judge", "--concurrency", "0"]
-    assert refused(commands.evaluate, argv, capsys) == ["error: --concurrency: expected an integer >= 1, got 0"]
+    assert refused(commands.evaluate, argv, capsys) == ["error: --concurrency: expected an integer >= 1 and <= 256, got 0"]
     assert list(tmp_path.iterdir()) == []
 
 
