@@ -24,6 +24,7 @@ Exit codes, the same in every command:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -113,9 +114,19 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> list[Option]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
-        out.append(Option(f.name, hints[f.name], default, f.metadata.get("help", ""),
-                          parse=f.metadata.get("parse")))
+        help = f.metadata.get("help", "") + (f" [{range_text(*f.metadata['range'])}]" if "range" in f.metadata else "")
+        out.append(Option(f.name, hints[f.name], default, help, parse=f.metadata.get("parse")))
     return out
+
+
+def range_text(kind: type, minimum: float, maximum: float | None, strict: bool, zero_is_off: bool) -> str:
+    """A declared range as help shows it: `1..256`, `>0..86400`, `0 (off) or 0.01..1000000`."""
+    def show(x: float) -> str:
+        return f"{x:,.0f}" if float(x).is_integer() else f"{x:g}"
+
+    low = f">{show(minimum)}" if strict else show(minimum)
+    text = f"{low}..{show(maximum)}" if maximum is not None else f">={low}" if not strict else low
+    return f"0 (off) or {text}" if zero_is_off else text
 
 
 # ---- types ------------------------------------------------------------------------------------
@@ -506,7 +517,22 @@ def help_text(prog: str, summary: str, options: list[Option], config_file: bool 
     return "\n".join(lines) + "\n"
 
 
+_COMMAND_NAME: list[str] = []  # set while `es NAME` runs a subcommand
+
+
+@contextlib.contextmanager
+def command_name(name: str):
+    """Within this block, help and usage lines name the command `name` (e.g. "es predict")."""
+    _COMMAND_NAME.append(name)
+    try:
+        yield
+    finally:
+        _COMMAND_NAME.pop()
+
+
 def _prog() -> str:
+    if _COMMAND_NAME:
+        return _COMMAND_NAME[-1]
     main = sys.argv[0] if sys.argv and sys.argv[0] else "command"
     return Path(main).name  # scripts/stats.py -> stats.py; /venv/bin/es-stats -> es-stats
 
@@ -576,5 +602,5 @@ def _terminate_as_interrupt():
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-__all__ = ["EndpointOptions", "Option", "REQUIRED", "group_problems", "option_group", "ranged", "Usage", "at_least", "call", "check_numbers", "check_value", "comma_list", "dataclass_options", "fail",
+__all__ = ["EndpointOptions", "command_name", "Option", "REQUIRED", "group_problems", "option_group", "ranged", "Usage", "at_least", "call", "check_numbers", "check_value", "comma_list", "dataclass_options", "fail",
            "function_options", "help_text", "number_problem", "parse_command_line", "parse_or_exit", "parse_value", "run"]
