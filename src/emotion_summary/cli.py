@@ -46,6 +46,7 @@ from emotion_summary.paths import missing_file, set_command_line_inputs
 
 REQUIRED = inspect.Parameter.empty
 EXIT_OK, EXIT_NOT_READY, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+CONFIG_NOTES = ("card",)  # keys of a --config file that describe it (a preset's card) and are not options
 _TRUE = {"true", "yes", "y", "1", "on"}
 _FALSE = {"false", "no", "n", "0", "off"}
 _NONE = {"none", "null"}
@@ -471,6 +472,8 @@ def parse_command_line(options: list[Option], argv: list[str], config_file: bool
             _convert(option, loose.pop(0), problems, values)
     problems += [f"unexpected argument {raw!r}" for raw in loose]
     for key, raw in config_values.items():
+        if key in CONFIG_NOTES:
+            continue
         option = by_name.get(str(key).replace("-", "_"))
         if option is None or option.variadic:
             problems.append(f"--config: unknown option {key!r}")
