@@ -350,3 +350,24 @@ def test_every_endpoint_command_has_the_one_endpoint_group_with_one_set_of_defau
     shared = {name: options[name] for name in group if name in options}
     assert shared == {k: v for k, v in group.items() if k != "max_tokens" or command != "inference"}
     assert "max_reasks" in options or command in ("inference", "evaluate")
+
+
+def test_sigterm_is_handled_as_ctrl_c_in_the_one_place_that_maps_exit_codes(capsys):
+    import os
+    import signal
+    import time
+
+    from emotion_summary.cli import call
+    from emotion_summary.errors import NotReady
+
+    def killed():
+        os.kill(os.getpid(), signal.SIGTERM)  # docker stop, timeout
+        time.sleep(5)
+
+    with pytest.raises(SystemExit) as stop:
+        call(killed)
+    assert stop.value.code == 130 and "terminated (SIGTERM)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    with pytest.raises(SystemExit) as stop:
+        call(lambda: (_ for _ in ()).throw(NotReady("not ready: 3 errors")))
+    assert stop.value.code == 1 and capsys.readouterr().err == "error: not ready: 3 errors\n"
