@@ -248,14 +248,6 @@ def number_problem(name: str, value: Any, kind: type, minimum: float, strict: bo
     return None
 
 
-def at_least(value: Any, name: str, kind: type, minimum: float, strict: bool = False):
-    """`value` as `kind` when `number_problem` finds none; else that problem as a ConfigError."""
-    problem = number_problem(name, value, kind, minimum, strict)
-    if problem:
-        raise ConfigError(problem)
-    return kind(value)
-
-
 def check_numbers(checks: dict[str, tuple], separator: str = "\n") -> None:
     """Every range problem at once: {name: (value, kind, minimum[, strict])}; None values are not given."""
     problems = [number_problem(name, *spec) for name, spec in checks.items() if spec[0] is not None]
@@ -605,5 +597,5 @@ def _terminate_as_interrupt():
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-__all__ = ["EndpointOptions", "command_name", "Option", "REQUIRED", "group_problems", "option_group", "ranged", "Usage", "at_least", "call", "check_numbers", "check_value", "comma_list", "dataclass_options", "fail",
+__all__ = ["EndpointOptions", "command_name", "Option", "REQUIRED", "group_problems", "option_group", "ranged", "Usage", "call", "check_numbers", "check_value", "comma_list", "dataclass_options", "fail",
            "function_options", "help_text", "number_problem", "parse_command_line", "parse_or_exit", "parse_value", "run"]

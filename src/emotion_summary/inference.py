@@ -214,7 +214,8 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
     print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
           f"(backend {backend}; raw replies in {side})")
     _print_warnings(result, side)
-    if backend != "extractive" and records and not result.usable():
+    # an endpoint that answers everything with garbage is broken; a random cpu-smoke model is expected to
+    if backend == "openai" and records and not result.usable():
         raise NotReady(f"no usable reply: every one of the {len(records)} replies was refused or held none of "
                        f"the five fields, so {output} is the extractive baseline throughout; not ready to "
                        f"submit (see {side})")

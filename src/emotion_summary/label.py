@@ -1,7 +1,7 @@
 """Label unlabelled ES records with a teacher model behind an OpenAI-compatible endpoint.
 
 Each record is asked with the shared prompt; the reply must parse into five non-empty fields (in the
-requested language when it is en or zh), else the teacher is re-asked, saying what was wrong. Labelled
+requested language when it is en or zh), else the teacher is re-asked (up to --max_reasks times), saying what was wrong. Labelled
 records are appended to the output as they arrive, so a killed run resumes where it stopped; records
 that never give a usable reply go to `<output stem>.rejects.jsonl` with the reason, never filled in.
 """
