@@ -269,7 +269,7 @@ def test_console_entry_points_are_the_scripts_commands():
     targets = {v.split(":")[1] for v in entry.values()}
     assert all(v.startswith("emotion_summary.commands:") and callable(getattr(commands, v.split(":")[1]))
                for v in entry.values())
-    assert targets == {command_of(script) for script in SCRIPTS}  # one console command per script
+    assert targets - {"main"} == {command_of(script) for script in SCRIPTS}  # one per script, and `es`
 
 
 def test_resuming_a_missing_run_is_an_error_not_a_new_run(tmp_path, capsys):
@@ -287,3 +287,87 @@ def test_help_names_a_console_command_without_its_install_path(monkeypatch, caps
         commands.write_fold()
     assert stop.value.code == 0
     assert capsys.readouterr().out.startswith("usage: es-write-fold INPUT ")
+
+
+# ---------------------------------------------------------------- es COMMAND
+
+
+def test_es_help_lists_every_subcommand_and_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as stop:
+        commands.main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("train", "predict", "check", "evaluate", "plan", "label", "synthesize", "stats", "fold",
+                 "download", "merge", "pipeline", "install-torch", "convert-psyqa"):
+        assert f"\n  {name} " in out, name
+    assert "130 interrupted" in out
+
+
+def test_es_subcommands_run_the_same_functions_as_the_scripts_and_console_scripts():
+    import re
+
+    section = (ROOT / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n[")[0]
+    scripts = dict(re.findall(r'^([\w-]+) = "([^"]+)"', section, re.M))
+    assert scripts["es"] == "emotion_summary.commands:main"
+    dispatched = {fn for fn, _ in commands.ES_COMMANDS.values()}
+    for target in scripts.values():
+        name = target.split(":")[1]
+        assert name == "main" or getattr(commands, name) in dispatched, target
+    assert {command_of(s) for s in SCRIPTS} <= {fn.__name__ for fn in dispatched}
+
+
+def test_es_subcommand_help_names_it_and_a_check_that_fails_exits_1(tmp_path, capsys, gold_file):
+    with pytest.raises(SystemExit) as stop:
+        commands.main(["predict", "--help"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("usage: es predict INPUT ")
+    bad = tmp_path / "sub.jsonl"
+    bad.write_text('{"id": 1}\n')
+    with pytest.raises(SystemExit) as stop:
+        commands.main(["check", str(bad)])
+    assert stop.value.code == 1 and "NOT READY" in capsys.readouterr().out
+
+
+def test_es_unknown_subcommand_is_one_line_with_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as stop:
+        commands.main(["predcit", "x"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "did you mean 'predict'" in err
+
+
+def test_es_runs_as_a_module(tmp_path):
+    shown = subprocess.run([sys.executable, "-m", "emotion_summary", "label", "--help"], capture_output=True,
+                           text=True, timeout=120, cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: ")
+    assert "--max_reasks" in shown.stdout and "--max_retries" in shown.stdout and "[1..256]" in shown.stdout
+
+
+@pytest.mark.parametrize("command", ["inference", "label_with_teacher", "synthesize_reports", "evaluate"])
+def test_every_endpoint_command_has_the_one_endpoint_group_with_one_set_of_defaults(command):
+    from emotion_summary.core.cli import EndpointOptions, dataclass_options
+
+    group = {o.name: (o.type, o.default) for o in dataclass_options(EndpointOptions)}
+    options = {o.name: (o.type, o.default) for o in options_of(command)}
+    shared = {name: options[name] for name in group if name in options}
+    assert shared == {k: v for k, v in group.items() if k != "max_tokens" or command != "inference"}
+    assert "max_reasks" in options or command in ("inference", "evaluate")
+
+
+def test_sigterm_is_handled_as_ctrl_c_in_the_one_place_that_maps_exit_codes(capsys):
+    import os
+    import signal
+    import time
+
+    from emotion_summary.core.cli import call
+    from emotion_summary.core.errors import NotReady
+
+    def killed():
+        os.kill(os.getpid(), signal.SIGTERM)  # docker stop, timeout
+        time.sleep(5)
+
+    with pytest.raises(SystemExit) as stop:
+        call(killed)
+    assert stop.value.code == 130 and "terminated (SIGTERM)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    with pytest.raises(SystemExit) as stop:
+        call(lambda: (_ for _ in ()).throw(NotReady("not ready: 3 errors")))
+    assert stop.value.code == 1 and capsys.readouterr().err == "error: not ready: 3 errors\n"

@@ -44,9 +44,17 @@ def test_content_as_a_list_of_parts_is_joined():
 @pytest.mark.parametrize("kw, message", [
     ({"endpoint": "notaurl"}, "--endpoint: expected an http:// or https:// URL"),
     ({"endpoint": "http://127.0.0.1:port/v1"}, "--endpoint"),
-    ({"timeout_s": -1}, "--timeout_s: expected a number > 0, got -1"),
+    ({"timeout_s": -1}, "--timeout_s: expected a number > 0 and <= 86400, got -1"),
+    ({"timeout_s": 1e300}, "--timeout_s: expected a number > 0 and <= 86400"),
+    ({"requests_per_minute": 1e-300}, "--requests_per_minute: .* \\(or 0 for off\\)"),
+    ({"max_retries": 10**6}, "--max_retries: expected an integer >= 0 and <= 100"),
+    ({"max_reply_mb": 0}, "--max_reply_mb"),
+    ({"endpoint": "http://bücher.example/v1"}, "non-ASCII"),
+    ({"endpoint": "http://[::1:8000/v1"}, "Invalid IPv6 URL"),
+    ({"endpoint": "http://127.0.0.1:8000/v1#frag"}, "#fragment"),
+    ({"endpoint": "http://127.0.0.1:8000/v1 "}, "space"),
     ({"timeout_s": "abc"}, "--timeout_s"),
-    ({"max_retries": -1}, "--max_retries: expected an integer >= 0, got -1"),
+    ({"max_retries": -1}, "--max_retries: expected an integer >= 0 and <= 100, got -1"),
     ({"max_retries": 1.5}, "--max_retries"),
     ({"requests_per_minute": -2}, "--requests_per_minute"),
 ])
@@ -107,3 +115,86 @@ def test_an_http_proxy_from_the_environment_is_used_as_urllib_would(monkeypatch)
     request = proxy.requests[0]
     assert request.line == "POST http://api.example.invalid:8000/v1/chat/completions HTTP/1.1"
     assert request.headers["proxy-authorization"] == "Basic " + base64.b64encode(b"me:pw").decode()
+
+
+HOSTILE_CONTENT = {
+    "list-of-numbers": [1, 2],
+    "null": None,
+    "lone-surrogate": "\ud800 broken",
+    "100k-brackets": "[" * 100_000,
+    "5000-digit-text": '{"factual_consistency": ' + "9" * 5000 + "}",
+}
+
+
+@pytest.mark.parametrize("content", HOSTILE_CONTENT.values(), ids=HOSTILE_CONTENT.keys())
+def test_garbled_reply_content_is_retried_then_refused_in_one_line(content):
+    body = json.dumps(chat_reply(content)).encode()  # json.dumps keeps the lone surrogate as \ud800
+    with ScriptedServer(respond(200, body), GOOD) as server:
+        assert client(server.endpoint).chat([]) == "hello"
+    with ScriptedServer(respond(200, body)) as server:
+        with pytest.raises(EndpointError, match="garbled reply .*gave up after 2 tries") as e:
+            client(server.endpoint).chat([])
+    assert "\n" not in str(e.value)
+
+
+def test_a_5000_digit_number_or_deep_nesting_in_the_body_is_garbled_not_a_traceback():
+    for body in (b'{"choices": [{"message": {"content": ' + b"9" * 5000 + b"}}]}",
+                 b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        with ScriptedServer(respond(200, body)) as server:
+            with pytest.raises(EndpointError, match="unexpected reply"):
+                client(server.endpoint, max_retries=0).chat([])
+
+
+def test_a_reply_larger_than_the_cap_is_not_read_past_it():
+    huge = json.dumps(chat_reply("x" * 3_000_000)).encode()
+    with ScriptedServer(respond(200, huge), GOOD) as server:
+        assert client(server.endpoint, max_reply_mb=1).chat([]) == "hello"
+    with ScriptedServer(respond(200, huge)) as server:
+        with pytest.raises(EndpointError, match="larger than --max_reply_mb 1; stopped reading"):
+            client(server.endpoint, max_reply_mb=1, max_retries=0).chat([])
+        assert client(server.endpoint, max_reply_mb=4).chat([]) == "x" * 3_000_000
+
+
+def test_backoff_is_capped_per_wait_and_retry_after_is_honoured():
+    from emotion_summary.teacher.client import MAX_WAIT_S, backoff_wait, retry_after
+
+    assert [backoff_wait(n, 1.0) for n in (0, 1, 5, 6, 20, 10**6)] == [1, 2, 32, MAX_WAIT_S, MAX_WAIT_S, MAX_WAIT_S]
+    assert sum(backoff_wait(n, 1.0) for n in range(20)) < 20 * MAX_WAIT_S  # minutes, not 12 days
+    assert backoff_wait(0, 1.0, retry_after_s=3.0) == 3.0
+    assert retry_after({"Retry-After": "7"}) == 7.0 and retry_after({"retry-after": "soon"}) is None
+    assert 0 <= retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    with ScriptedServer(respond(429, "slow down", headers={"Retry-After": "1"}), GOOD) as server:
+        started = time.monotonic()
+        assert client(server.endpoint, backoff_s=0.0).chat([]) == "hello"
+        assert time.monotonic() - started >= 0.9  # waited what the server asked, not backoff_s (0)
+    with ScriptedServer(respond(503, "maintenance", headers={"Retry-After": "3600"})) as server:
+        started = time.monotonic()
+        with pytest.raises(EndpointError, match="retry after 3600 s, more than the 60 s"):
+            client(server.endpoint, max_retries=5).chat([])
+        assert time.monotonic() - started < 5 and len(server.requests) == 1
+
+
+KEY = "sk-proj-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.mark.parametrize("echo", [
+    f"Authorization: Bearer {KEY}",  # the whole header
+    "x" * 190 + f"Bearer {KEY}",  # the key across the 200-character cut
+    f"header was Bearer {KEY[:12]}",  # the server cut the key short itself
+    f"...{KEY[-9:]} was refused",
+], ids=["whole", "across-the-cut", "prefix-fragment", "suffix-fragment"])
+def test_the_key_is_redacted_in_every_form_before_the_message_is_cut(monkeypatch, echo):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with ScriptedServer(respond(400, echo)) as server:
+        with pytest.raises(EndpointError) as e:
+            client(server.endpoint).chat([])
+    message = str(e.value)
+    assert "***" in message
+    assert not any(KEY[i:i + 8] in message for i in range(len(KEY) - 7)), message
+
+
+def test_the_key_echoed_in_reply_content_is_redacted_before_anyone_stores_it(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with ScriptedServer(respond(200, chat_reply(f"your key is {KEY}; and {KEY[5:20]}"))) as server:
+        text = client(server.endpoint).chat([])
+    assert text == "your key is ***; and ***"

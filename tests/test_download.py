@@ -131,7 +131,7 @@ def test_network_failure_is_one_line(monkeypatch, tmp_path):
         raise ConnectionError("no route to host\nmore detail")
 
     monkeypatch.setattr(download, "_hf_download", offline)
-    with pytest.raises(UserError, match=r"failed: ConnectionError: no route to host$"):
+    with pytest.raises(UserError, match=r"failed: ConnectionError: no route to host\. Offline\? .* --from_dir FOLDER$"):
         download.download_data(out_dir=str(tmp_path / "data"))
     assert list(tmp_path.iterdir()) == []  # no empty data/ left behind
 

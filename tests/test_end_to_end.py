@@ -31,7 +31,7 @@ def test_psyqa_to_labelled_training_to_scored_submission(tmp_path):
     convert_psyqa(str(SAMPLE_PSYQA), str(records))
     labelled = tmp_path / "psyqa_labelled.jsonl"
     with FakeChatServer(teacher) as server:
-        label_with_teacher(str(records), str(labelled), server.endpoint, "teacher-model", language="en")
+        label_with_teacher(str(records), str(labelled), endpoint=server.endpoint, model="teacher-model", language="en")
     train_records = read_records(labelled, require_gold=True)
     assert len(train_records) == 4 and train_records[0].label_source["model"] == "teacher-model"
 

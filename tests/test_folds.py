@@ -46,7 +46,7 @@ def test_bad_fold_arguments(folds, fold, match):
 
 
 def test_duplicate_ids_rejected():
-    with pytest.raises(ValueError, match="duplicate id 1"):
+    with pytest.raises(UserError, match=r"records: duplicate id 1 \(first at record 1\)"):
         split_folds([rec(1), rec(1), rec(2)], folds=2)
 
 

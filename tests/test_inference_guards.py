@@ -79,9 +79,56 @@ def test_a_submission_that_fails_the_check_exits_non_zero(tmp_path, inputs, monk
     monkeypatch.setattr("emotion_summary.predicting.predict.check_submission", lambda *a, **k: broken)
     with pytest.raises(SystemExit) as stop:
         run(infer, ["--input", str(inputs), "--output", str(tmp_path / "sub.jsonl"), "--backend", "extractive"])
-    assert stop.value.code == 2
+    assert stop.value.code == 1  # the checker's "not ready" code
     captured = capsys.readouterr()
     assert "NOT READY" in captured.out and "failed the submission check" in captured.err
+
+
+def test_replies_with_nothing_usable_are_not_ready_to_submit(tmp_path, inputs, capsys):
+    with FakeChatServer(lambda messages: "I cannot help with that.") as server:
+        with pytest.raises(SystemExit) as stop:
+            run(infer, ["--input", str(inputs), "--output", str(tmp_path / "sub.jsonl"), "--backend", "openai",
+                        "--endpoint", server.endpoint, "--model", "m", "--max_retries", "0"])
+    assert stop.value.code == 1
+    captured = capsys.readouterr()
+    assert "no usable reply" in captured.err and "ready to submit" not in captured.out
+
+
+def test_a_garbled_reply_is_retried_then_counted_refused_not_a_traceback(tmp_path, inputs):
+    first = read_records(inputs)[0]
+    hostile = iter([None, "[" * 100_000])  # the first report's two tries
+
+    def reply(messages):
+        return next(hostile) if first.experience_and_reflection[:40] in messages[-1]["content"] else \
+            fields_reply(messages)
+
+    out = tmp_path / "sub.jsonl"
+    with FakeChatServer(reply) as server:
+        infer(input=str(inputs), output=str(out), backend="openai", endpoint=server.endpoint, model="m",
+              max_retries=1, concurrency=1)
+    saved = {row["id"]: row for row in read_jsonl_tolerant(side_file_for(out))}
+    assert "garbled reply" in saved[first.id]["error"] and saved[first.id]["raw"] == ""
+
+
+def test_a_garbled_saved_reply_is_dropped_on_load_and_asked_again(tmp_path, inputs):
+    out = tmp_path / "sub.jsonl"
+    args = dict(input=str(inputs), output=str(out), backend="openai", model="m", concurrency=1)
+    with FakeChatServer(fields_reply) as server:
+        infer(endpoint=server.endpoint, **args)
+        side = side_file_for(out)
+        rows = read_jsonl_tolerant(side)
+        rows[0]["raw"] = "\ud800" + "[" * 100_000  # written by an older version
+        side.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        infer(endpoint=server.endpoint, **args)
+        assert len(server.requests) == 3 + 1
+
+
+def test_another_endpoint_asks_again(tmp_path, inputs):
+    args = dict(input=str(inputs), output=str(tmp_path / "sub.jsonl"), backend="openai", model="m", concurrency=1)
+    with FakeChatServer(fields_reply) as first, FakeChatServer(fields_reply) as second:
+        infer(endpoint=first.endpoint, **args)
+        infer(endpoint=second.endpoint, **args)
+        assert len(first.requests) == len(second.requests) == 3
 
 
 # ---------------------------------------------------------------- an endpoint that refuses everything
@@ -147,16 +194,16 @@ def test_ctrl_c_in_openai_inference_keeps_finished_work_one_line_exit_130(tmp_pa
         with pytest.raises(SystemExit) as stop:
             run(infer, ["--input", str(inputs), "--output", str(out), "--backend", "openai", "--endpoint",
                         server.endpoint, "--model", "m", "--concurrency", "1"])
-    assert stop.value.code == 130
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "it/s" not in line
-           and "report/s" not in line and "|" not in line]
-    assert err == [f"interrupted: finished replies are saved in {side_file_for(out)}; run the same command "
-                   "again to resume"]
-    kept = read_jsonl_tolerant(side_file_for(out))
-    assert len(kept) >= 1 and all(row["raw"] for row in kept)
-    with FakeChatServer(fields_reply) as server:
+        assert stop.value.code == 130
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "it/s" not in line
+               and "report/s" not in line and "|" not in line]
+        assert err == [f"interrupted: finished replies are saved in {side_file_for(out)}; run the same command "
+                       "again to resume"]
+        kept = read_jsonl_tolerant(side_file_for(out))
+        assert len(kept) >= 1 and all(row["raw"] for row in kept)
+        sent = len(server.requests)
         infer(input=str(inputs), output=str(out), backend="openai", endpoint=server.endpoint, model="m")
-        assert len(server.requests) == 3 - len(kept)
+        assert len(server.requests) == sent + 3 - len(kept)
 
 
 # ---------------------------------------------------------------- one prompt budget
@@ -191,8 +238,8 @@ def test_openai_prompts_fit_the_checkpoint_budget_even_when_the_template_costs_m
 
 @pytest.mark.parametrize("argv, said", [
     (["--batch_size", "abc"], "--batch_size: expected an integer, got 'abc'"),
-    (["--concurrency", "0"], "--concurrency: expected an integer >= 1, got 0"),
-    (["--max_retries", "-1"], "--max_retries: expected an integer >= 0, got -1"),
+    (["--concurrency", "0"], "--concurrency: expected an integer >= 1 and <= 256, got 0"),
+    (["--max_retries", "-1"], "--max_retries: expected an integer >= 0 and <= 100, got -1"),
     (["--backend", "vllm"], "--backend: expected one of hf, openai, extractive, got 'vllm'"),
     (["--language", "fr"], "--language: expected one of en, zh, auto, got 'fr'"),
 ])

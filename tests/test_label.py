@@ -133,7 +133,7 @@ def test_limit_then_resume_and_torn_last_line(server, tmp_path):
 def test_bad_replies_go_to_rejects_never_filled(server, tmp_path):
     src = write_input(tmp_path, ["good", "fix-on-retry", "missing-field", "too-long"])
     out = tmp_path / "out.jsonl"
-    counts = label_file(src, out, client(server), max_retries=2)
+    counts = label_file(src, out, client(server), max_reasks=2)
     assert counts["labelled"] == 2 and counts["rejected"] == 2
     assert server.markers() == {"good": 1, "fix-on-retry": 2, "missing-field": 3, "too-long": 1}
     reask = next(m for m in server.messages if len(m) > 2 and "marker:fix-on-retry" in m[1]["content"])
@@ -145,7 +145,7 @@ def test_bad_replies_go_to_rejects_never_filled(server, tmp_path):
     assert sorted(r.id for r in read_records(out)) == [1, 2]
 
     # a rerun retries only the rejects; the file keeps one line per id still rejected
-    label_file(src, out, client(server), max_retries=0)
+    label_file(src, out, client(server), max_reasks=0)
     assert server.markers() == {"good": 1, "fix-on-retry": 2, "missing-field": 4, "too-long": 2}
     assert len(rejects_path(out).read_text(encoding="utf-8").splitlines()) == 2
 
@@ -161,7 +161,7 @@ def test_a_bad_key_stops_the_run_instead_of_rejecting_every_record(server, tmp_p
 def test_language_rule_in_prompt_and_enforced(server, tmp_path):
     src = write_input(tmp_path, ["good", "zh"])
     out = tmp_path / "out.jsonl"
-    counts = label_file(src, out, client(server), language="zh", max_retries=1)
+    counts = label_file(src, out, client(server), language="zh", max_reasks=1)
     assert all(LANGUAGE_RULES["zh"] in m[1]["content"] for m in server.messages)
     assert counts["labelled"] == 1 and counts["rejected"] == 1
     assert [r.id for r in read_records(out)] == [2]
@@ -183,7 +183,7 @@ def test_cli_summary_and_bad_option(server, tmp_path):
     src = write_input(tmp_path, ["good", "missing-field"])
     out = tmp_path / "out.jsonl"
     args = [sys.executable, str(SCRIPT), "--input", str(src), "--output", str(out), "--endpoint", server.url,
-            "--model", "teacher", "--max_retries", "0", "--concurrency", "2"]
+            "--model", "teacher", "--max_reasks", "0", "--max_retries", "0", "--concurrency", "2"]
     proc = subprocess.run(args, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "labelled 1, skipped 0" in proc.stdout and "rejected 1 (see" in proc.stdout
@@ -225,7 +225,8 @@ def test_every_record_rejected_is_a_failed_run(server, tmp_path, capsys):
     src = write_input(tmp_path, ["missing-field", "too-long"])
     out = tmp_path / "out.jsonl"
     with pytest.raises(UserError, match="every one of the 2 records sent was rejected"):
-        label_with_teacher(str(src), str(out), server.url, "teacher", max_retries=0, timeout_s=10)
+        label_with_teacher(str(src), str(out), endpoint=server.url, model="teacher", max_reasks=0, max_retries=0,
+                           timeout_s=10)
     assert "labelled 0" in capsys.readouterr().out
 
 
@@ -242,7 +243,7 @@ def test_a_password_in_the_endpoint_is_in_no_file(server, tmp_path):
     src = write_input(tmp_path, ["good", "missing-field"])
     out = tmp_path / "out.jsonl"
     secret = ChatClient(server.url.replace("http://", "http://me:s3cret@"), "teacher", max_retries=0)
-    label_file(src, out, secret, max_retries=0)
+    label_file(src, out, secret, max_reasks=0)
     for path in (out, rejects_path(out)):
         text = path.read_text(encoding="utf-8")
         assert "s3cret" not in text and "me:***@127.0.0.1" in text

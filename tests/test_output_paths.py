@@ -72,7 +72,7 @@ def test_label_refuses_a_directory_or_a_path_under_a_file_before_anything_is_sen
                                                                                   blockers):
     a_dir, a_file = blockers
     inputs = str(fixtures / "es_tiny.jsonl")
-    endpoint = ["http://127.0.0.1:9/v1", "teacher"]  # nothing listens: a request would fail differently
+    endpoint = ["--endpoint", "http://127.0.0.1:9/v1", "--model", "teacher"]  # nothing listens: a request would fail differently
     assert refused(commands.label_with_teacher, [inputs, str(a_dir), *endpoint], capsys) == [
         f"error: --output {a_dir}: is a directory; give a file name"]
     assert refused(commands.label_with_teacher, [inputs, str(a_file / "x.jsonl"), *endpoint], capsys) == [
@@ -84,7 +84,8 @@ def test_label_refuses_a_directory_or_a_path_under_a_file_before_anything_is_sen
 
 @pytest.mark.parametrize("option, value", [("--max_tokens", "0"), ("--limit", "-1"), ("--concurrency", "0")])
 def test_label_refuses_numbers_out_of_range_in_one_line(tmp_path, capsys, fixtures, option, value):
-    argv = [str(fixtures / "es_tiny.jsonl"), str(tmp_path / "out.jsonl"), "http://127.0.0.1:9/v1", "teacher"]
+    argv = [str(fixtures / "es_tiny.jsonl"), str(tmp_path / "out.jsonl"), "--endpoint", "http://127.0.0.1:9/v1",
+            "--model", "teacher"]
     lines = refused(commands.label_with_teacher, [*argv, option, value], capsys)
     assert len(lines) == 1 and lines[0].startswith(f"error: {option}: expected an integer >= "), lines
     assert list(tmp_path.iterdir()) == []
@@ -93,7 +94,7 @@ def test_label_refuses_numbers_out_of_range_in_one_line(tmp_path, capsys, fixtur
 def test_evaluate_refuses_a_judge_concurrency_below_one(tmp_path, capsys, gold_file):
     argv = [str(gold_file), str(gold_file), "--out_dir", str(tmp_path / "res"), "--bertscore", "false",
             "--judge", "--endpoint", "http://127.0.0.1:9/v1", "--model", "judge", "--concurrency", "0"]
-    assert refused(commands.evaluate, argv, capsys) == ["error: --concurrency: expected an integer >= 1, got 0"]
+    assert refused(commands.evaluate, argv, capsys) == ["error: --concurrency: expected an integer >= 1 and <= 256, got 0"]
     assert list(tmp_path.iterdir()) == []
 
 

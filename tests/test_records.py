@@ -126,3 +126,15 @@ def test_a_directory_given_as_records_is_called_a_directory(tmp_path):
 
     with pytest.raises(RecordError, match=r": is a directory$"):
         read_records(tmp_path)
+
+
+def test_user_facing_errors_of_records_and_architectures_are_the_projects_error_type():
+    from emotion_summary.modeling.architectures import qwen2_config
+    from emotion_summary.core.errors import ConfigError, UserError
+    from emotion_summary.data.records import Record, check_unique_ids
+
+    twice = [Record(id=1, case_description=("a",), consultation_process=("b",), experience_and_reflection="c")] * 2
+    with pytest.raises(UserError, match="duplicate id 1"):
+        check_unique_ids(twice)
+    with pytest.raises(ConfigError, match="--arch: unknown arch 'huge'"):
+        qwen2_config("huge")

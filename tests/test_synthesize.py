@@ -55,7 +55,7 @@ def client(server: FakeChatServer, model: str = "teacher") -> ChatClient:
 def synth(server, tmp_path, seeds, n=5, model="teacher", **kw):
     kw.setdefault("official", [official_file(tmp_path)])
     return synthesize_file(str(seeds), n, tmp_path / "synthetic.jsonl", client(server, model), "en", SMALL,
-                           concurrency=2, max_retries=1, **kw)
+                           concurrency=2, max_reasks=1, **kw)
 
 
 def test_five_seeds_five_synthetic_records_and_a_rerun_sends_nothing(tmp_path):
@@ -131,7 +131,8 @@ def test_bad_replies_are_reasked_then_rejected_with_the_reason_and_retried_on_re
         assert counts["kept"] == 1 and counts["rejected"] == 3
         assert len(server.requests) == 2 + 2 + 2 + 1  # fix, short, prose re-asked once; a 400 is final
         rows = {json.loads(line)["seed"]: json.loads(line) for line in rejects_path(tmp_path / "synthetic.jsonl").open()}
-        assert "case_description has 5 words, far below the target of about 40" in rows["short"]["reason"]
+        assert "case_description has 5 words, below the accepted 16-915" in rows["short"]["reason"]
+        assert "--case_words 40" in rows["short"]["reason"]
         assert rows["prose"]["reason"] == "no JSON object in the reply" and rows["prose"]["last_reply"]
         assert "endpoint refused" in rows["refused"]["reason"]
         assert set(rows) == {"short", "prose", "refused"}
@@ -185,9 +186,10 @@ def test_check_report_reasons():
         ["consultation_process is empty"]
     assert check_report(json.dumps({**good, "consultation_process": "one text"}), SMALL, "en")[1] == \
         ["consultation_process is not a list of strings"]
-    many = {**good, "consultation_process": good["consultation_process"] * 4}
+    many = {**good, "consultation_process": good["consultation_process"] * 20}
     problems = check_report(json.dumps(many), SMALL, "en")[1]
-    assert "consultation_process has 12 paragraphs, far above the target of about 3" in problems
+    assert any(p.startswith("consultation_process has 60 paragraphs, above the accepted 1-55") and
+               "--sessions 3" in p and "--length_tolerance 2.5" in p for p in problems), problems
     key = '"experience_and_reflection": "'
     raw_break = json.dumps(good).replace(key, key + "Looking back:\n")  # a raw line break inside a string
     assert check_report("Here it is:\n" + raw_break, SMALL, "en")[0]["experience_and_reflection"].startswith(
@@ -238,7 +240,9 @@ def test_cli_reports_bad_options_in_one_line(tmp_path):
     out_of_range = run("--concurrency", "0")
     err = out_of_range.stderr.strip()
     assert out_of_range.returncode == 2 and "\n" not in err
-    assert "--concurrency: expected an integer >= 1, got 0" in err and "--endpoint and --model are required" in err
+    assert "--concurrency: expected an integer >= 1 and <= 256, got 0" in err
+    missing = run("--n", "3").stderr.strip()
+    assert "\n" not in missing and "--endpoint and --model are required" in missing
     assert not (tmp_path / "o.jsonl").exists()
 
 
@@ -294,7 +298,7 @@ def test_seeds_to_synthetic_reports_to_labels_to_training_to_scored_submission(t
     labelled = tmp_path / "labelled.jsonl"
     with FakeChatServer(teacher) as server:
         assert synth(server, tmp_path, seeds)["kept"] == 5
-        label_with_teacher(str(tmp_path / "synthetic.jsonl"), str(labelled), server.endpoint, "teacher",
+        label_with_teacher(str(tmp_path / "synthetic.jsonl"), str(labelled), endpoint=server.endpoint, model="teacher",
                            language="en")
         assert synth(server, tmp_path, seeds)["kept"] == 0 and len(server.requests) == 10  # rerun: nothing sent
     train_records = read_records(labelled, require_gold=True)
@@ -309,3 +313,35 @@ def test_seeds_to_synthetic_reports_to_labels_to_training_to_scored_submission(t
     evaluate(pred=str(submission), gold=heldout, out_dir=str(tmp_path / "scores"), bertscore=False)
     scores = json.loads(next((tmp_path / "scores").glob("*.json")).read_text())
     assert "rouge" in json.dumps(scores).lower()
+
+
+def _report_with(sessions: int, case: int, process: int, reflection: int) -> str:
+    per_session = max(1, process // sessions)
+    return json.dumps({"case_description": [" ".join(["client"] * case)],
+                       "consultation_process": [" ".join(["session"] * per_session)] * sessions,
+                       "experience_and_reflection": " ".join(["reflect"] * reflection)})
+
+
+@pytest.mark.parametrize("edge", [0, 1], ids=["p5", "p95"])
+def test_every_section_length_within_the_official_5th_to_95th_percentile_passes_the_default_gates(edge):
+    from emotion_summary.teacher.synthesize import OFFICIAL_RANGE, Targets
+
+    low_high = {k: v[edge] for k, v in OFFICIAL_RANGE.items()}
+    reply = _report_with(low_high["sessions"], low_high["case_words"],
+                         low_high["process_words"] // low_high["sessions"] * low_high["sessions"],
+                         low_high["reflection_words"])
+    sections, problems = check_report(reply, Targets(), "en")
+    assert sections is not None, problems
+
+
+@pytest.mark.shared
+def test_the_default_gates_pass_most_official_reports(shared_data):
+    from emotion_summary.data.records import read_records
+    from emotion_summary.teacher.synthesize import Targets
+
+    official = read_records(shared_data / "longemotion" / "Emotion_Summary.jsonl")
+    passed = sum(check_report(json.dumps({"case_description": list(r.case_description),
+                                          "consultation_process": list(r.consultation_process),
+                                          "experience_and_reflection": r.experience_and_reflection}),
+                              Targets(), "en")[0] is not None for r in official)
+    assert passed >= 0.8 * len(official), passed  # each gate alone passes 90%; they overlap

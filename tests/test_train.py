@@ -122,8 +122,10 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(train_module.Trainer, "_optimizer_step", interrupted_on_third)
     run = tmp_path / "r"
+    from emotion_summary.core.cli import call
+
     with pytest.raises(SystemExit) as exit_info:
-        train(**{**SMOKE, "save_every": 10}, output_dir=str(run))
+        call(lambda: train(**{**SMOKE, "save_every": 10}, output_dir=str(run)))
     assert exit_info.value.code == 130
     assert (run / "checkpoints" / "step-2" / "state.json").is_file()
     assert f"continue with:\n  python scripts/train_qwen2.py --output_dir {run} --resume" in capsys.readouterr().err

@@ -40,7 +40,6 @@ PYPI_LINUX_CUDA = {"2.13.0": (13, 0)}
 # runs on drivers >= 580, one for 12.x on drivers >= 525 (< 580 is 12.x-only). nvidia-smi's
 # "CUDA Version" is the newest CUDA the driver supports, so a build fits when its major matches.
 DRIVER_MINIMUM = {12: "525", 13: "580"}
-CHECK_COMMAND = 'python -c "import torch; print(torch.cuda.is_available(), torch.version.cuda)"'
 
 
 @dataclass

@@ -8,27 +8,45 @@ required options, and `--config FILE` (YAML or JSON) where a command accepts one
 checked against its type at the boundary; all problems (unknown options, mistyped values, missing
 required ones) are printed at once, one line each naming the option, and the command exits 2.
 A UserError raised by the command itself is printed as one line too (exit 2).
+
+Options several commands share are an option group: a frozen dataclass whose fields declare type,
+default, help and range once (`EndpointOptions`: every command that talks to an OpenAI-compatible
+server). A command takes the group as one parameter decorated with `option_group`; its fields become
+that command's options, checked together when the group is built.
+
+Exit codes, the same in every command:
+    0    done
+    1    ran, but the result is not usable: a submission that fails the check (`check`, `predict`),
+         or no usable reply from a teacher or judge
+    2    a problem the user can fix: a bad option or input file, an endpoint that cannot be used
+    130  interrupted (Ctrl-C or SIGTERM); finished work is kept and the same command resumes
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
 import math
 import re
+import signal
 import sys
+import threading
 import textwrap
 import types
 import typing
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from emotion_summary.core.errors import ConfigError, UserError
+from emotion_summary.core.errors import ConfigError, NotReady, UserError
 from emotion_summary.core.paths import missing_file, set_command_line_inputs
 
 REQUIRED = inspect.Parameter.empty
+EXIT_OK, EXIT_NOT_READY, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+CONFIG_NOTES = ("card",)  # keys of a --config file that describe it (a preset's card) and are not options
 _TRUE = {"true", "yes", "y", "1", "on"}
 _FALSE = {"false", "no", "n", "0", "off"}
 _NONE = {"none", "null"}
@@ -74,9 +92,14 @@ def function_options(fn: Callable) -> list[Option]:
     Parameters whose names start with `_` and `**kwargs` are not options."""
     hints = typing.get_type_hints(fn)
     _, helps = _docstring_help(fn)
+    groups = getattr(fn, "__option_groups__", {})
     out = []
     for p in inspect.signature(fn).parameters.values():
         if p.name.startswith("_") or p.kind is p.VAR_KEYWORD:
+            continue
+        if p.name in groups:  # its fields, in their declared order
+            cls, without = groups[p.name]
+            out += dataclass_options(cls, exclude=without)
             continue
         variadic = p.kind is p.VAR_POSITIONAL
         out.append(Option(p.name, hints.get(p.name, str), p.default, helps.get(p.name, ""), variadic=variadic))
@@ -92,9 +115,19 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()) -> list[Option]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else REQUIRED)
-        out.append(Option(f.name, hints[f.name], default, f.metadata.get("help", ""),
-                          parse=f.metadata.get("parse")))
+        help = f.metadata.get("help", "") + (f" [{range_text(*f.metadata['range'])}]" if "range" in f.metadata else "")
+        out.append(Option(f.name, hints[f.name], default, help, parse=f.metadata.get("parse")))
     return out
+
+
+def range_text(kind: type, minimum: float, maximum: float | None, strict: bool, zero_is_off: bool) -> str:
+    """A declared range as help shows it: `1..256`, `>0..86400`, `0 (off) or 0.01..1000000`."""
+    def show(x: float) -> str:
+        return f"{x:,.0f}" if float(x).is_integer() else f"{x:g}"
+
+    low = f">{show(minimum)}" if strict else show(minimum)
+    text = f"{low}..{show(maximum)}" if maximum is not None else f">={low}" if not strict else low
+    return f"0 (off) or {text}" if zero_is_off else text
 
 
 # ---- types ------------------------------------------------------------------------------------
@@ -198,26 +231,21 @@ def comma_list(value: Any, name: str, item: type = str) -> list:
         raise ConfigError(f"--{name}: {e}") from None
 
 
-def number_problem(name: str, value: Any, kind: type, minimum: float, strict: bool = False) -> str | None:
-    """None when `value` is a `kind` (int or float) at least (or, `strict`, above) `minimum`; else the
-    one-line problem naming --name. The one range check of every command's numbers."""
+def number_problem(name: str, value: Any, kind: type, minimum: float, strict: bool = False,
+                   maximum: float | None = None) -> str | None:
+    """None when `value` is a `kind` (int or float) at least (or, `strict`, above) `minimum` and at most
+    `maximum`; else the one-line problem naming --name. The one range check of every command's numbers."""
     try:
         number = None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = None
+    too_big = maximum is not None and number is not None and number > maximum
     if number is None or not math.isfinite(number) or number < minimum or (strict and number == minimum) \
-            or (kind is int and not number.is_integer()):
+            or too_big or (kind is int and not number.is_integer()):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        bound += f" and <= {maximum:g}" if maximum is not None else ""
         return f"--{name}: expected {'an integer' if kind is int else 'a number'} {bound}, got {value!r}"
     return None
-
-
-def at_least(value: Any, name: str, kind: type, minimum: float, strict: bool = False):
-    """`value` as `kind` when `number_problem` finds none; else that problem as a ConfigError."""
-    problem = number_problem(name, value, kind, minimum, strict)
-    if problem:
-        raise ConfigError(problem)
-    return kind(value)
 
 
 def check_numbers(checks: dict[str, tuple], separator: str = "\n") -> None:
@@ -225,6 +253,94 @@ def check_numbers(checks: dict[str, tuple], separator: str = "\n") -> None:
     problems = [number_problem(name, *spec) for name, spec in checks.items() if spec[0] is not None]
     if any(problems):
         raise ConfigError(separator.join(p for p in problems if p))
+
+
+# ---- option groups ------------------------------------------------------------------------------
+
+def ranged(default, help: str, kind: type, minimum: float, maximum: float | None = None, strict: bool = False,
+           zero_is_off: bool = False, **metadata):
+    """A group field with its range beside it: `kind` in [minimum, maximum] (`strict`: above minimum);
+    `zero_is_off`: 0 is accepted too, meaning the feature is off."""
+    return field(default=default, metadata={"help": help, "range": (kind, minimum, maximum, strict, zero_is_off),
+                                            **metadata})
+
+
+def group_problems(group) -> list[str]:
+    """Every range problem of an option group's values, one line each naming the option."""
+    problems = []
+    for f in dataclasses.fields(group):
+        value = getattr(group, f.name)
+        if "range" not in f.metadata or value is None:
+            continue
+        kind, minimum, maximum, strict, zero_is_off = f.metadata["range"]
+        if zero_is_off and value == 0 and not isinstance(value, bool):
+            continue
+        if problem := number_problem(f.name, value, kind, minimum, strict, maximum):
+            problems.append(problem + (" (or 0 for off)" if zero_is_off else ""))
+    return problems
+
+
+def option_group(param: str, without: tuple[str, ...] = ()):
+    """Decorate a command whose parameter `param` is an option group (a dataclass): its fields, except
+    `without`, are the command's options, and a caller may pass them flat (`endpoint=...`) or as the
+    group itself (`param=Group(...)`), not both."""
+    def decorate(fn):
+        cls = typing.get_type_hints(fn)[param]
+        names = {f.name for f in dataclasses.fields(cls)} - set(without)
+
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            flat = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+            if flat and kwargs.get(param) is not None:
+                raise TypeError(f"{fn.__name__}: pass {param}= or its fields, not both")
+            if flat:
+                kwargs[param] = cls(**flat)
+            return fn(*args, **kwargs)
+
+        command.__option_groups__ = {**getattr(fn, "__option_groups__", {}), param: (cls, tuple(without))}
+        return command
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class EndpointOptions:
+    """An OpenAI-compatible server (vLLM, LMDeploy, a hosted API): the options of every command that
+    asks one (predict --backend openai, label, synthesize, evaluate --judge)."""
+
+    endpoint: str = field(default="", metadata={
+        "help": "base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM) or a hosted API"})
+    model: str = field(default="", metadata={"help": "model name the server serves"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
+        "help": "environment variable holding the API key (sent as a Bearer token when set; never written)"})
+    concurrency: int = ranged(4, "requests in flight at once", int, 1, 256)
+    timeout_s: float = ranged(300.0, "seconds for one whole request, connect to last byte", float, 0, 86_400,
+                              strict=True)
+    max_retries: int = ranged(4, "HTTP retries per request on connection errors, timeouts, garbled replies, "
+                              "429 and 5xx (back-off doubles from 1 s, at most 60 s a wait; Retry-After is "
+                              "honoured)", int, 0, 100)
+    requests_per_minute: float = ranged(0.0, "client-side rate limit; 0 for none", float, 0.01, 1_000_000,
+                                        zero_is_off=True)
+    max_tokens: int | None = ranged(None, "reply length limit per request (default: the command's own: labelling "
+                                    "1024, synthesis 6000, judge 200)", int, 1, 1_000_000)
+    max_reply_mb: float = ranged(4.0, "refuse a reply body larger than this many MB (stops reading there)",
+                                 float, 0, 1024, strict=True)
+
+    def __post_init__(self):
+        problems = group_problems(self)
+        if str(self.endpoint).strip():
+            from emotion_summary.teacher.client import endpoint_problem
+
+            if problem := endpoint_problem(str(self.endpoint)):
+                problems.insert(0, problem)
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    def require(self, why: str) -> "EndpointOptions":
+        """Itself, or a ConfigError when --endpoint or --model is missing (`why`: the command needing them)."""
+        if not (str(self.endpoint).strip() and str(self.model).strip()):
+            raise ConfigError(f"{why} needs --endpoint URL and --model NAME (the served model)")
+        return self
 
 
 # ---- parsing ----------------------------------------------------------------------------------
@@ -348,6 +464,8 @@ def parse_command_line(options: list[Option], argv: list[str], config_file: bool
             _convert(option, loose.pop(0), problems, values)
     problems += [f"unexpected argument {raw!r}" for raw in loose]
     for key, raw in config_values.items():
+        if key in CONFIG_NOTES:
+            continue
         option = by_name.get(str(key).replace("-", "_"))
         if option is None or option.variadic:
             problems.append(f"--config: unknown option {key!r}")
@@ -394,7 +512,22 @@ def help_text(prog: str, summary: str, options: list[Option], config_file: bool 
     return "\n".join(lines) + "\n"
 
 
+_COMMAND_NAME: list[str] = []  # set while `es NAME` runs a subcommand
+
+
+@contextlib.contextmanager
+def command_name(name: str):
+    """Within this block, help and usage lines name the command `name` (e.g. "es predict")."""
+    _COMMAND_NAME.append(name)
+    try:
+        yield
+    finally:
+        _COMMAND_NAME.pop()
+
+
 def _prog() -> str:
+    if _COMMAND_NAME:
+        return _COMMAND_NAME[-1]
     main = sys.argv[0] if sys.argv and sys.argv[0] else "command"
     return Path(main).name  # scripts/stats.py -> stats.py; /venv/bin/es-stats -> es-stats
 
@@ -431,16 +564,38 @@ def run(fn: Callable, argv: list[str] | None = None, config_file: bool = False):
 
 
 def call(thunk: Callable[[], Any]):
+    """Run a command's work with the one mapping of outcomes to exit codes (see the module's docstring).
+    SIGTERM (docker stop, timeout) is handled as Ctrl-C, so in-flight paid work is kept the same way."""
+    previous = _terminate_as_interrupt()
     try:
         return thunk()
+    except NotReady as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(EXIT_NOT_READY)
     except UserError as e:
         fail(str(e))
     except OSError as e:  # a file that vanished, a full or read-only disk: one line, not a traceback
         fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # the command may say what was kept and how to resume
+        print(f"\n{e}" if str(e) else "\ninterrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-__all__ = ["Option", "REQUIRED", "Usage", "at_least", "call", "check_numbers", "check_value", "comma_list", "dataclass_options", "fail",
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread; returns the handler it replaced (None when
+    not in the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+__all__ = ["EndpointOptions", "command_name", "Option", "REQUIRED", "group_problems", "option_group", "ranged", "Usage", "call", "check_numbers", "check_value", "comma_list", "dataclass_options", "fail",
            "function_options", "help_text", "number_problem", "parse_command_line", "parse_or_exit", "parse_value", "run"]

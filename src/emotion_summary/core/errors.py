@@ -19,3 +19,8 @@ class ModelError(UserError):
 
 class RunDirError(UserError):
     """A run directory in a state that forbids the request (finished, unfinished, other config)."""
+
+
+class NotReady(UserError):
+    """The command ran but its result cannot be used (a submission that fails the check, no usable
+    reply at all): exit 1, where a problem with the input is exit 2."""

@@ -85,7 +85,8 @@ def fetch_from_hub(f: DataFile, cache_dir: str | None = None) -> Path | None:
         except Exception as e:
             first_line = (str(e).splitlines() or [""])[0]
             raise UserError(f"downloading {HF_REPO}/{repo_path} from the Hugging Face Hub failed: "
-                            f"{type(e).__name__}: {first_line}") from None
+                            f"{type(e).__name__}: {first_line}. Offline? Copy the files by hand into a folder "
+                            "and pass --from_dir FOLDER") from None
     message = f"{f.name}: not found in the dataset {HF_REPO}; tried {', '.join(failed)}"
     if not f.required:
         print(f"{message}; skipped (optional)", file=sys.stderr)

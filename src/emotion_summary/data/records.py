@@ -198,9 +198,8 @@ def read_records(path: str | os.PathLike, require_gold: bool = False) -> list[Re
     seen: dict[int, str] = {}
     for where, item in _raw_items(path):
         rec = record_from_dict(item, path, where)
-        if rec.id in seen:
-            raise RecordError(path, where, "id", f"duplicate id {rec.id} (first at {seen[rec.id]})")
-        seen[rec.id] = where
+        if problem := duplicate_id(seen, rec.id, where):
+            raise RecordError(path, where, "id", problem)
         if require_gold:
             missing = [f for f in GOLD_FIELDS if is_blank(getattr(rec, f))]
             if missing:
@@ -216,9 +215,17 @@ def write_records(path: str | os.PathLike, records: Iterable[Record]) -> Path:
     return atomic_write_jsonl(path, (r.to_dict() for r in records))
 
 
+def duplicate_id(seen: dict, rid, where: str) -> str | None:
+    """The one duplicate-id check: "duplicate id N (first at WHERE)" when `rid` is in `seen`, else None
+    (and `rid` is remembered at `where`)."""
+    if rid in seen:
+        return f"duplicate id {rid} (first at {seen[rid]})"
+    seen[rid] = where
+    return None
+
+
 def check_unique_ids(records: Sequence[Record], what: str = "records") -> None:
-    seen = set()
-    for r in records:
-        if r.id in seen:
-            raise ValueError(f"{what}: duplicate id {r.id}")
-        seen.add(r.id)
+    seen: dict = {}
+    for n, r in enumerate(records, 1):
+        if problem := duplicate_id(seen, r.id, f"record {n}"):
+            raise UserError(f"{what}: {problem}")

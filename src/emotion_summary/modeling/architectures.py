@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from emotion_summary.core.errors import ConfigError
+
 QWEN2_VOCAB = 152064  # Qwen2-7B's embedding rows (151,646 tokens, padded)
 
 QWEN2_7B = dict(  # Qwen/Qwen2-7B-Instruct's config.json
@@ -24,7 +26,7 @@ def qwen2_config(arch: str = "tiny", **overrides):
     from transformers import Qwen2Config
 
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise ConfigError(f"--arch: unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return Qwen2Config(**{**ARCHS[arch], **overrides})
 
 
@@ -81,7 +83,7 @@ def build_random_qwen2(arch: str, out_dir: str | Path | None = None, seed: int =
     from emotion_summary.modeling.tokenizer import qwen2_tokenizer
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype: one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out_dir) if out_dir else random_qwen2_dir(arch, seed, dtype, **overrides)
     if is_complete_model_dir(out):
         return out

@@ -97,8 +97,8 @@ def openai_backend(client: ChatClient, spec: PromptSpec, max_new_tokens: int, co
         return messages[record.id]
 
     def request(record: Record) -> dict:
-        return {"backend": "openai", "model": client.model, "served_from": served, "messages": messages_for(record),
-                "max_tokens": max_new_tokens, "temperature": 0.0}
+        return {"backend": "openai", "endpoint": client.public_url, "model": client.model, "served_from": served,
+                "messages": messages_for(record), "max_tokens": max_new_tokens, "temperature": 0.0}
 
     def generate(batch: list[Record]) -> list[str]:
         return [client.chat(messages_for(r), max_tokens=max_new_tokens, temperature=0.0) for r in batch]

@@ -11,22 +11,21 @@ of its refusals, so a rerun against the fixed endpoint sends them again.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
 from emotion_summary.predicting.backends import BACKENDS, Backend, extractive_backend, hf_backend, openai_backend
+from emotion_summary.core.cli import EndpointOptions, number_problem, option_group
 from emotion_summary.teacher.client import ChatClient, EndpointError, is_refusal, run_pool
-from emotion_summary.core.cli import number_problem
-from emotion_summary.core.errors import UserError
+from emotion_summary.core.errors import NotReady, UserError
 from emotion_summary.predicting.extractive import extract_fields
 from emotion_summary.data.folds import guard_leakage
 from emotion_summary.modeling.identity import ModelInfo, describe_model
 from emotion_summary.core.paths import refuse_overwrite
 from emotion_summary.prompting.prompt import Language, PromptSpec, parse_answer
-from emotion_summary.data.records import Record, read_records
+from emotion_summary.data.records import GOLD_FIELDS, Record, read_records
 from emotion_summary.prompting.replies import Replies, ReplyStore, request_key, side_file_for
 from emotion_summary.predicting.submission import SUBMISSION_FILE, check_submission, write_submission
 
@@ -119,6 +118,11 @@ class Assembled:
     not_json: list[int] = field(default_factory=list)  # ids whose reply had no parseable JSON object
     refused: dict[int, str] = field(default_factory=dict)  # id -> the endpoint's error
 
+    def usable(self) -> int:
+        """How many reports got at least one field from the model (not refused, not all baseline)."""
+        return sum(rid not in self.refused and len(self.filled.get(rid, ())) < len(GOLD_FIELDS)
+                   for rid in self.fields)
+
 
 def assemble(records: Sequence[Record], raws: dict[int, str], refused: dict[int, str] | None = None) -> Assembled:
     """Parse every raw text; fill missing fields from the extractive baseline."""
@@ -141,9 +145,8 @@ def assemble(records: Sequence[Record], raws: dict[int, str], refused: dict[int,
 
 def _check_options(backend: str, model_path: str | None, endpoint: str | None, model: str | None,
                    numbers: dict[str, float | None]) -> None:
-    minimum = {"max_retries": 0, "timeout_s": 0}  # timeout_s: above 0; every other number at least 1
-    problems = [problem for name, value in numbers.items() if value is not None and (problem := number_problem(
-        name, value, float if name == "timeout_s" else int, minimum.get(name, 1), strict=name == "timeout_s"))]
+    problems = [problem for name, value in numbers.items()
+                if value is not None and (problem := number_problem(name, value, int, 1))]
     if backend not in BACKENDS:
         problems.append(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "hf" and not (model_path and Path(model_path).is_dir()):
@@ -155,23 +158,22 @@ def _check_options(backend: str, model_path: str | None, endpoint: str | None, m
         raise UserError("\n".join(problems))
 
 
-def _make_backend(backend: str, info: ModelInfo | None, language: str | None, endpoint, model, max_new_tokens,
-                  batch_size, concurrency, timeout_s, max_retries, quantization) -> Backend:
+def _make_backend(backend: str, info: ModelInfo | None, language: str | None, server: EndpointOptions,
+                  max_new_tokens, batch_size, quantization) -> Backend:
     if backend == "extractive":
         return extractive_backend()
     if backend == "hf":
         return hf_backend(info, max_new_tokens, batch_size or info.batch_size, quantization)
-    client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries)
     spec = info.spec if info else PromptSpec(**({"language": language} if language else {}))
-    return openai_backend(client, spec, max_new_tokens, concurrency, info)
+    return openai_backend(ChatClient.from_options(server), spec, max_new_tokens, server.concurrency, info)
 
 
+@option_group("server", without=("max_tokens",))  # --max_new_tokens is the budget of every backend
 def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = None,
           backend: Literal["hf", "openai", "extractive"] = "hf", batch_size: int | None = None,
-          max_new_tokens: int | None = None, endpoint: str | None = None, model: str | None = None,
-          concurrency: int = 8, allow_leakage: bool = False, language: Language | None = None,
-          quantization: Literal["nf4", "none"] | None = None, timeout_s: float = 300.0,
-          max_retries: int = 4) -> None:
+          max_new_tokens: int | None = None, server: EndpointOptions = EndpointOptions(),
+          allow_leakage: bool = False, language: Language | None = None,
+          quantization: Literal["nf4", "none"] | None = None) -> None:
     """Write a leaderboard submission (Emotion_Summary_Result.jsonl) for an ES inputs file.
 
     Args:
@@ -182,18 +184,12 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         backend: hf (local model), openai (an OpenAI-compatible server) or extractive (no model).
         batch_size: reports per generate call (hf); default: from the checkpoint's max_seq_len.
         max_new_tokens: generation budget per report; default: the checkpoint's (512 without one).
-        endpoint: base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (openai).
-        model: model name the server serves (openai).
-        concurrency: requests in flight at once (openai).
         allow_leakage: predict even reports that the model's training data contains.
         language: auto, en or zh: overrides the prompt's answer language.
         quantization: nf4 or none (hf); default: the adapter's training quantization, none otherwise.
-        timeout_s: per-request timeout in seconds (openai).
-        max_retries: retries per request on connection errors, timeouts, 429 and 5xx (openai).
     """
-    _check_options(backend, model_path, endpoint, model,
-                   {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "concurrency": concurrency,
-                    "timeout_s": timeout_s, "max_retries": max_retries})
+    _check_options(backend, model_path, server.endpoint, server.model,
+                   {"batch_size": batch_size, "max_new_tokens": max_new_tokens})
     side = side_file_for(output)
     refuse_overwrite({"--output": output}, {"--input": input})
     refuse_overwrite({"--output's raw replies": side}, {"--input": input})  # beside --output: fine if it is
@@ -207,23 +203,26 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         guard_leakage(records, model_path, allow_leakage)
     max_new_tokens = max_new_tokens or (info.max_new_tokens if info else 512)
     started = time.monotonic()
-    chosen = _make_backend(backend, info, language, endpoint, model, max_new_tokens, batch_size, concurrency,
-                           timeout_s, max_retries, quantization)
+    chosen = _make_backend(backend, info, language, server, max_new_tokens, batch_size, quantization)
     try:
         raws = predict(records, chosen, side)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished replies are saved in {side}; run the same command again to resume",
-              file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt:  # cli.call prints this and exits 130
+        raise KeyboardInterrupt(f"interrupted: finished replies are saved in {side}; run the same command "
+                                "again to resume") from None
     result = assemble(records, raws, raws.refused)
     write_submission(output, result.fields, [r.id for r in records])
     print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
           f"(backend {backend}; raw replies in {side})")
     _print_warnings(result, side)
+    # an endpoint that answers everything with garbage is broken; a random cpu-smoke model is expected to
+    if backend == "openai" and records and not result.usable():
+        raise NotReady(f"no usable reply: every one of the {len(records)} replies was refused or held none of "
+                       f"the five fields, so {output} is the extractive baseline throughout; not ready to "
+                       f"submit (see {side})")
     report = check_submission(output, input)
     print(report.render())
     if not report.ok:
-        raise UserError(f"{output} failed the submission check ({len(report.errors)} errors above)")
+        raise NotReady(f"{output} failed the submission check ({len(report.errors)} errors above)")
 
 
 def _print_warnings(result: Assembled, side: Path) -> None:

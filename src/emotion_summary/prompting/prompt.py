@@ -10,13 +10,12 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal, get_args
+from typing import Callable, Literal
 
 from emotion_summary.data.records import GOLD_FIELDS, Record
 from emotion_summary.data.text import record_language
 
 Language = Literal["en", "zh", "auto"]  # auto: the language of the report
-LANGUAGES: tuple[str, ...] = get_args(Language)
 TRIM_MARKER = " [... {n} tokens trimmed ...] "
 
 FIELD_DESCRIPTIONS = {

@@ -2,8 +2,10 @@
 killed run loses at most the replies in flight.
 
 A saved reply is reused only for the very same request: its key is a hash of everything that shapes
-the reply (backend, model and weights, the exact prompt after trimming, max_new_tokens, decoding), so a
-changed prompt, model, answer language or budget asks again instead of reusing a stale answer.
+the reply (backend, endpoint, model and weights, the exact prompt after trimming, max_new_tokens,
+decoding), so a changed endpoint, prompt, model, answer language or budget asks again instead of reusing
+a stale answer. A saved reply that is not usable text (see client.garbled_text) is dropped on load and
+asked again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 from pathlib import Path
 
 from emotion_summary.core.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
+from emotion_summary.teacher.client import garbled_text
 
 
 def side_file_for(output: str | Path) -> Path:
@@ -49,8 +52,8 @@ class ReplyStore:
         these ids were for another request)."""
         done, stale = Replies(), set()
         for row in read_jsonl_tolerant(self.path):
-            rid, raw = row.get("id"), row.get("raw")
-            if rid not in keys or not isinstance(raw, str):
+            rid, raw = (row.get("id"), row.get("raw")) if isinstance(row, dict) else (None, None)
+            if rid not in keys or garbled_text(raw):  # a bad reply saved by an older version: asked again
                 continue
             if row.get("key") == keys[rid]:
                 done.add(rid, raw, row.get("error"))

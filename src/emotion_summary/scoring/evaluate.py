@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from emotion_summary.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from emotion_summary.core.cli import check_numbers
-from emotion_summary.core.errors import UserError
+from emotion_summary.core.cli import EndpointOptions, check_numbers, option_group
+from emotion_summary.core.errors import NotReady, UserError
 from emotion_summary.teacher.client import ChatClient, EndpointError
 from emotion_summary.core.paths import refuse_overwrite
 from emotion_summary.scoring.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
@@ -189,11 +189,12 @@ def _judge_systems(systems, gold, client: ChatClient, cache, concurrency, refere
         s["judge"] = {**judge_totals(items, model), "per_id": per_id_judge(items)}
 
 
+@option_group("judge_server")
 def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "eval/results",
              name: str | None = None, bertscore: bool = True, bertscore_model: str | None = None,
-             bertscore_num_layers: int | None = None, judge: bool = False, endpoint: str | None = None,
-             model: str | None = None, concurrency: int = 4, judge_cache: str | None = None,
-             judge_reference: bool = True, timeout_s: float = 120.0, max_retries: int = 4) -> None:
+             bertscore_num_layers: int | None = None, judge: bool = False,
+             judge_server: EndpointOptions = EndpointOptions(), judge_cache: str | None = None,
+             judge_reference: bool = True) -> None:
     """Score a submission against gold ES records: ROUGE, optional BERTScore and LLM judge.
 
     Args:
@@ -206,23 +207,16 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
         bertscore_model: hub id or local folder; default roberta-large (English), bert-base-chinese (Chinese).
         bertscore_num_layers: layer to use; default bert_score's choice for a known model, else the last.
         judge: also run the LLM judge (needs --endpoint and --model).
-        endpoint: base URL of an OpenAI-compatible server for the judge, e.g. http://127.0.0.1:8000/v1.
-        model: judge model name.
-        concurrency: judge requests in flight at once.
         judge_cache: JSONL cache of judge replies; default <out_dir>/judge_cache.jsonl.
         judge_reference: show the judge the gold field as a reference (the leaderboard judge sees it).
-        timeout_s: per-request timeout of the judge in seconds.
-        max_retries: judge retries on connection errors, timeouts, 429 and 5xx.
     """
     paths = [str(pred)] + ([str(compare)] if compare is not None else [])
     name = str(name) if name else output_name(labels_for(paths))
     outputs = {f"--out_dir/{name}{ext}": Path(out_dir) / f"{name}{ext}" for ext in OUTPUT_SUFFIXES}
     refuse_overwrite({**outputs, "--judge_cache": judge_cache}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
-    check_numbers({"concurrency": (concurrency, int, 1), "bertscore_num_layers": (bertscore_num_layers, int, 0)})
+    check_numbers({"bertscore_num_layers": (bertscore_num_layers, int, 0)})
     use_bertscore, use_judge = bertscore, judge
-    if use_judge and not (endpoint and model):
-        raise UserError("--judge needs --endpoint URL and --model NAME")
-    client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries) if use_judge else None
+    client = ChatClient.from_options(judge_server.require("--judge")) if use_judge else None
     gold_records = read_gold(gold)
     golds = {r.id: r.gold() for r in gold_records}
     labels = labels_for(paths)
@@ -243,7 +237,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     if use_judge:
         cache = judge_cache or str(Path(out_dir) / "judge_cache.jsonl")
         try:
-            _judge_systems(systems, gold_records, client, cache, concurrency, judge_reference)
+            _judge_systems(systems, gold_records, client, cache, judge_server.concurrency, judge_reference)
         except EndpointError as e:
             judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
                                         "run the same command again to resume")
@@ -265,5 +259,5 @@ def _judge_failures(systems: list[dict]) -> None:
             print(f"WARNING: {failure_line(s['judge'], s['label'])}", file=sys.stderr)
     useless = [s["label"] for s in systems if s.get("judge") and s["judge"]["n_failed"] == s["judge"]["n_items"]]
     if useless:
-        raise UserError(f"the judge gave no usable score for {', '.join(useless)}: every item failed (see "
+        raise NotReady(f"the judge gave no usable score for {', '.join(useless)}: every item failed (see "
                         "the failures in the .json); check --model and the endpoint")

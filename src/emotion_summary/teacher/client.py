@@ -1,17 +1,22 @@
 """A small OpenAI-compatible chat client (stdlib only): vLLM, LMDeploy, or a hosted API.
 
-Shared by the `openai` inference backend, the teacher labeller and the LLM judge. Retries transient
-failures (connection errors, cut-off or garbled replies, the per-request deadline, 429 and 5xx) with
-exponential back-off; other errors are final. A redirect is refused (the key would follow it), and
-no message or file shows the key or a password given in the URL.
+Shared by the `openai` inference backend, the teacher labeller, synthesis and the LLM judge. Retries
+transient failures (connection errors, cut-off or garbled replies, the per-request deadline, 429 and
+5xx) with exponential back-off, at most MAX_WAIT_S a wait, or what a Retry-After header asks; other
+errors are final. A redirect is refused (the key would follow it). A reply is read up to
+--max_reply_mb and its text must be a plain string a parser can take (no lone surrogates, no absurd
+nesting or digit runs), else it is garbled. Every message and every reply text is redacted before it
+is cut, stored or printed: no file or terminal shows the key, a fragment of it, or a URL password.
 """
 
 from __future__ import annotations
 
 import base64
+import email.utils
 import http.client
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -23,19 +28,21 @@ from itertools import islice
 from typing import Callable, Iterable, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from emotion_summary.core.cli import at_least
-from emotion_summary.core.errors import UserError
+from emotion_summary.core.cli import EndpointOptions, number_problem
+from emotion_summary.core.errors import ConfigError, UserError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 class EndpointError(UserError, RuntimeError):
-    """`status` is the HTTP status of the final failure, None for connection errors and timeouts."""
+    """`status` is the HTTP status of the final failure, None for connection errors and timeouts;
+    `garbled`: every try got a reply that could not be read (too large, not a chat reply, bad text)."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, garbled: bool = False):
         super().__init__(message)
         self.status = status
+        self.garbled = garbled
 
 
 # 4xx statuses about the key, the URL, the model name or a proxy (or the load), not about one request.
@@ -44,7 +51,11 @@ _NOT_ABOUT_THE_REQUEST = {401, 403, 404, 407, 408, 429}
 
 def is_refusal(error: EndpointError) -> bool:
     """The endpoint refused this one request for good (e.g. a report too long for the served context):
-    asking again gets the same 4xx. Anything else (network, 5xx, 429, a bad key) is about the endpoint."""
+    asking again gets the same 4xx; or it answered it only with garbage, try after try (counted like a
+    refusal, so one hostile reply does not stop the run). Anything else (network, 5xx, 429, a bad key)
+    is about the endpoint."""
+    if error.garbled:
+        return True
     return error.status is not None and 400 <= error.status < 500 and error.status not in _NOT_ABOUT_THE_REQUEST
 
 
@@ -58,40 +69,138 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", parts.fragment))
 
 
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why `endpoint` cannot be used as a base URL (one line), or None for an http(s) URL with a host."""
+    expected = "--endpoint: expected an http:// or https:// URL such as http://127.0.0.1:8000/v1"
+    text = str(endpoint)
+    if not text.isascii() or any(c.isspace() or ord(c) < 32 for c in text):
+        return (f"{expected}, got {ascii(text)[:120]}: it holds non-ASCII, space or control characters "
+                "(percent-encode them; a host name in its xn-- form)")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as e:  # '[::1' (an unclosed IPv6 bracket), a port that is not a number
+        return f"{expected}, got {public_url_safe(text)!r} ({e})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{expected}, got {public_url_safe(text)!r}"
+    if parts.fragment or text.endswith("#"):
+        return f"--endpoint: {public_url_safe(text)!r} has a #fragment, which is never sent to a server; remove it"
+    return None
+
+
+def public_url_safe(url: str) -> str:
+    try:
+        return public_url(url)
+    except ValueError:
+        return "<unreadable URL>"
+
+
 def check_endpoint(endpoint: str) -> None:
     """A one-line UserError unless `endpoint` is an http(s) URL with a host."""
-    parts = urlsplit(str(endpoint))
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        parts = parts._replace(netloc="")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"--endpoint: expected an http:// or https:// URL such as http://127.0.0.1:8000/v1, "
-                        f"got {public_url(str(endpoint))!r}")
+    if problem := endpoint_problem(endpoint):
+        raise UserError(problem)
+
+
+MAX_WAIT_S = 60.0  # the longest back-off between two tries; a longer Retry-After is final
+_FRAGMENT = 8  # a run of this many characters of a secret is redacted wherever it appears
+
+
+def redact(text: str, secrets) -> str:
+    """`text` without any secret: each secret whole, and any run of _FRAGMENT or more of its characters
+    (a server or a proxy may echo a key cut short, e.g. in `Bearer sk-abc...`). Redact, then cut."""
+    hidden = bytearray(len(text))
+    for secret in {s for s in secrets if s}:
+        spans = [secret] if len(secret) < _FRAGMENT else {secret[i:i + _FRAGMENT]
+                                                           for i in range(len(secret) - _FRAGMENT + 1)}
+        for piece in spans:
+            start = text.find(piece)
+            while start != -1:
+                hidden[start:start + len(piece)] = b"\1" * len(piece)
+                start = text.find(piece, start + 1)
+    if not any(hidden):
+        return text
+    out, i = [], 0
+    while i < len(text):  # hidden runs become one *** each
+        if hidden[i]:
+            j = hidden.find(b"\0", i)
+            out.append("***")
+        else:
+            j = hidden.find(b"\1", i)
+            out.append(text[i:len(text) if j == -1 else j])
+        i = len(text) if j == -1 else j
+    return "".join(out)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_DIGIT_RUN = re.compile(r"\d{1000}")
+MAX_NESTING = 64  # a report, a summary or a score is nested 3 deep; 100,000 '[' is an attack
+
+
+def garbled_text(content) -> str | None:
+    """Why a reply's text cannot be used (not a string, lone surrogates, nesting or digit runs that
+    would crash a JSON parser), or None. The check every reply and every saved reply passes."""
+    if not isinstance(content, str):
+        return f"reply content is {'null' if content is None else type(content).__name__}, not text"
+    if _SURROGATE.search(content):
+        return "reply text holds a lone surrogate (not valid Unicode)"
+    if _DIGIT_RUN.search(content):
+        return "reply text holds a run of 1,000 or more digits"
+    depth = deepest = 0
+    for c in re.findall(r"[\[\]{}]", content):
+        depth = depth + 1 if c in "[{" else max(0, depth - 1)
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            return f"reply text is nested more than {MAX_NESTING} brackets deep"
+    return None
 
 
 class _Transport(Exception):
-    """The request did not get a whole, readable reply (cut off, garbled, too slow): retried."""
+    """The request did not get a whole, readable reply (cut off, garbled, too slow): retried.
+    args: (message, HTTP status or None, seconds a Retry-After header asks for or None)."""
+
+
+class _Garbled(_Transport):
+    """A whole reply arrived but cannot be used: too large, not a chat reply, or its text is garbage."""
+
+
+_DEFAULTS = EndpointOptions()
 
 
 @dataclass
 class ChatClient:
     endpoint: str  # base URL, e.g. http://127.0.0.1:8000/v1
     model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 120.0  # the whole request, from connecting to the last byte of the reply
-    max_retries: int = 4
-    backoff_s: float = 1.0
-    requests_per_minute: float = 0.0  # 0: no rate limit
+    api_key_env: str = _DEFAULTS.api_key_env
+    timeout_s: float = _DEFAULTS.timeout_s  # the whole request, from connecting to the last byte of the reply
+    max_retries: int = _DEFAULTS.max_retries
+    backoff_s: float = 1.0  # the first wait; doubled each try, at most MAX_WAIT_S
+    requests_per_minute: float = _DEFAULTS.requests_per_minute  # 0: no rate limit
+    max_reply_mb: float = _DEFAULTS.max_reply_mb
 
     def __post_init__(self):
-        check_endpoint(self.endpoint)
-        self.timeout_s = at_least(self.timeout_s, "timeout_s", float, 0, strict=True)
-        self.max_retries = at_least(self.max_retries, "max_retries", int, 0)
-        self.backoff_s = at_least(self.backoff_s, "backoff_s", float, 0)
-        self.requests_per_minute = at_least(self.requests_per_minute, "requests_per_minute", float, 0)
+        if not str(self.endpoint).strip():
+            raise ConfigError("--endpoint: expected an http:// or https:// URL such as http://127.0.0.1:8000/v1")
+        # the ranges are the option group's: declared and checked in one place
+        EndpointOptions(endpoint=self.endpoint, model=self.model, timeout_s=self.timeout_s,
+                        max_retries=self.max_retries, requests_per_minute=self.requests_per_minute,
+                        max_reply_mb=self.max_reply_mb)
+        if problem := number_problem("backoff_s", self.backoff_s, float, 0, maximum=MAX_WAIT_S):
+            raise ConfigError(problem)
+        self.timeout_s, self.max_retries = float(self.timeout_s), int(self.max_retries)
+        self.requests_per_minute, self.backoff_s = float(self.requests_per_minute), float(self.backoff_s)
         self._lock = threading.Lock()
         self._next_slot = 0.0
+
+    @classmethod
+    def from_options(cls, options: EndpointOptions) -> "ChatClient":
+        """The client of an endpoint option group (its ranges already checked)."""
+        return cls(options.endpoint, options.model, api_key_env=options.api_key_env, timeout_s=options.timeout_s,
+                   max_retries=options.max_retries, requests_per_minute=options.requests_per_minute,
+                   max_reply_mb=options.max_reply_mb)
+
+    @property
+    def max_reply_bytes(self) -> int:
+        return int(self.max_reply_mb * 1_000_000)
 
     @property
     def url(self) -> str:
@@ -122,11 +231,13 @@ class ChatClient:
         return headers
 
     def _redact(self, text: str) -> str:
-        """`text` without the key or the URL's password, should the server or a library echo them."""
-        secrets = [os.environ.get(self.api_key_env), urlsplit(self.url).password]
-        for secret in filter(None, secrets):
-            text = text.replace(secret, "***")
-        return text
+        """`text` without the key or the URL's password in any form (raw, Bearer, Basic, cut short),
+        should the server or a library echo them."""
+        parts = urlsplit(self.url)
+        secrets = [os.environ.get(self.api_key_env), parts.password, unquote(parts.password or "")]
+        if parts.username is not None:  # the Basic token of http://user:pass@host
+            secrets.append(_basic(parts.username, parts.password).split(" ", 1)[1])
+        return redact(text, secrets)
 
     def _connection(self) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
         """(connection, request target, headers): straight to the endpoint, or through the proxy the
@@ -171,7 +282,8 @@ class ChatClient:
         try:
             conn.request("POST", target, body=json.dumps(payload).encode("utf-8"), headers=headers)
             resp = conn.getresponse()
-            status, headers, body = resp.status, dict(resp.getheaders()), resp.read()
+            status, headers = resp.status, dict(resp.getheaders())
+            body = resp.read(self.max_reply_bytes + 1)  # never more: a 300 MB body is refused, not held
             with lock:
                 read.set()
         except (http.client.HTTPException, OSError) as e:
@@ -186,6 +298,9 @@ class ChatClient:
             conn.close()
         if cut.is_set():  # cut off mid-reply: what was read is not the whole reply
             raise TimeoutError(too_slow)
+        if len(body) > self.max_reply_bytes:
+            raise _Garbled(f"reply from {self.public_url} is larger than --max_reply_mb {self.max_reply_mb:g}; "
+                             "stopped reading it", status if status >= 300 else None)
         return status, headers, body
 
     def _answer(self, status: int, headers: dict[str, str], body: bytes) -> str:
@@ -196,31 +311,66 @@ class ChatClient:
                                 "followed (the API key would go along): use the final URL as --endpoint", status)
         text = body.decode("utf-8", errors="replace")
         if not 200 <= status < 300:
-            message = f"HTTP {status} from {self.public_url}: {self._redact(text[:200])}"
+            message = f"HTTP {status} from {self.public_url}: {self._redact(text)[:200]}"
             if status == 429 or status >= 500:
-                raise _Transport(message, status)
+                raise _Transport(message, status, retry_after(headers))
             raise EndpointError(message, status)
         try:
-            return reply_text(json.loads(body.decode("utf-8")))
-        except (ValueError, KeyError, IndexError, TypeError) as e:  # not UTF-8, not JSON, not a chat reply
-            raise _Transport(f"unexpected reply from {self.public_url}: {self._redact(repr(e))[:200]}") from None
+            content = reply_text(json.loads(body.decode("utf-8")))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as e:
+            # not UTF-8, not JSON, nested too deep, a 5,000-digit number, not a chat reply
+            raise _Garbled(f"unexpected reply from {self.public_url}: {self._redact(repr(e))[:200]}") from None
+        if problem := garbled_text(content):
+            raise _Garbled(f"garbled reply from {self.public_url}: {problem}")
+        return self._redact(content)  # an endpoint echoing the key in its answer: never stored
 
     def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0) -> str:
         """The assistant's reply text; raises EndpointError after the retries are spent."""
         payload = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                    "temperature": temperature}
-        last, status = "", None
+        last, status, garbled = "", None, False
         for attempt in range(self.max_retries + 1):
             self._wait_for_rate_limit()
+            asked = None
             try:
                 return self._answer(*self._post(payload))
             except _Transport as e:
-                last, status = str(e.args[0]), (e.args[1] if len(e.args) > 1 else None)
+                last, status, asked = (list(e.args) + [None, None])[:3]
+                garbled = isinstance(e, _Garbled)
             except OSError as e:  # refused, reset, DNS, TLS, the deadline
-                last, status = f"cannot reach {self.public_url}: {self._redact(str(getattr(e, 'reason', e)))}", None
-            if attempt < self.max_retries:
-                time.sleep(self.backoff_s * 2 ** attempt)
-        raise EndpointError(f"{last} (gave up after {self.max_retries + 1} tries)", status)
+                last, status, garbled = (f"cannot reach {self.public_url}: "
+                                         f"{self._redact(str(getattr(e, 'reason', e)))}", None, False)
+            if attempt == self.max_retries:
+                break
+            if asked is not None and asked > MAX_WAIT_S:  # waiting here would hold the run for longer
+                raise EndpointError(f"{last} (the server asks to retry after {asked:g} s, more than the "
+                                    f"{MAX_WAIT_S:g} s this client waits; run the same command later to resume)",
+                                    status)
+            time.sleep(backoff_wait(attempt, self.backoff_s, asked))
+        raise EndpointError(f"{last} (gave up after {self.max_retries + 1} tries)", status, garbled)
+
+
+def backoff_wait(attempt: int, first_s: float, retry_after_s: float | None = None) -> float:
+    """Seconds before try `attempt + 1`: what Retry-After asks, else `first_s` doubled per try; never
+    more than MAX_WAIT_S (so --max_retries 20 waits minutes, not days)."""
+    if retry_after_s is not None:
+        return min(max(retry_after_s, 0.0), MAX_WAIT_S)
+    return min(first_s * 2 ** min(attempt, 32), MAX_WAIT_S)
+
+
+def retry_after(headers: dict[str, str]) -> float | None:
+    """Seconds a Retry-After header asks for (a number or an HTTP date), None without a readable one."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if value is None:
+        return None
+    value = value.strip()
+    if re.fullmatch(r"\d{1,9}(\.\d+)?", value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None if when is None else max(0.0, when.timestamp() - time.time())
 
 
 def _basic(user: str, password: str | None) -> str:
@@ -228,15 +378,13 @@ def _basic(user: str, password: str | None) -> str:
     return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
 
 
-def reply_text(body: dict) -> str:
-    """The assistant's text in an OpenAI chat reply; `content` may be a list of parts (joined)."""
+def reply_text(body: dict):
+    """The assistant's content in an OpenAI chat reply; a list of text parts (strings or
+    {"type": "text", "text": ...}) is joined; anything else is returned as it is for `garbled_text`."""
     content = body["choices"][0]["message"]["content"]
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        return "".join(part if isinstance(part, str) else part.get("text") or "" for part in content)
-    if not isinstance(content, str):
-        raise TypeError(f"content is {type(content).__name__}")
+    if isinstance(content, list) and content and all(
+            isinstance(p, str) or (isinstance(p, dict) and isinstance(p.get("text"), str)) for p in content):
+        return "".join(p if isinstance(p, str) else p["text"] for p in content)
     return content
 
 

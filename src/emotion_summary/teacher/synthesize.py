@@ -17,6 +17,15 @@ Length targets follow the 150 official inputs (`Emotion_Summary.jsonl`), measure
     consultation_process words         1,345  1,391  2,327    20  4,300
     experience_and_reflection words      904    926  1,115   379  2,109  (never empty)
     all three                          2,358  2,549  3,491 1,026  5,577
+A section passes the length gate when its length lies within the official inputs' 5th-95th percentile
+(OFFICIAL_RANGE: numpy's linear interpolation over the same 150 reports) or within the tolerance band
+around the target the flags set, whichever is wider: a teacher that roughly follows the instruction
+is not re-asked (each re-ask is a paid request).
+    measure                           p5   median    p95
+    consultation_process paragraphs    1        7     55
+    case_description words            16      129    915
+    consultation_process words       330    1,345  2,708
+    experience_and_reflection words  715      904  1,161
 Token estimates use ratios measured with the Qwen2 tokenizer (qwen_tokenizer_offline): 1.26 tokens
 per word of the official reports in JSON form, 0.65 tokens per CJK character of PsyQA answers.
 """
@@ -33,11 +42,11 @@ from itertools import product
 from pathlib import Path
 from typing import Literal
 
-from emotion_summary.core.atomic_io import append_jsonl, atomic_write_bytes, read_jsonl_tolerant, repair_jsonl_tail
-from emotion_summary.teacher.client import ChatClient, EndpointError, is_refusal, public_url, run_pool_with_bar
-from emotion_summary.core.cli import number_problem
-from emotion_summary.core.errors import UserError
-from emotion_summary.teacher.label import finish_rejects, rejects_path
+from emotion_summary.teacher.ask_loop import Outcome, ResumableOutput, ask, reask_turns, rejects_path
+from emotion_summary.core.atomic_io import atomic_write_bytes, read_jsonl_tolerant
+from emotion_summary.core.cli import EndpointOptions, number_problem, option_group
+from emotion_summary.teacher.client import ChatClient, EndpointError, public_url, run_pool_with_bar
+from emotion_summary.core.errors import NotReady, UserError
 from emotion_summary.core.paths import refuse_overwrite
 from emotion_summary.data.overlap import OverlapIndex, Signature, record_text
 from emotion_summary.prompting.prompt import json_object
@@ -53,7 +62,11 @@ TOKENS_PER_CJK = 0.65
 ZH_CHARS_PER_WORD = 1.6
 # Synthetic reports of one teacher share stock phrases; a near-duplicate is one that shares a fifth of
 # the smaller report's n-gram fingerprints. (Against the official inputs any long shared passage counts.)
-DUPLICATE_MIN_RATIO = 0.2  # assumed (not measured): a Chinese report's characters per English word
+DUPLICATE_MIN_RATIO = 0.2
+MAX_TOKENS = 6000  # a 2,400-word report is ~3,100 tokens
+# The official inputs' 5th and 95th percentile per measure (see the module's docstring): always accepted.
+OFFICIAL_RANGE = {"sessions": (1, 55), "case_words": (16, 915), "process_words": (330, 2708),
+                  "reflection_words": (715, 1161)}
 
 PROBLEMS = (
     "health anxiety after a serious illness", "panic attacks on the way to work", "low mood after a divorce",
@@ -97,9 +110,6 @@ class Targets:
     process_words: int = 1350
     reflection_words: int = 900
     tolerance: float = 2.5
-
-    def total_words(self) -> int:
-        return self.case_words + self.process_words + self.reflection_words
 
 
 @dataclass(frozen=True)
@@ -194,7 +204,8 @@ def _unit(language: str) -> str:
 
 
 def _scaled(targets: Targets, language: str) -> Targets:
-    """Targets in the counting unit of `language` (Chinese: characters)."""
+    """Targets in the counting unit of `language` (Chinese: characters; ZH_CHARS_PER_WORD is assumed,
+    not measured)."""
     if language != "zh":
         return targets
     return replace(targets, case_words=round(targets.case_words * ZH_CHARS_PER_WORD),
@@ -229,12 +240,22 @@ def _paragraphs(obj: dict, key: str, problems: list[str], allow_str: bool) -> li
     return kept
 
 
-def _far_off(name: str, count: int, target: int, tolerance: float, what: str) -> str | None:
-    if count < target / tolerance:
-        return f"{name} has {count} {what}, far below the target of about {target}"
-    if count > target * tolerance:
-        return f"{name} has {count} {what}, far above the target of about {target}"
-    return None
+def accepted_range(measure: str, target: int, tolerance: float, language: str) -> tuple[float, float]:
+    """The lengths the gate accepts: the wider of the official 5th-95th percentile and the tolerance
+    band around `target` (both already in `language`'s unit)."""
+    scale = ZH_CHARS_PER_WORD if language == "zh" and measure != "sessions" else 1
+    low, high = (v * scale for v in OFFICIAL_RANGE[measure])
+    return min(low, target / tolerance), max(high, target * tolerance)
+
+
+def _off_range(section: str, measure: str, count: int, target: int, tolerance: float, language: str,
+               what: str) -> str | None:
+    low, high = accepted_range(measure, target, tolerance, language)
+    if low <= count <= high:
+        return None
+    side = "below" if count < low else "above"
+    return (f"{section} has {count} {what}, {side} the accepted {low:,.0f}-{high:,.0f} (the official inputs' "
+            f"5th-95th percentile, widened by --{measure} {target} x/÷ --length_tolerance {tolerance:g})")
 
 
 def check_report(reply: str, targets: Targets, language: str) -> tuple[dict | None, list[str]]:
@@ -258,43 +279,26 @@ def check_report(reply: str, targets: Targets, language: str) -> tuple[dict | No
     if detect_language(all_text) != language:
         problems.append(f"not written in {LANGUAGE_NAMES[language]}")
     t, unit = _scaled(targets, language), _unit(language)
-    checks = [("case_description", length(" ".join(case), language), t.case_words, unit),
-              ("consultation_process", length(" ".join(process), language), t.process_words, unit),
-              ("experience_and_reflection", length(reflection, language), t.reflection_words, unit),
-              ("consultation_process", len(process), t.sessions, "paragraphs")]
-    problems += [p for name, count, target, what in checks
-                 if (p := _far_off(name, count, target, t.tolerance, what))]
+    checks = [("case_description", "case_words", length(" ".join(case), language), t.case_words, unit),
+              ("consultation_process", "process_words", length(" ".join(process), language), t.process_words, unit),
+              ("experience_and_reflection", "reflection_words", length(reflection, language), t.reflection_words,
+               unit),
+              ("consultation_process", "sessions", len(process), t.sessions, "paragraphs")]
+    problems += [p for section, measure, count, target, what in checks
+                 if (p := _off_range(section, measure, count, target, t.tolerance, language, what))]
     return (None, problems) if problems else (sections, [])
 
 
-@dataclass
-class Outcome:
-    job: Job
-    id: int
-    sections: dict | None  # None: rejected
-    reason: str = ""
-    attempts: int = 0
-    last_reply: str = ""
-
-
 def synthesize_one(client: ChatClient, job: Job, record_id: int, targets: Targets, language: str,
-                   max_retries: int, max_tokens: int, temperature: float) -> Outcome:
-    """Ask, check, re-ask up to `max_retries` times; an EndpointError other than a refusal propagates."""
-    first = messages_for(job, targets, language)
-    messages, reply, problems = first, "", []
-    for attempt in range(1, max_retries + 2):
-        try:
-            reply = client.chat(messages, max_tokens=max_tokens, temperature=temperature)
-        except EndpointError as e:
-            if not is_refusal(e):
-                raise
-            return Outcome(job, record_id, None, f"endpoint refused the request: {e}", attempt)
+                   max_reasks: int, max_tokens: int, temperature: float) -> Outcome:
+    """Ask, check, re-ask up to `max_reasks` times; an EndpointError other than a refusal propagates.
+    The outcome's value is the three sections."""
+    def validate(reply: str):
         sections, problems = check_report(reply, targets, language)
-        if sections is not None:
-            return Outcome(job, record_id, sections, attempts=attempt)
-        messages = first + [{"role": "assistant", "content": reply},
-                            {"role": "user", "content": RETRY.format(problems="; ".join(problems))}]
-    return Outcome(job, record_id, None, "; ".join(problems), max_retries + 1, reply)
+        return sections, "; ".join(problems)
+
+    return ask(client, job, record_id, messages_for(job, targets, language), validate,
+               reask_turns(lambda problems: RETRY.format(problems=problems)), max_reasks, max_tokens, temperature)
 
 
 # ---------------------------------------------------------------- the run: resume, gates, append
@@ -351,45 +355,35 @@ def official_index(paths: list[Path]) -> tuple[OverlapIndex, list[Record]]:
 
 
 @dataclass
-class _Run:
-    output: Path
-    rejects: Path
-    synth_source: dict
+class _Gates:
+    """The quality gates between a usable reply and the output: no long passage shared with the
+    official inputs, no near-duplicate of a report already kept."""
+
+    run: ResumableOutput
     official: OverlapIndex
     synthetic: OverlapIndex
-    kept: int = 0
-    rejected: int = 0
-    official_overlap: int = 0
-    duplicates: int = 0
 
     def record(self, outcome: Outcome) -> None:
-        if outcome.sections is None:
-            self._reject(outcome, outcome.reason, gate="")
-            self.rejected += 1
+        job = outcome.item
+        where = {"job": job.key, "seed": job.seed.text}
+        if outcome.value is None:
+            self.run.reject(outcome, **where)
             return
-        record = Record(id=outcome.id, case_description=tuple(outcome.sections["case_description"]),
-                        consultation_process=tuple(outcome.sections["consultation_process"]),
-                        experience_and_reflection=outcome.sections["experience_and_reflection"], source=SOURCE,
-                        synth_source={**self.synth_source, "job": outcome.job.key, "seed": outcome.job.seed.text,
-                                      "seed_origin": outcome.job.seed.origin})
+        record = Record(id=outcome.id, case_description=tuple(outcome.value["case_description"]),
+                        consultation_process=tuple(outcome.value["consultation_process"]),
+                        experience_and_reflection=outcome.value["experience_and_reflection"], source=SOURCE,
+                        synth_source={**self.run.provenance, "job": job.key, "seed": job.seed.text,
+                                      "seed_origin": job.seed.origin})
         signature = Signature.of(record_text(record))
-        if match := self.official.first_match(signature):
-            self._reject(outcome, f"shares long passages with {match.describe()}", gate="official")
-            self.official_overlap += 1
+        if match := self.official.first_match(signature):  # the dropped report is kept to see what it shared
+            self.run.reject(outcome, f"shares long passages with {match.describe()}", "official", **where,
+                            report=outcome.value)
         elif match := self.synthetic.first_match(signature):
-            self._reject(outcome, f"near-duplicate of synthetic id {match.describe()}", gate="duplicate")
-            self.duplicates += 1
+            self.run.reject(outcome, f"near-duplicate of synthetic id {match.describe()}", "duplicate", **where,
+                            report=outcome.value)
         else:
-            append_jsonl(self.output, record.to_dict())
+            self.run.accept(record.to_dict())
             self.synthetic.add(record.id, signature)
-            self.kept += 1
-
-    def _reject(self, outcome: Outcome, reason: str, gate: str) -> None:
-        row = {"id": outcome.id, "job": outcome.job.key, "seed": outcome.job.seed.text, "reason": reason,
-               "gate": gate, "attempts": outcome.attempts, "last_reply": outcome.last_reply[:2000]}
-        if gate:  # the dropped report itself, to see what it shared
-            row["report"] = outcome.sections
-        append_jsonl(self.rejects, {**row, **self.synth_source})
 
 
 def _official_paths(official: str | None) -> list[Path]:
@@ -429,14 +423,9 @@ def shape_table(groups: dict[str, list[Record]]) -> str:
 
 
 def shape_histogram_png(groups: dict[str, list[Record]]) -> bytes:
-    import io
+    from emotion_summary.core.plots import png_bytes, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
     for ax, measure, label in ((axes[0], "total_words", "words per report"),
                                (axes[1], "sessions", "consultation_process paragraphs per report")):
         values = {name: [report_shape(r)[measure] for r in records] for name, records in groups.items() if records}
@@ -444,13 +433,10 @@ def shape_histogram_png(groups: dict[str, list[Record]]) -> bytes:
         bins = range(0, top + max(1, top // 30) + 1, max(1, top // 30))
         for name, v in values.items():
             ax.hist(v, bins=bins, alpha=0.6, density=True, label=f"{name} ({len(v)})")
-        ax.set(xlabel=label, ylabel="share of reports")
+        ax.set(xlabel=label, ylabel="density (area sums to 1)")
         ax.legend()
     fig.suptitle("Synthetic reports beside the official inputs")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110, bbox_inches="tight")
 
 
 def estimate_tokens(text: str) -> int:
@@ -459,9 +445,9 @@ def estimate_tokens(text: str) -> int:
     return round(latin * TOKENS_PER_WORD + cjk * TOKENS_PER_CJK)
 
 
-def cost_per_thousand(jobs: list[Job], targets: Targets, language: str, max_retries: int) -> dict:
+def cost_per_thousand(jobs: list[Job], targets: Targets, language: str, max_reasks: int) -> dict:
     """Requests and tokens (estimated) for 1,000 reports: when every first reply is usable, and when
-    every report is re-asked `max_retries` times (a re-ask carries the first prompt, the reply and the
+    every report is re-asked `max_reasks` times (a re-ask carries the first prompt, the reply and the
     complaint)."""
     sample = jobs[:200] or plan_jobs(builtin_seeds(), 1)
     prompt = sum(estimate_tokens(m["content"]) + 8 for j in sample for m in messages_for(j, targets, language)) / len(sample)
@@ -470,17 +456,17 @@ def cost_per_thousand(jobs: list[Job], targets: Targets, language: str, max_retr
     completion = (t.case_words + t.process_words + t.reflection_words) * per_unit
     reask = prompt + completion + estimate_tokens(RETRY) + 40
     return {"best": {"requests": 1000, "prompt_tokens": round(1000 * prompt), "completion_tokens": round(1000 * completion)},
-            "worst": {"requests": 1000 * (1 + max_retries), "prompt_tokens": round(1000 * (prompt + max_retries * reask)),
-                      "completion_tokens": round(1000 * (1 + max_retries) * completion)}}
+            "worst": {"requests": 1000 * (1 + max_reasks), "prompt_tokens": round(1000 * (prompt + max_reasks * reask)),
+                      "completion_tokens": round(1000 * (1 + max_reasks) * completion)}}
 
 
-def _cost_lines(cost: dict, max_retries: int, todo: int) -> list[str]:
+def _cost_lines(cost: dict, max_reasks: int, todo: int) -> list[str]:
     best, worst = cost["best"], cost["worst"]
     return ["estimated cost per 1,000 reports (tokens estimated from words: 1.26 tokens per English word, "
             "0.65 per CJK character, Qwen2 tokenizer):",
             f"  every first reply usable: {best['requests']:,} requests, {best['prompt_tokens']:,} prompt + "
             f"{best['completion_tokens']:,} completion tokens",
-            f"  every report re-asked {max_retries} times (worst case): {worst['requests']:,} requests, "
+            f"  every report re-asked {max_reasks} times (worst case): {worst['requests']:,} requests, "
             f"{worst['prompt_tokens']:,} prompt + {worst['completion_tokens']:,} completion tokens",
             f"this run: {todo} reports to request (x{todo / 1000:g} of the above)"]
 
@@ -496,7 +482,7 @@ def _synth_source(client: ChatClient | None, language: str, targets: Targets) ->
 
 def synthesize_file(seeds: str, n: int, output: str | Path, client: ChatClient | None, language: str = "en",
                     targets: Targets = Targets(), official: list[Path] = (), concurrency: int = 4,
-                    max_retries: int = 2, max_tokens: int = 6000, temperature: float = 0.9,
+                    max_reasks: int = 2, max_tokens: int = MAX_TOKENS, temperature: float = 0.9,
                     dry_run: bool = False) -> dict:
     """Synthesize into `output` (resumable); `client=None` only with `dry_run`. Returns the counts."""
     output = Path(output)
@@ -505,17 +491,15 @@ def synthesize_file(seeds: str, n: int, output: str | Path, client: ChatClient |
     refuse_overwrite({"--output": output}, inputs)
     refuse_overwrite({"--output's rejects": rejects_path(output)}, inputs)  # said once when --output is wrong
     jobs = plan_jobs(read_seeds(seeds), n)
-    rejects = rejects_path(output)
-    synth_source = _synth_source(client, language, targets)
-    previous = _previous_run(output, rejects, None if dry_run else synth_source)  # refuses a foreign file
+    run = ResumableOutput(output, _synth_source(client, language, targets))
+    previous = _previous_run(output, run.rejects, None if dry_run else run.provenance)  # refuses a foreign file
     if not dry_run:  # only then cut a line torn by a killed run, before appending
-        repair_jsonl_tail(output)
-        repair_jsonl_tail(rejects)
+        run.repair()
     todo = [j for j in jobs if j.key not in previous.finished]
     official_records = official_index(official)
     print(f"{len(jobs)} reports planned from {len({j.seed.key for j in jobs})} seeds; "
           f"{len(jobs) - len(todo)} finished earlier; {len(todo)} to request")
-    print("\n".join(_cost_lines(cost_per_thousand(todo or jobs, targets, language, max_retries), max_retries,
+    print("\n".join(_cost_lines(cost_per_thousand(todo or jobs, targets, language, max_reasks), max_reasks,
                                 len(todo))))
     if dry_run:
         if official_records[1]:
@@ -526,31 +510,25 @@ def synthesize_file(seeds: str, n: int, output: str | Path, client: ChatClient |
     if not official:
         print(f"warning: no official inputs to check against ({DEFAULT_OFFICIAL} is absent; pass --official): "
               "reports that copy the test set are not caught", file=sys.stderr)
-    return _run(todo, previous, output, rejects, client, synth_source, official_records, language, targets,
-                concurrency, max_retries, max_tokens, temperature)
-
-
-def _run(todo, previous, output, rejects, client, synth_source, official_records, language, targets,
-         concurrency, max_retries, max_tokens, temperature) -> dict:
     synthetic = OverlapIndex(min_shared=None, min_ratio=DUPLICATE_MIN_RATIO)
     for r in previous.records:
         synthetic.add(r.id, Signature.of(record_text(r)))
-    run = _Run(output, rejects, synth_source, official_records[0], synthetic)
+    gates = _Gates(run, official_records[0], synthetic)
     ids = _assign_ids(todo, previous)
 
     def work(job: Job) -> Outcome:
-        return synthesize_one(client, job, ids[job.key], targets, language, max_retries, max_tokens, temperature)
+        return synthesize_one(client, job, ids[job.key], targets, language, max_reasks, max_tokens, temperature)
 
     try:
-        run_pool_with_bar(todo, work, run.record, concurrency, "synthesizing")
+        run_pool_with_bar(todo, work, gates.record, concurrency, "synthesizing")
     except EndpointError as e:
-        raise EndpointError(f"{e}; {run.kept} reports were kept before it failed. Rerun the same command to "
+        raise EndpointError(f"{e}; {run.accepted} reports were kept before it failed. Rerun the same command to "
                             "resume.", e.status) from None
     finally:
-        kept_ids = {row["id"] for row in read_jsonl_tolerant(output) if isinstance(row, dict) and "id" in row}
-        in_rejects = finish_rejects(rejects, kept_ids)
-    return {"kept": run.kept, "skipped_done": len(previous.finished), "rejected": run.rejected,
-            "official_overlap": run.official_overlap, "duplicates": run.duplicates, "rejects_file_entries": in_rejects}
+        in_rejects = run.finish()
+    return {"kept": run.accepted, "skipped_done": len(previous.finished), "rejected": run.rejected,
+            "official_overlap": run.counts.get("official", 0), "duplicates": run.counts.get("duplicate", 0),
+            "rejects_file_entries": in_rejects}
 
 
 def report_shapes(output: Path, official: list[Path]) -> Path | None:
@@ -563,20 +541,13 @@ def report_shapes(output: Path, official: list[Path]) -> Path | None:
     return atomic_write_bytes(output.with_suffix(".shape.png"), shape_histogram_png(groups))
 
 
-def _number(value, name: str, kind, minimum, problems: list[str]):
-    problem = number_problem(name, value, kind, minimum)
-    problems += [problem] if problem else []
-    return minimum if problem else kind(value)
-
-
+@option_group("teacher")
 def synthesize_reports(seeds: str = "builtin", n: int = 100, output: str = "data/synthetic/synthetic_reports.jsonl",
-                       endpoint: str = "", model: str = "", language: Literal["en", "zh"] = "en", official: str | None = None,
-                       sessions: int = Targets.sessions, case_words: int = Targets.case_words,
-                       process_words: int = Targets.process_words, reflection_words: int = Targets.reflection_words,
-                       length_tolerance: float = Targets.tolerance, concurrency: int = 4,
-                       requests_per_minute: float = 0.0, api_key_env: str = "OPENAI_API_KEY", max_retries: int = 2,
-                       max_tokens: int = 6000, temperature: float = 0.9, timeout_s: float = 300.0,
-                       dry_run: bool = False) -> None:
+                       teacher: EndpointOptions = EndpointOptions(), language: Literal["en", "zh"] = "en",
+                       official: str | None = None, sessions: int = Targets.sessions,
+                       case_words: int = Targets.case_words, process_words: int = Targets.process_words,
+                       reflection_words: int = Targets.reflection_words, length_tolerance: float = Targets.tolerance,
+                       max_reasks: int = 2, temperature: float = 0.9, dry_run: bool = False) -> None:
     """Write synthetic case reports in the ES input schema with a teacher model (resumable).
 
     Args:
@@ -584,8 +555,6 @@ def synthesize_reports(seeds: str = "builtin", n: int = 100, output: str = "data
             strings or {"seed": ...} (.jsonl), or a text file with one topic per line.
         n: reports to request: every seed once, then every seed again (a different client), until n.
         output: synthetic ES records (JSONL), appended as they arrive; a rerun skips finished reports.
-        endpoint: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (vLLM) or a hosted API.
-        model: model name the endpoint serves.
         language: language of the reports: en or zh.
         official: ES inputs a report must not share long passages with, comma-separated (default
             data/longemotion/Emotion_Summary.jsonl when present).
@@ -593,35 +562,28 @@ def synthesize_reports(seeds: str = "builtin", n: int = 100, output: str = "data
         case_words: target words of case_description (official median 129).
         process_words: target words of consultation_process (official median 1,345).
         reflection_words: target words of experience_and_reflection (official median 904).
-        length_tolerance: a section is far off its target outside [target / this, target * this].
-        concurrency: requests in flight at once.
-        requests_per_minute: client-side rate limit; 0 for none.
-        api_key_env: environment variable holding the API key (sent as a Bearer token when set).
-        max_retries: times to re-ask after an unusable reply before rejecting the report.
-        max_tokens: reply length limit per request (a 2,400-word report is ~3,100 tokens).
+        length_tolerance: a section is also accepted within [target / this, target * this] (the official
+            5th-95th percentile always is).
+        max_reasks: times to re-ask after an unusable reply before rejecting the report.
         temperature: sampling temperature (varied reports need > 0).
-        timeout_s: seconds to wait for one reply.
         dry_run: print the plan and the cost estimate per 1,000 reports; send nothing.
     """
-    problems: list[str] = []  # the command line checked the types; these are the ranges
-    targets = Targets(*(_number(v, k, int, 1, problems) for k, v in (
-        ("sessions", sessions), ("case_words", case_words), ("process_words", process_words),
-        ("reflection_words", reflection_words))), tolerance=_number(length_tolerance, "length_tolerance", float, 1.0, problems))
-    n = _number(n, "n", int, 1, problems)
-    numbers = {k: _number(v, k, kind, low, problems) for k, v, kind, low in (
-        ("concurrency", concurrency, int, 1), ("max_retries", max_retries, int, 0), ("max_tokens", max_tokens, int, 1),
-        ("requests_per_minute", requests_per_minute, float, 0.0), ("temperature", temperature, float, 0.0),
-        ("timeout_s", timeout_s, float, 0.001))}
-    if not dry_run and not (str(endpoint).strip() and str(model).strip()):
+    problems = [p for name, value, kind, low in (  # the command line checked the types; these are the ranges
+        ("sessions", sessions, int, 1), ("case_words", case_words, int, 1), ("process_words", process_words, int, 1),
+        ("reflection_words", reflection_words, int, 1), ("length_tolerance", length_tolerance, float, 1.0),
+        ("n", n, int, 1), ("max_reasks", max_reasks, int, 0), ("temperature", temperature, float, 0.0))
+        if (p := number_problem(name, value, kind, low))]
+    if not dry_run and not (str(teacher.endpoint).strip() and str(teacher.model).strip()):
         problems.append("--endpoint and --model are required (or pass --dry_run for the cost estimate)")
     if problems:
         raise UserError("; ".join(problems))
-    client = None if dry_run else ChatClient(str(endpoint), str(model), api_key_env=api_key_env,
-                                             timeout_s=numbers["timeout_s"],
-                                             requests_per_minute=numbers["requests_per_minute"])
+    targets = Targets(int(sessions), int(case_words), int(process_words), int(reflection_words),
+                      float(length_tolerance))
+    client = None if dry_run else ChatClient.from_options(teacher)
     official_paths = _official_paths(official)
-    counts = synthesize_file(str(seeds), n, output, client, language, targets, official_paths, numbers["concurrency"],
-                             numbers["max_retries"], numbers["max_tokens"], numbers["temperature"], dry_run)
+    counts = synthesize_file(str(seeds), int(n), output, client, language, targets, official_paths,
+                             teacher.concurrency, int(max_reasks), teacher.max_tokens or MAX_TOKENS, float(temperature),
+                             dry_run)
     if dry_run:
         return
     print(f"kept {counts['kept']}, skipped {counts['skipped_done']} finished earlier, rejected {counts['rejected']} "
@@ -631,4 +593,4 @@ def synthesize_reports(seeds: str = "builtin", n: int = 100, output: str = "data
     if png:
         print(f"wrote {png}")
     if counts["kept"] == 0 and counts["skipped_done"] == 0:
-        raise UserError(f"no report was kept; see {rejects_path(output)}")
+        raise NotReady(f"no report was kept; see {rejects_path(output)}")

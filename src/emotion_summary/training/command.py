@@ -92,8 +92,8 @@ def command_options():
         "its saved config (--output_dir is all it needs)")]
 
 
-PRESET_NOTE = ("Unset options take the preset's value (python -c 'from emotion_summary.training.presets import PRESETS; "
-               "print(PRESETS)' lists them); the defaults shown are the 24gb card's.")
+PRESET_NOTE = ("Unset options take the preset's value: --preset NAME reads configs/NAME.yaml (copy one and "
+               "pass --config FILE to edit it); the defaults shown are the 24gb card's.")
 
 
 def main(argv: list[str] | None = None) -> None:

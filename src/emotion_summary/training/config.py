@@ -1,7 +1,7 @@
 """The training config: every option defined once (type, default, help) as a field of `TrainConfig`.
 
-A run's config is TrainConfig's defaults (the 24gb card's values), then the preset's overrides
-(`presets.py`), then a --config file, then the command line. It is validated all at once before any
+A run's config is TrainConfig's defaults (the 24gb card's values), then the preset file's values
+(`configs/NAME.yaml`, see presets.py), then a --config file, then the command line. It is validated all at once before any
 model loads, saved beside every checkpoint as train_config.json and read back by inference
 (quantisation, LoRA, prompt) and by `--resume`. The command line is generated from these fields.
 """
@@ -16,7 +16,7 @@ from typing import Literal
 
 from emotion_summary.core.cli import number_problem
 from emotion_summary.core.errors import ConfigError
-from emotion_summary.training.presets import PRESET_NAMES, PRESETS, pick_preset, preset_overrides
+from emotion_summary.training.presets import PRESET_NAMES, PRESETS, pick_preset, preset_overrides, unknown_preset
 from emotion_summary.prompting.prompt import Language
 
 CONFIG_FILE = "train_config.json"
@@ -44,8 +44,8 @@ def option(default, help: str, **metadata):
 @dataclass
 class TrainConfig:
     preset: Literal[PRESET_NAMES] = option(  # type: ignore[valid-type]
-        "auto", "card preset: 8gb, 12gb, 24gb, cpu-smoke, or auto (by the GPU's memory; cpu-smoke "
-        "without a GPU); options you set override it")
+        "auto", f"card preset: {', '.join(PRESET_NAMES)} (by the GPU's memory; cpu-smoke without a GPU); "
+        "reads configs/NAME.yaml; options you set override it")
     train_data: list[str] = option(
         [], "labelled ES file(s), comma-separated (JSONL or JSON array; all five gold fields); "
         "cpu-smoke defaults to the project's own sample reports")
@@ -164,7 +164,7 @@ def resolve_config(preset_name: str = "auto", vram_gb: float | None = None, **ov
     """TrainConfig's defaults, the preset's overrides, then every non-None override; 'auto' picks the
     preset from the GPU's memory."""
     if preset_name not in PRESET_NAMES:
-        raise ConfigError(f"--preset: unknown preset {preset_name!r}; choose one of {', '.join(PRESET_NAMES)}")
+        raise ConfigError(unknown_preset(preset_name))
     given = {k: v for k, v in overrides.items() if v is not None}
     check_known(given)
     if preset_name == "auto" and vram_gb is None:  # a GPU torch cannot use is an error, not cpu-smoke

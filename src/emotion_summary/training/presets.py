@@ -1,4 +1,10 @@
-"""Training presets as plain data: one per card size, every field overridable from the command line.
+"""Training presets as data files users copy: `configs/NAME.yaml` in this package, one per card size.
+
+`--preset NAME` reads configs/NAME.yaml; `--config FILE` reads a user's copy of one (the command line
+wins over either). A file holds a `card` note (description, min_vram_gb: read by --preset auto and the
+GPU check, not a training option), `preset: NAME`, and training options with a comment each. Adding a
+preset is adding one file. The repository's top-level configs/ holds the same files to copy
+(tests/test_presets.py checks they agree).
 
 Memory arithmetic for Qwen2-7B (7.6B params, 28 layers, hidden 3584, MLP 18944, vocab 152,064):
 - NF4 with double quantisation: ~0.52 B/param, so the 6.5B transformer-block params take ~3.4 GB;
@@ -16,79 +22,73 @@ Memory arithmetic for Qwen2-7B (7.6B params, 28 layers, hidden 3584, MLP 18944, 
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
+from pathlib import Path
 
+from emotion_summary.core.cli import CONFIG_NOTES
 from emotion_summary.core.errors import ConfigError
 
-# Each preset is plain data: `description` and `min_vram_gb` describe the card (they are not saved in
-# a run's config); `config` overrides TrainConfig's defaults (emotion_summary.training.config), which are the
-# 24gb card's values.
-PRESETS: dict[str, dict] = {
-    "8gb": {
-        "description": "8 GB cards (RTX 3070/4060): every official report untruncated",
-        "min_vram_gb": 7.5,
-        "config": {
-            "max_seq_len": 8192,
-            "batch_size": 1,
-            "grad_accum": 16,
-            "mlp_tile_tokens": 2048,
-            "embedding_on_cpu": True,
-            "lm_head_4bit": True,
-        },
-    },
-    "12gb": {
-        "description": "12-16 GB cards (RTX 3060/4070, T4): Qwen2's native 32K window",
-        "min_vram_gb": 11.5,
-        "config": {
-            "batch_size": 1,
-            "grad_accum": 16,
-            "mlp_tile_tokens": 4096,
-        },
-    },
-    "24gb": {
-        "description": "24 GB and larger cards (RTX 3090/4090, A10, L4, A100, H100)",
-        "min_vram_gb": 22.0,
-        "config": {},
-    },
-    "cpu-smoke": {
-        "description": "any machine, no GPU: a tiny random Qwen2-architecture model, a few steps",
-        "min_vram_gb": 0.0,
-        "config": {
-            "model_name_or_path": "tiny",  # built locally from a config, no download
-            "quantization": "nf4",  # bitsandbytes' CPU backend: the same QLoRA path as on a GPU
-            "max_seq_len": 1024,
-            "max_new_tokens": 96,
-            "batch_size": 2,
-            "grad_accum": 1,
-            "epochs": 1,
-            "max_steps": 6,
-            "learning_rate": 5e-3,
-            "optimizer": "adamw",
-            "folds": 3,  # hold out a third of the samples: the validation loss path runs too
-            "offload_activations": False,
-            "mlp_tile_tokens": 0,
-            "eval_every": 3,
-            "save_every": 3,
-        },
-    },
-}
+PRESET_DIR = Path(__file__).parents[1] / "configs"  # packaged with emotion_summary
+
+
+def read_preset_file(path: Path) -> dict:
+    """{"description", "min_vram_gb", "config"} of one preset file; a ConfigError names what is wrong."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read this preset ({type(e).__name__})") from None
+    card = data.get("card") if isinstance(data, dict) else None
+    if not isinstance(card, dict) or not isinstance(card.get("description"), str) \
+            or not isinstance(card.get("min_vram_gb"), (int, float)) or data.get("preset") != path.stem:
+        raise ConfigError(f"{path}: a preset file needs card: {{description: text, min_vram_gb: number}} and "
+                          f"preset: {path.stem}")
+    return {"description": card["description"], "min_vram_gb": float(card["min_vram_gb"]),
+            "config": {k: v for k, v in data.items() if k not in (*CONFIG_NOTES, "preset")}}
+
+
+@lru_cache(maxsize=1)
+def _load_all() -> dict[str, dict]:
+    """GPU presets by the memory they need, then the ones that need none (CPU)."""
+    presets = {p.stem: read_preset_file(p) for p in PRESET_DIR.glob("*.yaml")}
+    return dict(sorted(presets.items(), key=lambda kv: (kv[1]["min_vram_gb"] == 0, kv[1]["min_vram_gb"], kv[0])))
+
+
+PRESETS: dict[str, dict] = _load_all()
 PRESET_NAMES = (*PRESETS, "auto")
 
 
+def unknown_preset(name: str) -> str:
+    """The one message for a preset name that has no file."""
+    return (f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)} "
+            f"(or --config FILE, a copy of one of {PRESET_DIR})")
+
+
+def preset_path(name: str) -> Path:
+    if name not in PRESETS:
+        raise ConfigError(unknown_preset(name))
+    return PRESET_DIR / f"{name}.yaml"
+
+
 def pick_preset(vram_gb: float | None) -> str:
-    """'auto': the largest preset that fits the GPU's free memory (`vram_gb`); cpu-smoke without a GPU."""
+    """'auto': the largest preset that fits the GPU's free memory (`vram_gb`); the first CPU preset
+    (cpu-smoke) without a GPU."""
+    cpu = [n for n, p in PRESETS.items() if p["min_vram_gb"] == 0]
     if vram_gb is None:
-        return "cpu-smoke"
-    fitting = [n for n in ("24gb", "12gb", "8gb") if vram_gb >= PRESETS[n]["min_vram_gb"]]
+        return "cpu-smoke" if "cpu-smoke" in cpu else cpu[0]
+    gpu = [n for n, p in PRESETS.items() if p["min_vram_gb"] > 0]
+    fitting = [n for n in reversed(gpu) if vram_gb >= PRESETS[n]["min_vram_gb"]]
     if not fitting:
-        raise ConfigError(f"the GPU has {vram_gb:.1f} GB free; the smallest preset (8gb) needs "
-                          f"{PRESETS['8gb']['min_vram_gb']} GB")
+        raise ConfigError(f"the GPU has {vram_gb:.1f} GB free; the smallest preset ({gpu[0]}) needs "
+                          f"{PRESETS[gpu[0]]['min_vram_gb']} GB")
     print(f"preset auto: {fitting[0]} ({PRESETS[fitting[0]]['description']}) for {vram_gb:.1f} GB free GPU memory",
           file=sys.stderr)
     return fitting[0]
 
 
 def preset_overrides(name: str) -> dict:
-    """The options preset `name` sets (a copy); everything else keeps TrainConfig's default."""
+    """The options preset `name`'s file sets (a copy); everything else keeps TrainConfig's default."""
     if name not in PRESETS:
-        raise ConfigError(f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+        raise ConfigError(unknown_preset(name))
     return dict(PRESETS[name]["config"])

@@ -232,9 +232,8 @@ class Trainer:
             saved = "nothing new to save"
             if done > start:
                 saved = f"saved {self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, self._state(done))}"
-            print(f"\ninterrupted at step {done}: {saved}; continue with:\n  {resume_command(self.run_dir)}",
-                  file=sys.stderr)
-            raise SystemExit(130)
+            raise KeyboardInterrupt(  # cli.call prints it and exits 130
+                f"interrupted at step {done}: {saved}; continue with:\n  {resume_command(self.run_dir)}") from None
         except RuntimeError as e:  # torch.OutOfMemoryError, or bitsandbytes/cuBLAS saying the same
             if not is_out_of_memory(e):
                 raise
