@@ -11,6 +11,7 @@ import importlib.util
 import json
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -440,10 +441,14 @@ class Qwen2EmotionSummaryModel:
 
     def save(self, out_dir: str | Path) -> Path:
         """Adapter weights, tokenizer, prompt.json and train_config.json: all inference needs."""
+        from emotion_summary.atomic_io import follow_umask
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        started = time.time_ns() - 2_000_000_000  # 2 s of slack for file systems with coarse timestamps
         self.model.save_pretrained(str(out))
         self.tokenizer.save_pretrained(str(out))
+        follow_umask(out, since_ns=started)  # safetensors writes 0600
         self.prompt.save(out)
         self.config.save(out)
         return out
