@@ -70,7 +70,7 @@ def test_zero_shot_route_runs_as_written_against_a_loopback_server(tmp_path, fix
     for folder, records in (("zero-shot-gold", gold), ("zero-shot", inputs)):
         report = check_submission(home / "submissions" / folder / "Emotion_Summary_Result.jsonl")
         assert report.ok and sorted(report.rows) == sorted(r.id for r in records)
-    scores = json.loads((home / "eval" / "results" / "Emotion_Summary_Result.json").read_text())
+    scores = json.loads((home / "eval" / "results" / "zero-shot-gold.json").read_text())
     assert scores["n_reports"] == len(gold) and 0 < scores["systems"][0]["rouge"]["mean"]["rouge-1"] < 1
-    page = (home / "eval" / "results" / "Emotion_Summary_Result.html").read_text(encoding="utf-8")
+    page = (home / "eval" / "results" / "zero-shot-gold.html").read_text(encoding="utf-8")
     assert all(f'data-id="{r.id}"' in page for r in gold)
