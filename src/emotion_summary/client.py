@@ -205,10 +205,11 @@ class ChatClient:
         except (ValueError, KeyError, IndexError, TypeError) as e:  # not UTF-8, not JSON, not a chat reply
             raise _Transport(f"unexpected reply from {self.public_url}: {self._redact(repr(e))[:200]}") from None
 
-    def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0) -> str:
+    def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0,
+             top_p: float | None = None) -> str:
         """The assistant's reply text; raises EndpointError after the retries are spent."""
         payload = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                   "temperature": temperature}
+                   "temperature": temperature, **({"top_p": top_p} if top_p is not None else {})}
         last, status = "", None
         for attempt in range(self.max_retries + 1):
             self._wait_for_rate_limit()

@@ -11,15 +11,17 @@ of its refusals, so a rerun against the fixed endpoint sends them again.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
+from emotion_summary.atomic_io import atomic_write_json
 from emotion_summary.backends import BACKENDS, Backend, extractive_backend, hf_backend, openai_backend
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, run_pool
-from emotion_summary.cli import number_problem
+from emotion_summary.cli import check_numbers, number_problem
 from emotion_summary.errors import UserError
 from emotion_summary.extractive import extract_fields
 from emotion_summary.folds import guard_leakage
@@ -28,9 +30,28 @@ from emotion_summary.paths import refuse_overwrite
 from emotion_summary.prompt import Language, PromptSpec, parse_answer
 from emotion_summary.records import Record, read_records
 from emotion_summary.replies import Replies, ReplyStore, request_key, side_file_for
-from emotion_summary.submission import SUBMISSION_FILE, check_submission, write_submission
+from emotion_summary.submission import SUBMISSION_FILE, KeySet, check_submission, write_submission
 
-DEFAULT_OUTPUT = str(Path("submissions") / SUBMISSION_FILE)
+SUBMISSIONS_DIR = Path("submissions")
+
+
+def filled_file_for(submission: str | Path) -> Path:
+    """The sidecar that says which fields of a submission came from the extractive fallback."""
+    return Path(f"{submission}.filled.json")
+
+
+def default_output(backend: str, model_path: str | None, model: str | None) -> Path:
+    """submissions/<run or model>/Emotion_Summary_Result.jsonl, so runs of different models never
+    overwrite each other: the --model_path folder (<run>-<step> for a checkpoint), the served --model,
+    or "extractive"."""
+    if backend == "extractive" or not (model_path or model):
+        name = backend
+    elif model_path:
+        path = Path(model_path).resolve()
+        name = f"{path.parent.parent.name}-{path.name}" if path.parent.name == "checkpoints" else path.name
+    else:
+        name = str(model).rstrip("/").split("/")[-1]
+    return SUBMISSIONS_DIR / (re.sub(r"[^\w.+-]+", "_", name).strip("._") or backend) / SUBMISSION_FILE
 # The endpoint, not the reports, is wrong when it refuses most of the first reports it is sent.
 REFUSALS_JUDGED_AFTER = 8
 
@@ -156,27 +177,31 @@ def _check_options(backend: str, model_path: str | None, endpoint: str | None, m
 
 
 def _make_backend(backend: str, info: ModelInfo | None, language: str | None, endpoint, model, max_new_tokens,
-                  batch_size, concurrency, timeout_s, max_retries, quantization) -> Backend:
+                  batch_size, concurrency, timeout_s, max_retries, quantization, temperature=0.0, top_p=1.0,
+                  seed=0) -> Backend:
     if backend == "extractive":
         return extractive_backend()
     if backend == "hf":
-        return hf_backend(info, max_new_tokens, batch_size or info.batch_size, quantization)
+        return hf_backend(info, max_new_tokens, batch_size or info.batch_size, quantization, temperature, top_p, seed)
     client = ChatClient(endpoint, model, timeout_s=timeout_s, max_retries=max_retries)
     spec = info.spec if info else PromptSpec(**({"language": language} if language else {}))
-    return openai_backend(client, spec, max_new_tokens, concurrency, info)
+    return openai_backend(client, spec, max_new_tokens, concurrency, info, temperature, top_p)
 
 
-def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = None,
+def infer(input: str, output: str | None = None, model_path: str | None = None,
           backend: Literal["hf", "openai", "extractive"] = "hf", batch_size: int | None = None,
           max_new_tokens: int | None = None, endpoint: str | None = None, model: str | None = None,
           concurrency: int = 8, allow_leakage: bool = False, language: Language | None = None,
           quantization: Literal["nf4", "none"] | None = None, timeout_s: float = 300.0,
-          max_retries: int = 4) -> None:
+          max_retries: int = 4, keys: KeySet = "competition", temperature: float = 0.0, top_p: float = 1.0,
+          seed: int = 0) -> None:
     """Write a leaderboard submission (Emotion_Summary_Result.jsonl) for an ES inputs file.
 
     Args:
         input: ES records file (JSONL or JSON array), e.g. Emotion_Summary.jsonl.
-        output: submission file to write; raw replies go to <output>.raw.jsonl (resume state).
+        output: submission file to write; default submissions/<run or model>/Emotion_Summary_Result.jsonl (the
+            --model_path folder, the served --model, or extractive). Raw replies go to <output>.raw.jsonl (resume
+            state); which fields came from the extractive fallback to <output>.filled.json.
         model_path: an adapter or merged model written by this project (its prompt.json and config are
             used), or a plain model directory such as Qwen2-7B-Instruct (the default prompt); needed for hf.
         backend: hf (local model), openai (an OpenAI-compatible server) or extractive (no model).
@@ -190,13 +215,24 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         quantization: nf4 or none (hf); default: the adapter's training quantization, none otherwise.
         timeout_s: per-request timeout in seconds (openai).
         max_retries: retries per request on connection errors, timeouts, 429 and 5xx (openai).
+        keys: competition (the CloudCom 2025 challenge: predicted_cause, predicted_illness_Characteristics, ...)
+            or benchmark (LongEmotion's result files: predicted_causes, predicted_characteristics, ...).
+        temperature: 0 decodes greedily; above 0 samples (the benchmark's runner: 0.8, with --top_p 0.9 and
+            --max_new_tokens 8192).
+        top_p: nucleus sampling mass when --temperature > 0 (the benchmark's runner: 0.9).
+        seed: random seed of sampling (hf).
     """
     _check_options(backend, model_path, endpoint, model,
                    {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "concurrency": concurrency,
                     "timeout_s": timeout_s, "max_retries": max_retries})
+    check_numbers({"temperature": (temperature, float, 0), "top_p": (top_p, float, 0, True)})
+    if top_p > 1:
+        raise UserError(f"--top_p: expected a number in (0, 1], got {top_p!r}")
+    output = str(output or default_output(backend, model_path, model))
     side = side_file_for(output)
     refuse_overwrite({"--output": output}, {"--input": input})
     refuse_overwrite({"--output's raw replies": side}, {"--input": input})  # beside --output: fine if it is
+    refuse_overwrite({"--output's fallback sidecar": filled_file_for(output)}, {"--input": input})
     for name, path in (("--output", output), ("--output's raw replies", side)):
         if model_path and Path(path).is_file() and Path(model_path).resolve() in Path(path).resolve().parents:
             raise UserError(f"{name} {path}: is a file of --model_path {model_path} (its prompt.json, config or "
@@ -208,7 +244,7 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
     max_new_tokens = max_new_tokens or (info.max_new_tokens if info else 512)
     started = time.monotonic()
     chosen = _make_backend(backend, info, language, endpoint, model, max_new_tokens, batch_size, concurrency,
-                           timeout_s, max_retries, quantization)
+                           timeout_s, max_retries, quantization, temperature, top_p, seed)
     try:
         raws = predict(records, chosen, side)
     except KeyboardInterrupt:
@@ -216,14 +252,26 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
               file=sys.stderr)
         raise SystemExit(130) from None
     result = assemble(records, raws, raws.refused)
-    write_submission(output, result.fields, [r.id for r in records])
+    write_submission(output, result.fields, [r.id for r in records], keys)
+    write_filled(output, result, backend)
     print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
           f"(backend {backend}; raw replies in {side})")
     _print_warnings(result, side)
-    report = check_submission(output, input)
+    report = check_submission(output, input, keys)
     print(report.render())
     if not report.ok:
         raise UserError(f"{output} failed the submission check ({len(report.errors)} errors above)")
+
+
+def write_filled(output: str | Path, result: Assembled, backend: str) -> Path:
+    """<output>.filled.json: the fields each report took from the extractive fallback (all five for an
+    extractive run), so a report page can mark them."""
+    from emotion_summary.records import GOLD_FIELDS
+
+    filled = {rid: list(GOLD_FIELDS) for rid in result.fields} if backend == "extractive" else result.filled
+    return atomic_write_json(filled_file_for(output), {
+        "backend": backend, "filled": {str(rid): names for rid, names in filled.items() if names},
+        "not_json": result.not_json, "refused": sorted(result.refused)})
 
 
 def _print_warnings(result: Assembled, side: Path) -> None:
