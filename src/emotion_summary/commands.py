@@ -21,6 +21,7 @@ FUNCTION_COMMANDS = {
     "install_torch": ("install_torch", "install_torch", False),
     "synthesize_reports": ("synthesize", "synthesize_reports", True),
     "plan_memory": ("gpusim.planner", "plan_memory", False),
+    "lm_eval_data": ("lm_eval_data", "lm_eval_data", False),
 }
 
 
