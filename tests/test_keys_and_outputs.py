@@ -9,10 +9,11 @@ import pytest
 
 from emotion_summary.errors import UserError
 from emotion_summary.evaluate import evaluate
-from emotion_summary.inference import default_output, filled_file_for, infer
+from emotion_summary.inference import default_output, infer
 from emotion_summary.prompt import answer_text
 from emotion_summary.records import GOLD_FIELDS, read_records
-from emotion_summary.submission import BENCHMARK_KEYS, SUBMISSION_KEYS, check_submission, read_predictions
+from emotion_summary.submission import (BENCHMARK_KEYS, SUBMISSION_KEYS, check_submission, filled_file_for,
+                                       read_predictions)
 
 from tests.chat_server import FakeChatServer
 

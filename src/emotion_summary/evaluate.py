@@ -21,7 +21,8 @@ from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavail
                                      rouge_report)
 from emotion_summary.records import GOLD_FIELDS, Record, read_records
 from emotion_summary.report_html import per_id_judge, render_html
-from emotion_summary.submission import SUBMISSION_FILE, read_predictions
+from emotion_summary.prompt import report_sections
+from emotion_summary.submission import SUBMISSION_FILE, read_filled, read_predictions
 from emotion_summary.text import detect_language
 
 SHORT = {"causes": "causes", "symptoms": "symptoms", "treatment_process": "process",
@@ -163,13 +164,17 @@ def render_chart(results: dict) -> bytes:
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     width = 0.8 / len(systems)
     for ax, metric in zip(axes[0], metrics):
+        top = 0.0
         for i, s in enumerate(systems):
             rows = _metric_rows(s, metric)
             xs = [k + (i - (len(systems) - 1) / 2) * width for k in range(len(keys))]
-            ax.bar(xs, [rows[k] or 0.0 for k in keys], width, label=s["label"])
+            values = [rows[k] or 0.0 for k in keys]
+            bars = ax.bar(xs, values, width, label=s["label"])
+            ax.bar_label(bars, fmt="%.3f", fontsize=6.5, padding=1, rotation=90 if len(systems) > 1 else 0)
+            top = max(top, *values)
         ax.set_title(METRIC_TITLES[metric])
         ax.set_xticks(range(len(keys)), [SHORT.get(k, k) for k in keys], rotation=35, ha="right")
-        ax.set_ylim(0, 5 if metric == "judge" else 1)
+        ax.set_ylim(0, (top or 1.0) * 1.25)  # scaled to the data (ROUGE of 0.1-0.3 on a 0-1 axis is unreadable)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=len(systems),
                fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
@@ -187,8 +192,7 @@ def write_outputs(results: dict, out_dir: str | Path, name: str, gold: Sequence[
     out_dir = Path(out_dir)
     public = {**results, "systems": [{k: v for k, v in s.items() if not k.startswith("_")}
                                      for s in results["systems"]]}
-    page = render_html(results, {r.id: r.gold() for r in gold},
-                       {r.id: "\n".join(r.case_description) for r in gold})
+    page = render_html(results, {r.id: r.gold() for r in gold}, {r.id: report_sections(r) for r in gold})
     return [atomic_write_json(out_dir / f"{name}.json", public),
             atomic_write_text(out_dir / f"{name}.md", render_markdown(results)),
             atomic_write_bytes(out_dir / f"{name}.png", render_chart(results)),
@@ -261,6 +265,10 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     labels = labels_for(paths)
     systems = [{"label": label, "pred": path, "_preds": load_predictions(path, gold_records)}
                for label, path in zip(labels, paths)]
+    for s in systems:  # which fields inference took from the extractive fallback, when it said so
+        filled = read_filled(s["pred"])
+        if filled is not None:
+            s["filled"] = {rid: names for rid, names in filled.items() if str(rid).isdigit() and int(rid) in golds}
     results = {"gold": str(gold), "n_reports": len(gold_records), "ids": list(golds),
                "rouge_max_tokens": MAX_TOKENS, "notes": [], "systems": systems}
     for s in systems:

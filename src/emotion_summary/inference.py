@@ -30,14 +30,9 @@ from emotion_summary.paths import refuse_overwrite
 from emotion_summary.prompt import Language, PromptSpec, parse_answer
 from emotion_summary.records import Record, read_records
 from emotion_summary.replies import Replies, ReplyStore, request_key, side_file_for
-from emotion_summary.submission import SUBMISSION_FILE, KeySet, check_submission, write_submission
+from emotion_summary.submission import SUBMISSION_FILE, KeySet, check_submission, filled_file_for, write_submission
 
 SUBMISSIONS_DIR = Path("submissions")
-
-
-def filled_file_for(submission: str | Path) -> Path:
-    """The sidecar that says which fields of a submission came from the extractive fallback."""
-    return Path(f"{submission}.filled.json")
 
 
 def default_output(backend: str, model_path: str | None, model: str | None) -> Path:

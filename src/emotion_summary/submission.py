@@ -30,6 +30,23 @@ KeySet = Literal["competition", "benchmark"]
 FIELD_OF_KEY = {v: k for k, v in SUBMISSION_KEYS.items()}
 
 
+def filled_file_for(submission: str | os.PathLike) -> Path:
+    """The sidecar that says which fields of a submission came from the extractive fallback."""
+    return Path(f"{submission}.filled.json")
+
+
+def read_filled(submission: str | os.PathLike) -> dict[str, list[str]] | None:
+    """{id: fields the extractive fallback filled} from the submission's sidecar; None without one."""
+    path = filled_file_for(submission)
+    if not path.is_file():
+        return None
+    try:
+        filled = json.loads(path.read_text(encoding="utf-8")).get("filled")
+    except (ValueError, AttributeError):
+        return None
+    return filled if isinstance(filled, dict) else None
+
+
 def key_map(keys: str) -> dict[str, str]:
     """{field: submission key} of a key set (competition or benchmark)."""
     if keys not in KEY_SETS:
