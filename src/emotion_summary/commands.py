@@ -22,6 +22,7 @@ FUNCTION_COMMANDS = {
     "synthesize_reports": ("synthesize", "synthesize_reports", True),
     "plan_memory": ("gpusim.planner", "plan_memory", False),
     "lm_eval_data": ("lm_eval_data", "lm_eval_data", False),
+    "demo": ("demo", "demo", False),
 }
 
 

@@ -152,6 +152,29 @@ def assemble(records: Sequence[Record], raws: dict[int, str], refused: dict[int,
     return out
 
 
+def make_backend(backend: str, model_path: str | None = None, endpoint: str | None = None, model: str | None = None,
+                 max_new_tokens: int | None = None, language: Language | None = None,
+                 quantization: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                 timeout_s: float = 300.0, max_retries: int = 4) -> Backend:
+    """One backend as `infer` builds it, for callers that summarise report by report (the demo page).
+    The hf model loads on the first report and stays loaded."""
+    _check_options(backend, model_path, endpoint, model, {"max_new_tokens": max_new_tokens, "timeout_s": timeout_s,
+                                                          "max_retries": max_retries})
+    info = describe_model(model_path, language) if model_path and backend != "extractive" else None
+    max_new_tokens = max_new_tokens or (info.max_new_tokens if info else 512)
+    return _make_backend(backend, info, language, endpoint, model, max_new_tokens, None, 1, timeout_s, max_retries,
+                         quantization, temperature, top_p)
+
+
+def summarise(records: Sequence[Record], chosen: Backend) -> Assembled:
+    """The five fields of each report from `chosen` (no side file, nothing saved); fields the model left
+    out come from the extractive baseline and are listed in `filled`. A refusal is an EndpointError."""
+    raws: dict[int, str] = {}
+    for batch in _batches(list(records), chosen.batch_size):
+        raws.update(zip((r.id for r in batch), chosen.generate(batch)))
+    return assemble(records, raws)
+
+
 # ---------------------------------------------------------------- CLI
 
 
