@@ -2,7 +2,6 @@
 
 import html
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -12,14 +11,12 @@ from emotion_summary.records import read_records
 from emotion_summary.report_html import render_html
 from emotion_summary.submission import write_submission
 
+from tests.cdp_browser import chromium_binary
+
 HOSTILE = '<script>document.title="pwned"</script><img src=x onerror="document.title=\'pwned\'"> & </div>'
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1280,1000"]
-
-
-def chromium_binary() -> str | None:
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
 @pytest.fixture
