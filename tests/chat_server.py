@@ -39,7 +39,8 @@ class FakeChatServer:
                     server.errors.append(e)
                     answer = (500, f"the test's reply function raised {type(e).__name__}: {e}")
                 status, content = answer if isinstance(answer, tuple) else (200, answer)
-                payload = ({"choices": [{"message": {"role": "assistant", "content": content}}]}
+                payload = ({"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                         "finish_reason": "stop"}]}
                            if status == 200 else {"error": content})
                 data = json.dumps(payload).encode("utf-8")
                 self.send_response(status)

@@ -24,7 +24,7 @@ def test_gold_against_itself_and_against_the_baseline(tmp_path, gold_file):
     base_sub = submission_of(tmp_path / "base" / "Emotion_Summary_Result.jsonl", records, extract_fields)
     evaluate(pred=gold_sub, gold=str(gold_file), compare=base_sub, out_dir=str(tmp_path / "res"),
              bertscore=False)
-    name = "gold_Emotion_Summary_Result_vs_base_Emotion_Summary_Result"
+    name = "gold_vs_base"  # runs are named after their folders
     results = json.loads((tmp_path / "res" / f"{name}.json").read_text())
     first, second = results["systems"]
     assert first["rouge"]["mean"] == pytest.approx({"rouge-1": 1.0, "rouge-2": 1.0, "rouge-l": 1.0})

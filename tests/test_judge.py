@@ -132,11 +132,11 @@ def test_evaluate_with_judge_shows_the_leaderboard_figure(tmp_path, gold_file, r
     write_submission(sub, preds_of(records), [r.id for r in records])
     with FakeChatServer(scores_reply) as server:
         evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), bertscore=False, judge=True,
-                 endpoint=server.endpoint, model="judge-model", max_retries=0)
+                 endpoint=server.endpoint, model="judge-model", max_retries=0, judge_protocol="source")
     results = json.loads((tmp_path / "res" / "sub.json").read_text())
     assert results["systems"][0]["judge"]["mean_x20"] == pytest.approx(80.0)
     table = (tmp_path / "res" / "sub.md").read_text()
-    assert "## LLM judge (1-5)" in table and "4.000 / 5 = 80.0 / 100" in table
+    assert "## LLM judge (1-5" in table and "Source-grounded judge score for sub: 4.000 / 5" in table
     assert (tmp_path / "res" / "judge_cache.jsonl").is_file()
 
 
@@ -186,7 +186,7 @@ def test_evaluate_fails_when_every_judge_reply_is_unparseable(tmp_path, gold_fil
     with FakeChatServer(lambda messages: "I like it.") as server:
         with pytest.raises(UserError, match="no usable score for sub: every item failed"):
             evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), bertscore=False,
-                     judge=True, endpoint=server.endpoint, model="judge-model", max_retries=0)
+                     judge=True, endpoint=server.endpoint, model="judge-model", max_retries=0, judge_protocol="source")
     assert "judge sub: 15 of 15 items failed (15 unparseable replies, 0 refused requests)" in capsys.readouterr().err
     assert json.loads((tmp_path / "res" / "sub.json").read_text())["systems"][0]["judge"]["n_failed"] == 15
 

@@ -11,7 +11,8 @@ LIGHT = ["core.atomic_io", "core.cli", "core.distributed", "core.errors", "core.
          "prompting.prompt", "prompting.encode", "prompting.replies",
          "predicting.predict", "predicting.backends", "predicting.extractive", "predicting.submission",
          "predicting.check",
-         "scoring.metrics", "scoring.judge", "scoring.evaluate", "scoring.report_html",
+         "scoring.metrics", "scoring.judge", "scoring.official_judge", "scoring.evaluate", "scoring.report_html",
+         "data.lm_eval_data", "demo",
          "teacher.client", "teacher.label", "teacher.synthesize", "teacher.ask_loop",
          # `--help` of train_qwen2.py imports the train command; the model wrapper loads only when a run starts
          "training.config", "training.presets", "training.run_dir", "training.command", "training.trainer",

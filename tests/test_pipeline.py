@@ -18,7 +18,7 @@ def test_smoke_pipeline_leaves_adapter_submission_and_scores_then_reuses_the_run
         assert (run / name).is_file(), name
     heldout = subs / "heldout_fold.jsonl"
     assert check_submission(out, heldout).ok
-    scores = json.loads((subs / "scores" / "Emotion_Summary_Result.json").read_text())
+    scores = json.loads((subs / "scores" / "submissions.json").read_text())  # named after the run folder
     assert scores["n_reports"] == sum(1 for _ in heldout.open())
 
     capsys.readouterr()

@@ -24,6 +24,8 @@ FUNCTION_COMMANDS = {
     "install_torch": ("install_torch", "install_torch", False),
     "synthesize_reports": ("teacher.synthesize", "synthesize_reports", True),
     "plan_memory": ("gpusim.planner", "plan_memory", False),
+    "lm_eval_data": ("data.lm_eval_data", "lm_eval_data", False),
+    "demo": ("demo", "demo", False),
 }
 
 
@@ -82,6 +84,14 @@ def plan_memory(argv: list[str] | None = None) -> None:
     _run_function("plan_memory", argv)
 
 
+def lm_eval_data(argv: list[str] | None = None) -> None:
+    _run_function("lm_eval_data", argv)
+
+
+def demo(argv: list[str] | None = None) -> None:
+    _run_function("demo", argv)
+
+
 def train(argv: list[str] | None = None) -> None:
     from emotion_summary.training.command import main
 
@@ -110,6 +120,8 @@ ES_COMMANDS: dict[str, tuple[Callable[[list[str] | None], None], str]] = {
     "merge": (merge_adapter, "merge a LoRA adapter into its 16-bit base model"),
     "convert-psyqa": (convert_psyqa, "convert PsyQA questions into unlabelled ES records"),
     "install-torch": (install_torch, "install the torch build that fits this machine's GPU"),
+    "demo": (demo, "a page to summarise one report with a checkpoint, an endpoint or the extractive baseline"),
+    "lm-eval-data": (lm_eval_data, "write gold records as the benchmark's lm-eval task reads them"),
 }
 
 

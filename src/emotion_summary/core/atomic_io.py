@@ -45,6 +45,20 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def follow_umask(folder: str | os.PathLike, since_ns: int | None = None) -> None:
+    """Give the files under `folder` (only those modified at or after `since_ns`, when given) the mode
+    a plain open() would. Writers of large files that
+    create them 0600 (safetensors, used by save_pretrained) would otherwise leave adapters and merged
+    models unreadable to a server running as another user."""
+    file_mode = _new_file_mode()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            info = os.stat(path)
+            if since_ns is None or info.st_mtime_ns >= since_ns:
+                os.chmod(path, file_mode)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`.
 
@@ -134,6 +148,7 @@ def atomic_dir(out: str | os.PathLike, complete: Callable[[Path], bool]) -> Iter
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        follow_umask(tmp)  # everything in it is ours
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -161,6 +161,27 @@ def record_from_dict(d: Any, path: str | os.PathLike = "<dict>", where: str = ""
     )
 
 
+def record_from_paste(text: str, rid: int = 0) -> Record:
+    """A report pasted by a user: one JSON record of an ES file, or plain text, whose first paragraph
+    (first sentence, for a single paragraph) becomes the case description and the rest the
+    consultation process (a one-sentence text is both)."""
+    from emotion_summary.data.text import split_sentences
+
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return record_from_dict(json.loads(text), "<pasted report>")
+        except json.JSONDecodeError as e:
+            raise RecordError("<pasted report>", "", None, f"not valid JSON ({e.msg} at character {e.pos})") from None
+    pieces = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if len(pieces) == 1:
+        pieces = split_sentences(pieces[0]) or pieces
+    if not pieces:
+        raise RecordError("<pasted report>", "", None, "is empty: paste a report or pick an example")
+    return record_from_dict({"id": rid, "case_description": pieces[:1], "consultation_process": pieces[1:] or pieces,
+                             "experience_and_reflection": ""}, "<pasted report>")
+
+
 def _decode(path: Path) -> str:
     raw = path.read_bytes()
     try:

@@ -62,3 +62,10 @@ def strip_padding(row: list[int], stop: list[int]) -> list[int]:
 
 def dtype_bytes(model) -> int:
     return model.get_input_embeddings().weight.dtype.itemsize
+
+
+def sampling(temperature: float = 0.0, top_p: float = 1.0) -> dict:
+    """generate() arguments: greedy at temperature 0, else sampling with that temperature and top_p."""
+    if temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p}

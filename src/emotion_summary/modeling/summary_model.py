@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from pathlib import Path
 
 import torch
 
+from emotion_summary.core.atomic_io import follow_umask
 from emotion_summary.core.errors import ModelError
 from emotion_summary.data.records import Record
 from emotion_summary.modeling.adapters import adapters_in_compute_dtype, lora_config
@@ -20,6 +22,7 @@ from emotion_summary.modeling.generation import (
     dtype_bytes,
     free_gpu_bytes,
     generation_groups,
+    sampling,
     prefill_chunk_tokens,
     strip_padding,
 )
@@ -140,8 +143,10 @@ class Qwen2EmotionSummaryModel:
         """Adapter weights, tokenizer, prompt.json and train_config.json: all inference needs."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        started = time.time_ns() - 2_000_000_000  # 2 s of slack for file systems with coarse timestamps
         self.model.save_pretrained(str(out))
         self.tokenizer.save_pretrained(str(out))
+        follow_umask(out, since_ns=started)  # safetensors writes 0600
         self.prompt.save(out)
         self.config.save(out)
         return out
@@ -151,14 +156,17 @@ class Qwen2EmotionSummaryModel:
         return prompt_budget(self.config.max_seq_len, max_new_tokens)
 
     @torch.no_grad()
-    def generate(self, records: list[Record], max_new_tokens: int = 512, batch_size: int | None = None) -> list[str]:
-        """Greedy replies, in the order given (callers sort by length so batches pad little).
-        `batch_size` caps the records per `generate` call; on a GPU the free memory may cap it lower."""
+    def generate(self, records: list[Record], max_new_tokens: int = 512, batch_size: int | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
+        """Replies in the order given (callers sort by length so batches pad little): greedy, or sampled
+        when `temperature` > 0 (with nucleus `top_p`). `batch_size` caps the records per `generate` call;
+        on a GPU the free memory may cap it lower."""
         if self.max_prompt_tokens(max_new_tokens) < 256:
             raise ModelError(f"max_new_tokens={max_new_tokens} leaves under 256 prompt tokens in this "
                              f"model's max_seq_len={self.config.max_seq_len}; lower --max_new_tokens")
         prompts = [self._prompt_ids(r, max_new_tokens) for r in records]
-        new_ids = self.generate_ids(prompts, max_new_tokens, batch_size=batch_size)
+        new_ids = self.generate_ids(prompts, max_new_tokens, batch_size=batch_size, temperature=temperature,
+                                    top_p=top_p)
         return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
 
     def _prompt_ids(self, record: Record, max_new_tokens: int) -> list[int]:
@@ -171,25 +179,29 @@ class Qwen2EmotionSummaryModel:
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int = 0,
-                     batch_size: int | None = None) -> list[list[int]]:
-        """Greedy new token ids (stop tokens included, padding not) for each prompt's token ids, in
+                     batch_size: int | None = None, temperature: float = 0.0,
+                     top_p: float = 1.0) -> list[list[int]]:
+        """New token ids, greedy unless `temperature` > 0 (stop tokens included, padding not), for each prompt's token ids, in
         order. Prompts go in groups of at most `batch_size` (default: as many as the free GPU memory
         holds, `DEFAULT_CPU_BATCH` on the CPU), left-padded; long prompts are prefilled in chunks."""
         self.model.eval()
         out: list[list[int]] = []
         for group in generation_groups([len(p) for p in prompts], max_new_tokens, self._kv_bytes_per_token(),
                                        self._prefill_bytes_per_token(), free_gpu_bytes(), batch_size):
-            out += self._generate_group([prompts[i] for i in group], max_new_tokens, min_new_tokens)
+            out += self._generate_group([prompts[i] for i in group], max_new_tokens, min_new_tokens,
+                                        sampling(temperature, top_p))
         return out
 
-    def _generate_group(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int) -> list[list[int]]:
-        gen = self._generate_tensor(prompts, max_new_tokens, min_new_tokens)
+    def _generate_group(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int,
+                        decoding: dict | None = None) -> list[list[int]]:
+        gen = self._generate_tensor(prompts, max_new_tokens, min_new_tokens, decoding)
         return [strip_padding(row, self._stop_ids()) for row in gen.tolist()]
 
     def _stop_ids(self) -> list[int]:
         return [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
 
-    def _generate_tensor(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int) -> torch.Tensor:
+    def _generate_tensor(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int,
+                         decoding: dict | None = None) -> torch.Tensor:
         """The new ids of one left-padded group, [group, new tokens] (finished rows padded)."""
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
@@ -198,8 +210,8 @@ class Qwen2EmotionSummaryModel:
         stop = self._stop_ids()
         chunk = prefill_chunk_tokens(len(prompts))
         gen = self.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                  min_new_tokens=min_new_tokens, do_sample=False, pad_token_id=pad,
-                                  eos_token_id=stop, use_cache=True,
+                                  min_new_tokens=min_new_tokens, pad_token_id=pad,
+                                  eos_token_id=stop, use_cache=True, **(decoding or sampling()),
                                   prefill_chunk_size=chunk if width > chunk else None)
         return gen[:, width:]
 

@@ -56,7 +56,13 @@ def extractive_backend() -> Backend:
                    batch_size=64)
 
 
-def hf_backend(info: ModelInfo, max_new_tokens: int, batch_size: int, quantization: str | None = None) -> Backend:
+def decoding(temperature: float, top_p: float) -> str | dict:
+    """How replies are decoded, as it enters a request's key (replies of other settings are not reused)."""
+    return "greedy" if temperature <= 0 else {"temperature": temperature, "top_p": top_p}
+
+
+def hf_backend(info: ModelInfo, max_new_tokens: int, batch_size: int, quantization: str | None = None,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> Backend:
     budget = prompt_budget(info.config.max_seq_len, max_new_tokens)
     tokenizer = load_tokenizer(info.path)
     model_id = info.identity()
@@ -64,7 +70,7 @@ def hf_backend(info: ModelInfo, max_new_tokens: int, batch_size: int, quantizati
     def request(record: Record) -> dict:
         return {"backend": "hf", "model": model_id, "quantization": info.quantization(quantization),
                 "messages": fit_prompt(tokenizer, info.spec, record, budget).messages,
-                "max_new_tokens": max_new_tokens, "decoding": "greedy"}
+                "max_new_tokens": max_new_tokens, "decoding": decoding(temperature, top_p)}
 
     def load() -> GenerateFn:
         try:  # torch is imported only here: the other backends and the checker stay light
@@ -73,13 +79,23 @@ def hf_backend(info: ModelInfo, max_new_tokens: int, batch_size: int, quantizati
             raise UserError(f"the hf backend needs torch/transformers (pip install -e .[train]): {e}") from None
         model = Qwen2EmotionSummaryModel.load(info.path, quantization)  # a ModelError is a UserError already
         model.prompt = info.spec
-        return lambda batch: model.generate(batch, max_new_tokens=max_new_tokens, batch_size=len(batch))
+
+        def generate(batch: list[Record]) -> list[str]:
+            if temperature <= 0:
+                return model.generate(batch, max_new_tokens=max_new_tokens, batch_size=len(batch))
+            import torch
+
+            torch.manual_seed(seed)  # every batch from the same seed: its draws do not depend on what ran before
+            return model.generate(batch, max_new_tokens=max_new_tokens, batch_size=len(batch),
+                                  temperature=temperature, top_p=top_p)
+
+        return generate
 
     return Backend("hf", lazy(load), request, batch_size=batch_size)
 
 
 def openai_backend(client: ChatClient, spec: PromptSpec, max_new_tokens: int, concurrency: int = 1,
-                   info: ModelInfo | None = None) -> Backend:
+                   info: ModelInfo | None = None, temperature: float = 0.0, top_p: float = 1.0) -> Backend:
     """With a checkpoint (`info`) that has its tokenizer, reports are trimmed to its max_seq_len as the
     model was trained to see them; without one they are sent whole (a 4xx for a too-long report is
     recorded as a refusal)."""
@@ -96,11 +112,14 @@ def openai_backend(client: ChatClient, spec: PromptSpec, max_new_tokens: int, co
             messages[record.id] = fit_prompt(tokenizer, spec, record, budget).messages
         return messages[record.id]
 
+    nucleus = {"top_p": top_p} if top_p < 1 else {}  # sent only when set: some servers refuse the key
+
     def request(record: Record) -> dict:
         return {"backend": "openai", "endpoint": client.public_url, "model": client.model, "served_from": served,
-                "messages": messages_for(record), "max_tokens": max_new_tokens, "temperature": 0.0}
+                "messages": messages_for(record), "max_tokens": max_new_tokens, "temperature": temperature, **nucleus}
 
     def generate(batch: list[Record]) -> list[str]:
-        return [client.chat(messages_for(r), max_tokens=max_new_tokens, temperature=0.0) for r in batch]
+        return [client.chat(messages_for(r), max_tokens=max_new_tokens, temperature=temperature, **nucleus)
+                for r in batch]
 
     return Backend("openai", generate, request, batch_size=1, concurrency=concurrency)

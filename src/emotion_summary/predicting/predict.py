@@ -11,25 +11,42 @@ of its refusals, so a rerun against the fixed endpoint sends them again.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-from emotion_summary.predicting.backends import BACKENDS, Backend, extractive_backend, hf_backend, openai_backend
-from emotion_summary.core.cli import EndpointOptions, number_problem, option_group
-from emotion_summary.teacher.client import ChatClient, EndpointError, is_refusal, run_pool
+from emotion_summary.core.atomic_io import atomic_write_json
+from emotion_summary.core.cli import EndpointOptions, check_numbers, number_problem, option_group
 from emotion_summary.core.errors import NotReady, UserError
-from emotion_summary.predicting.extractive import extract_fields
-from emotion_summary.data.folds import guard_leakage
-from emotion_summary.modeling.identity import ModelInfo, describe_model
 from emotion_summary.core.paths import refuse_overwrite
-from emotion_summary.prompting.prompt import Language, PromptSpec, parse_answer
+from emotion_summary.data.folds import guard_leakage
 from emotion_summary.data.records import GOLD_FIELDS, Record, read_records
+from emotion_summary.modeling.identity import ModelInfo, describe_model
+from emotion_summary.predicting.backends import BACKENDS, Backend, extractive_backend, hf_backend, openai_backend
+from emotion_summary.predicting.extractive import extract_fields
+from emotion_summary.predicting.submission import (SUBMISSION_FILE, KeySet, check_submission, filled_file_for,
+                                                   write_submission)
+from emotion_summary.prompting.prompt import Language, PromptSpec, parse_answer
 from emotion_summary.prompting.replies import Replies, ReplyStore, request_key, side_file_for
-from emotion_summary.predicting.submission import SUBMISSION_FILE, check_submission, write_submission
+from emotion_summary.teacher.client import ChatClient, EndpointError, is_refusal, run_pool
 
-DEFAULT_OUTPUT = str(Path("submissions") / SUBMISSION_FILE)
+SUBMISSIONS_DIR = Path("submissions")
+
+
+def default_output(backend: str, model_path: str | None, model: str | None) -> Path:
+    """submissions/<run or model>/Emotion_Summary_Result.jsonl, so runs of different models never
+    overwrite each other: the --model_path folder (<run>-<step> for a checkpoint), the served --model,
+    or "extractive"."""
+    if backend == "extractive" or not (model_path or model):
+        name = backend
+    elif model_path:
+        path = Path(model_path).resolve()
+        name = f"{path.parent.parent.name}-{path.name}" if path.parent.name == "checkpoints" else path.name
+    else:
+        name = str(model).rstrip("/").split("/")[-1]
+    return SUBMISSIONS_DIR / (re.sub(r"[^\w.+-]+", "_", name).strip("._") or backend) / SUBMISSION_FILE
 # The endpoint, not the reports, is wrong when it refuses most of the first reports it is sent.
 REFUSALS_JUDGED_AFTER = 8
 
@@ -140,6 +157,29 @@ def assemble(records: Sequence[Record], raws: dict[int, str], refused: dict[int,
     return out
 
 
+def make_backend(backend: str, model_path: str | None = None, endpoint: str | None = None, model: str | None = None,
+                 max_new_tokens: int | None = None, language: Language | None = None,
+                 quantization: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                 timeout_s: float = 300.0, max_retries: int = 4) -> Backend:
+    """One backend as `infer` builds it, for callers that summarise report by report (the demo page).
+    The hf model loads on the first report and stays loaded."""
+    _check_options(backend, model_path, endpoint, model, {"max_new_tokens": max_new_tokens})
+    server = EndpointOptions(endpoint=endpoint or "", model=model or "", concurrency=1, timeout_s=timeout_s,
+                             max_retries=max_retries)  # checks the ranges
+    info = describe_model(model_path, language) if model_path and backend != "extractive" else None
+    max_new_tokens = max_new_tokens or (info.max_new_tokens if info else 512)
+    return _make_backend(backend, info, language, server, max_new_tokens, None, quantization, temperature, top_p)
+
+
+def summarise(records: Sequence[Record], chosen: Backend) -> Assembled:
+    """The five fields of each report from `chosen` (no side file, nothing saved); fields the model left
+    out come from the extractive baseline and are listed in `filled`. A refusal is an EndpointError."""
+    raws: dict[int, str] = {}
+    for batch in _batches(list(records), chosen.batch_size):
+        raws.update(zip((r.id for r in batch), chosen.generate(batch)))
+    return assemble(records, raws)
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -159,26 +199,30 @@ def _check_options(backend: str, model_path: str | None, endpoint: str | None, m
 
 
 def _make_backend(backend: str, info: ModelInfo | None, language: str | None, server: EndpointOptions,
-                  max_new_tokens, batch_size, quantization) -> Backend:
+                  max_new_tokens, batch_size, quantization, temperature=0.0, top_p=1.0, seed=0) -> Backend:
     if backend == "extractive":
         return extractive_backend()
     if backend == "hf":
-        return hf_backend(info, max_new_tokens, batch_size or info.batch_size, quantization)
+        return hf_backend(info, max_new_tokens, batch_size or info.batch_size, quantization, temperature, top_p, seed)
     spec = info.spec if info else PromptSpec(**({"language": language} if language else {}))
-    return openai_backend(ChatClient.from_options(server), spec, max_new_tokens, server.concurrency, info)
+    return openai_backend(ChatClient.from_options(server), spec, max_new_tokens, server.concurrency, info,
+                          temperature, top_p)
 
 
 @option_group("server", without=("max_tokens",))  # --max_new_tokens is the budget of every backend
-def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = None,
+def infer(input: str, output: str | None = None, model_path: str | None = None,
           backend: Literal["hf", "openai", "extractive"] = "hf", batch_size: int | None = None,
           max_new_tokens: int | None = None, server: EndpointOptions = EndpointOptions(),
           allow_leakage: bool = False, language: Language | None = None,
-          quantization: Literal["nf4", "none"] | None = None) -> None:
+          quantization: Literal["nf4", "none"] | None = None, keys: KeySet = "competition",
+          temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> None:
     """Write a leaderboard submission (Emotion_Summary_Result.jsonl) for an ES inputs file.
 
     Args:
         input: ES records file (JSONL or JSON array), e.g. Emotion_Summary.jsonl.
-        output: submission file to write; raw replies go to <output>.raw.jsonl (resume state).
+        output: submission file to write; default submissions/<run or model>/Emotion_Summary_Result.jsonl (the
+            --model_path folder, the served --model, or extractive). Raw replies go to <output>.raw.jsonl (resume
+            state); which fields came from the extractive fallback to <output>.filled.json.
         model_path: an adapter or merged model written by this project (its prompt.json and config are
             used), or a plain model directory such as Qwen2-7B-Instruct (the default prompt); needed for hf.
         backend: hf (local model), openai (an OpenAI-compatible server) or extractive (no model).
@@ -187,12 +231,23 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         allow_leakage: predict even reports that the model's training data contains.
         language: auto, en or zh: overrides the prompt's answer language.
         quantization: nf4 or none (hf); default: the adapter's training quantization, none otherwise.
+        keys: competition (the CloudCom 2025 challenge: predicted_cause, predicted_illness_Characteristics, ...)
+            or benchmark (LongEmotion's result files: predicted_causes, predicted_characteristics, ...).
+        temperature: 0 decodes greedily; above 0 samples (the benchmark's runner: 0.8, with --top_p 0.9 and
+            --max_new_tokens 8192).
+        top_p: nucleus sampling mass when --temperature > 0 (the benchmark's runner: 0.9).
+        seed: random seed of sampling (hf).
     """
     _check_options(backend, model_path, server.endpoint, server.model,
                    {"batch_size": batch_size, "max_new_tokens": max_new_tokens})
+    check_numbers({"temperature": (temperature, float, 0), "top_p": (top_p, float, 0, True)})
+    if top_p > 1:
+        raise UserError(f"--top_p: expected a number in (0, 1], got {top_p!r}")
+    output = str(output or default_output(backend, model_path, server.model))
     side = side_file_for(output)
     refuse_overwrite({"--output": output}, {"--input": input})
     refuse_overwrite({"--output's raw replies": side}, {"--input": input})  # beside --output: fine if it is
+    refuse_overwrite({"--output's fallback sidecar": filled_file_for(output)}, {"--input": input})
     for name, path in (("--output", output), ("--output's raw replies", side)):
         if model_path and Path(path).is_file() and Path(model_path).resolve() in Path(path).resolve().parents:
             raise UserError(f"{name} {path}: is a file of --model_path {model_path} (its prompt.json, config or "
@@ -203,14 +258,16 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         guard_leakage(records, model_path, allow_leakage)
     max_new_tokens = max_new_tokens or (info.max_new_tokens if info else 512)
     started = time.monotonic()
-    chosen = _make_backend(backend, info, language, server, max_new_tokens, batch_size, quantization)
+    chosen = _make_backend(backend, info, language, server, max_new_tokens, batch_size, quantization, temperature,
+                           top_p, seed)
     try:
         raws = predict(records, chosen, side)
     except KeyboardInterrupt:  # cli.call prints this and exits 130
         raise KeyboardInterrupt(f"interrupted: finished replies are saved in {side}; run the same command "
                                 "again to resume") from None
     result = assemble(records, raws, raws.refused)
-    write_submission(output, result.fields, [r.id for r in records])
+    write_submission(output, result.fields, [r.id for r in records], keys)
+    write_filled(output, result, backend)
     print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
           f"(backend {backend}; raw replies in {side})")
     _print_warnings(result, side)
@@ -219,10 +276,20 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         raise NotReady(f"no usable reply: every one of the {len(records)} replies was refused or held none of "
                        f"the five fields, so {output} is the extractive baseline throughout; not ready to "
                        f"submit (see {side})")
-    report = check_submission(output, input)
+    report = check_submission(output, input, keys)
     print(report.render())
     if not report.ok:
         raise NotReady(f"{output} failed the submission check ({len(report.errors)} errors above)")
+
+
+def write_filled(output: str | Path, result: Assembled, backend: str) -> Path:
+    """<output>.filled.json: the fields each report took from the extractive fallback (all five for an
+    extractive run), so a report page can mark them."""
+
+    filled = {rid: list(GOLD_FIELDS) for rid in result.fields} if backend == "extractive" else result.filled
+    return atomic_write_json(filled_file_for(output), {
+        "backend": backend, "filled": {str(rid): names for rid, names in filled.items() if names},
+        "not_json": result.not_json, "refused": sorted(result.refused)})
 
 
 def _print_warnings(result: Assembled, side: Path) -> None:

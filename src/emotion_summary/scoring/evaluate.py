@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from emotion_summary.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from emotion_summary.core.cli import EndpointOptions, check_numbers, option_group
@@ -20,14 +20,15 @@ from emotion_summary.core.paths import refuse_overwrite
 from emotion_summary.scoring.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
                                      rouge_report)
 from emotion_summary.data.records import GOLD_FIELDS, Record, read_records
-from emotion_summary.scoring.report_html import per_id_judge, render_html
-from emotion_summary.predicting.submission import read_predictions
 from emotion_summary.data.text import detect_language
+from emotion_summary.predicting.submission import SUBMISSION_FILE, read_filled, read_predictions
+from emotion_summary.prompting.prompt import report_sections
+from emotion_summary.scoring.report_html import per_id_judge, render_html
 
 SHORT = {"causes": "causes", "symptoms": "symptoms", "treatment_process": "process",
          "characteristics_of_illness": "characteristics", "treatment_effect": "effect"}
 METRIC_TITLES = {"rouge-1": "ROUGE-1 F1", "rouge-2": "ROUGE-2 F1", "rouge-l": "ROUGE-L F1",
-                 "bertscore": "BERTScore F1", "judge": "LLM judge (1-5)"}
+                 "bertscore": "BERTScore F1", "judge": "LLM judge (1-5; mean row: ES score)"}
 
 
 def read_gold(path: str | Path) -> list[Record]:
@@ -44,9 +45,16 @@ def load_predictions(path: str | Path, gold: Sequence[Record]) -> dict[int, dict
     return preds
 
 
+def run_name(path: str | Path) -> str:
+    """What a prediction file is called: its folder for the fixed submission name (runs write
+    <run>/Emotion_Summary_Result.jsonl), else its file stem."""
+    p = Path(path)
+    return p.parent.resolve().name or p.stem if p.name == SUBMISSION_FILE else p.stem
+
+
 def labels_for(paths: Sequence[str]) -> list[str]:
-    """Short distinct names: file stems, or parent/stem when the stems clash."""
-    stems = [Path(p).stem for p in paths]
+    """Short distinct names: run names (run_name), or parent/stem when they clash."""
+    stems = [run_name(p) for p in paths]
     if len(set(stems)) == len(stems):
         return stems
     longer = [f"{Path(p).parent.name}/{Path(p).stem}" for p in paths]
@@ -126,12 +134,24 @@ def render_markdown(results: dict) -> str:
             name = f"**{key}**" if key == "mean" else key
             lines.append("| " + " | ".join([name, *cells]) + " |")
     for s in systems:
-        judge = s.get("judge")
-        if judge and judge.get("mean") is not None:
-            lines += ["", f"Leaderboard-style ES judge score for {s['label']}: {judge['mean']:.3f} / 5 "
-                          f"= {judge['mean_x20']:.1f} / 100 ({judge['n_failed']} of {judge['n_items']} "
-                          f"items failed, judge {judge['model']})"]
+        lines += _judge_lines(s)
     return "\n".join(lines) + "\n"
+
+
+def _judge_lines(system: dict) -> list[str]:
+    """The judge's headline for one system, and for the benchmark's protocol its means per dimension."""
+    judge = system.get("judge")
+    if not judge or judge.get("mean") is None:
+        return []
+    if not judge.get("protocol"):
+        return ["", f"Source-grounded judge score for {system['label']}: {judge['mean']:.3f} / 5 "
+                    f"({judge['n_failed']} of {judge['n_items']} items failed and are left out, judge {judge['model']})"]
+    dims = ", ".join(f"{d.replace('_', ' ')} {_cell(v)}" for d, v in judge["per_dimension"].items())
+    return ["", f"**ES score (the benchmark's judge protocol) for {system['label']}: {judge['mean']:.3f} / 5** "
+                f"= {judge['mean_x20']:.1f} / 100: the mean of 15 scores (5 attributes x 3 dimensions) per report, "
+                f"{judge['n_failed']} of {judge['n_items']} reports unreadable and counted 0; judge {judge['model']} "
+                f"at temperature {judge['temperature']:g}.",
+            f"Per dimension (readable replies): {dims}."]
 
 
 def render_chart(results: dict) -> bytes:
@@ -144,13 +164,17 @@ def render_chart(results: dict) -> bytes:
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     width = 0.8 / len(systems)
     for ax, metric in zip(axes[0], metrics):
+        top = 0.0
         for i, s in enumerate(systems):
             rows = _metric_rows(s, metric)
             xs = [k + (i - (len(systems) - 1) / 2) * width for k in range(len(keys))]
-            ax.bar(xs, [rows[k] or 0.0 for k in keys], width, label=s["label"])
+            values = [rows[k] or 0.0 for k in keys]
+            bars = ax.bar(xs, values, width, label=s["label"])
+            ax.bar_label(bars, fmt="%.3f", fontsize=6.5, padding=1, rotation=90 if len(systems) > 1 else 0)
+            top = max(top, *values)
         ax.set_title(METRIC_TITLES[metric])
         ax.set_xticks(range(len(keys)), [SHORT.get(k, k) for k in keys], rotation=35, ha="right")
-        ax.set_ylim(0, 5 if metric == "judge" else 1)
+        ax.set_ylim(0, (top or 1.0) * 1.25)  # scaled to the data (ROUGE of 0.1-0.3 on a 0-1 axis is unreadable)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=len(systems),
                fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
@@ -168,8 +192,7 @@ def write_outputs(results: dict, out_dir: str | Path, name: str, gold: Sequence[
     out_dir = Path(out_dir)
     public = {**results, "systems": [{k: v for k, v in s.items() if not k.startswith("_")}
                                      for s in results["systems"]]}
-    page = render_html(results, {r.id: r.gold() for r in gold},
-                       {r.id: "\n".join(r.case_description) for r in gold})
+    page = render_html(results, {r.id: r.gold() for r in gold}, {r.id: report_sections(r) for r in gold})
     return [atomic_write_json(out_dir / f"{name}.json", public),
             atomic_write_text(out_dir / f"{name}.md", render_markdown(results)),
             atomic_write_bytes(out_dir / f"{name}.png", render_chart(results)),
@@ -179,14 +202,21 @@ def write_outputs(results: dict, out_dir: str | Path, name: str, gold: Sequence[
 # ---------------------------------------------------------------- CLI
 
 
-def _judge_systems(systems, gold, client: ChatClient, cache, concurrency, reference):
+def _judge_systems(systems, gold, client: ChatClient, cache, concurrency, protocol, reference, temperature):
+    """Add a "judge" section to every system: the benchmark's protocol, or the source-grounded one."""
+    if protocol == "longemotion":
+        from emotion_summary.scoring.official_judge import judge_reports, judge_summary
+
+        for s in systems:
+            items = judge_reports(gold, s["_preds"], client, cache, temperature, concurrency, f"judge {s['label']}")
+            s["judge"] = judge_summary(items, client.model, temperature)
+        return
     from emotion_summary.scoring.judge import judge_predictions, judge_totals
 
-    model = client.model
     for s in systems:
         items = judge_predictions(gold, s["_preds"], client, cache, use_reference=reference,
                                   concurrency=concurrency, desc=f"judge {s['label']}")
-        s["judge"] = {**judge_totals(items, model), "per_id": per_id_judge(items)}
+        s["judge"] = {**judge_totals(items, client.model), "per_id": per_id_judge(items)}
 
 
 @option_group("judge_server")
@@ -194,6 +224,7 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
              name: str | None = None, bertscore: bool = True, bertscore_model: str | None = None,
              bertscore_num_layers: int | None = None, judge: bool = False,
              judge_server: EndpointOptions = EndpointOptions(), judge_cache: str | None = None,
+             judge_protocol: Literal["longemotion", "source"] = "longemotion", judge_temperature: float = 0.0,
              judge_reference: bool = True) -> None:
     """Score a submission against gold ES records: ROUGE, optional BERTScore and LLM judge.
 
@@ -202,19 +233,25 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
         gold: ES records with the five gold fields (e.g. Emotion_Summary_example.jsonl).
         compare: a second submission, shown side by side with the first.
         out_dir: where <name>.json, <name>.md, <name>.png and <name>.html are written.
-        name: base name of the outputs; default from the prediction file names.
+        name: base name of the outputs; default: the run's name (the prediction's folder when the file is
+            Emotion_Summary_Result.jsonl, else its stem; "A_vs_B" with --compare).
         bertscore: also compute BERTScore F1 (needs bert-score, torch and the model).
         bertscore_model: hub id or local folder; default roberta-large (English), bert-base-chinese (Chinese).
         bertscore_num_layers: layer to use; default bert_score's choice for a known model, else the last.
-        judge: also run the LLM judge (needs --endpoint and --model).
+        judge: also run the LLM judge (needs --endpoint and --model; the leaderboard's is gpt-4o).
         judge_cache: JSONL cache of judge replies; default <out_dir>/judge_cache.jsonl.
-        judge_reference: show the judge the gold field as a reference (the leaderboard judge sees it).
+        judge_protocol: longemotion (the benchmark's judge: one request per report comparing the five fields
+            with the reference summary; ES score = mean of the 15 scores 1-5, an unreadable reply counts 0) or
+            source (one request per field, graded against the source report: catches invented facts).
+        judge_temperature: sampling temperature of the judge (the benchmark uses 0).
+        judge_reference: source protocol: also show the judge the gold field as a guide.
     """
     paths = [str(pred)] + ([str(compare)] if compare is not None else [])
     name = str(name) if name else output_name(labels_for(paths))
     outputs = {f"--out_dir/{name}{ext}": Path(out_dir) / f"{name}{ext}" for ext in OUTPUT_SUFFIXES}
     refuse_overwrite({**outputs, "--judge_cache": judge_cache}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
-    check_numbers({"bertscore_num_layers": (bertscore_num_layers, int, 0)})
+    check_numbers({"bertscore_num_layers": (bertscore_num_layers, int, 0),
+                   "judge_temperature": (judge_temperature, float, 0)})
     use_bertscore, use_judge = bertscore, judge
     client = ChatClient.from_options(judge_server.require("--judge")) if use_judge else None
     gold_records = read_gold(gold)
@@ -222,6 +259,10 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     labels = labels_for(paths)
     systems = [{"label": label, "pred": path, "_preds": load_predictions(path, gold_records)}
                for label, path in zip(labels, paths)]
+    for s in systems:  # which fields inference took from the extractive fallback, when it said so
+        filled = read_filled(s["pred"])
+        if filled is not None:
+            s["filled"] = {rid: names for rid, names in filled.items() if str(rid).isdigit() and int(rid) in golds}
     results = {"gold": str(gold), "n_reports": len(gold_records), "ids": list(golds),
                "rouge_max_tokens": MAX_TOKENS, "notes": [], "systems": systems}
     for s in systems:
@@ -237,7 +278,8 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     if use_judge:
         cache = judge_cache or str(Path(out_dir) / "judge_cache.jsonl")
         try:
-            _judge_systems(systems, gold_records, client, cache, judge_server.concurrency, judge_reference)
+            _judge_systems(systems, gold_records, client, cache, judge_server.concurrency, judge_protocol,
+                           judge_reference, judge_temperature)
         except EndpointError as e:
             judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
                                         "run the same command again to resume")
@@ -252,9 +294,10 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
 
 def _judge_failures(systems: list[dict]) -> None:
     """Say how many judge items failed; an error when no item of a system got a score."""
-    from emotion_summary.scoring.judge import failure_line
+    from emotion_summary.scoring import judge, official_judge
 
     for s in systems:
+        failure_line = (official_judge if s.get("judge", {}).get("protocol") else judge).failure_line
         if s.get("judge") and failure_line(s["judge"], s["label"]):
             print(f"WARNING: {failure_line(s['judge'], s['label'])}", file=sys.stderr)
     useless = [s["label"] for s in systems if s.get("judge") and s["judge"]["n_failed"] == s["judge"]["n_items"]]

@@ -324,10 +324,11 @@ class ChatClient:
             raise _Garbled(f"garbled reply from {self.public_url}: {problem}")
         return self._redact(content)  # an endpoint echoing the key in its answer: never stored
 
-    def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0) -> str:
+    def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.0,
+             top_p: float | None = None) -> str:
         """The assistant's reply text; raises EndpointError after the retries are spent."""
         payload = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                   "temperature": temperature}
+                   "temperature": temperature, **({"top_p": top_p} if top_p is not None else {})}
         last, status, garbled = "", None, False
         for attempt in range(self.max_retries + 1):
             self._wait_for_rate_limit()

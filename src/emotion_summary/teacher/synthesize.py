@@ -432,8 +432,10 @@ def shape_histogram_png(groups: dict[str, list[Record]]) -> bytes:
         top = max(max(v) for v in values.values())
         bins = range(0, top + max(1, top // 30) + 1, max(1, top // 30))
         for name, v in values.items():
-            ax.hist(v, bins=bins, alpha=0.6, density=True, label=f"{name} ({len(v)})")
-        ax.set(xlabel=label, ylabel="density (area sums to 1)")
+            # weights 1/n: each bar is the share of that group's reports in the bin (density=True would
+            # divide by the bin width too, which is not a share)
+            ax.hist(v, bins=bins, alpha=0.6, weights=[1 / len(v)] * len(v), label=f"{name} ({len(v)})")
+        ax.set(xlabel=label, ylabel="share of reports")
         ax.legend()
     fig.suptitle("Synthetic reports beside the official inputs")
     return png_bytes(fig, dpi=110, bbox_inches="tight")
