@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from emotion_summary.errors import UserError
+from emotion_summary.json_input import load_json
 
 _UMASK_LOCK = threading.Lock()
 # Line ends for str.splitlines() and JavaScript, but ordinary characters inside a JSON string.
@@ -98,7 +99,7 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
     rows = []
     for _, line in jsonl_lines(path.read_bytes().decode("utf-8", errors="replace")):
         try:
-            rows.append(json.loads(line))
+            rows.append(load_json(line))
         except json.JSONDecodeError:
             continue
     return rows

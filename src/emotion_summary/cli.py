@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from emotion_summary.errors import ConfigError, UserError
+from emotion_summary.json_input import load_json
 from emotion_summary.paths import missing_file, set_command_line_inputs
 
 REQUIRED = inspect.Parameter.empty
@@ -259,14 +260,21 @@ def read_config_file(path: str) -> dict:
     p = Path(path)
     if missing_file(p):
         raise ValueError(f"{path}: {missing_file(p)}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as e:  # no permission, a device that cannot be read (/proc/self/mem)
+        raise ValueError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     try:
         if p.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = load_json(text)
         else:
             import yaml
 
             data = yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     except Exception as e:  # noqa: BLE001 - any parser error is the file's problem
         raise ValueError(f"{path}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'} "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

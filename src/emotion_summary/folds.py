@@ -16,6 +16,7 @@ from typing import Sequence
 
 from emotion_summary.atomic_io import atomic_write_json
 from emotion_summary.errors import UserError
+from emotion_summary.json_input import load_json
 from emotion_summary.overlap import NGRAM, WINDOW, HASH_BYTES, OverlapIndex, Signature, record_text
 from emotion_summary.records import Record, check_unique_ids
 
@@ -117,7 +118,7 @@ class TrainingFingerprints:
 
 def load_fingerprints(path: Path) -> TrainingFingerprints:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path.read_text(encoding="utf-8"))
         rows = data["records"]
         exact = {row["fingerprint"] for row in rows}
         if data.get("version", 1) < 2:

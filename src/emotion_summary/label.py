@@ -20,6 +20,7 @@ from emotion_summary.atomic_io import (append_jsonl, atomic_write_jsonl, jsonl_l
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool_with_bar
 from emotion_summary.cli import check_numbers
 from emotion_summary.errors import UserError
+from emotion_summary.json_input import load_json
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.prompt import NOT_DESCRIBED, Language, PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, is_blank, read_records, record_from_dict
@@ -98,7 +99,7 @@ def done_ids(output: Path, records: Sequence[Record]) -> set[int]:
     last = text.count("\n") + 1
     for n, line in jsonl_lines(text):
         try:
-            row = json.loads(line)
+            row = load_json(line)
         except json.JSONDecodeError:
             if n == last:  # torn by a killed run: cut off before appending
                 continue

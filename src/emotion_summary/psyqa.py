@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from emotion_summary.atomic_io import atomic_write_jsonl
+from emotion_summary.json_input import load_json
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.records import RecordError, record_from_dict
 from emotion_summary.text import split_sentences
@@ -145,7 +146,7 @@ def load_psyqa(path: str | os.PathLike) -> list[Any]:
     if not path.is_file():
         raise RecordError(path, "", None, "no such file (get it with scripts/download_data.py)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = load_json(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise RecordError(path, "", None, "is not valid UTF-8") from None
     except json.JSONDecodeError as e:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emotion_summary.atomic_io import atomic_write_jsonl, jsonl_lines
+from emotion_summary.json_input import load_json
 from emotion_summary.paths import missing_file
 from emotion_summary.records import GOLD_FIELDS, Record, RecordError, integer_id_problem, is_blank, read_records
 from emotion_summary.text import LANGUAGE_NAMES, detect_language, record_language, script_language
@@ -109,7 +110,7 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
     for n, line in jsonl_lines(text):
         report.n_rows += 1
         try:
-            row = json.loads(line)
+            row = load_json(line)
         except json.JSONDecodeError as e:
             report.errors.append(f"{path}:line {n}: invalid JSON ({e.msg})")
             continue

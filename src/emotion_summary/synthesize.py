@@ -37,6 +37,7 @@ from emotion_summary.atomic_io import append_jsonl, atomic_write_bytes, read_jso
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool_with_bar
 from emotion_summary.cli import number_problem
 from emotion_summary.errors import UserError
+from emotion_summary.json_input import load_json
 from emotion_summary.label import finish_rejects, rejects_path
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.overlap import OverlapIndex, Signature, record_text
@@ -143,7 +144,7 @@ def _psyqa_seeds(path: Path, items) -> list[Seed]:
 
 def _jsonl_seed(path: Path, n: int, line: str) -> Seed:
     try:
-        value = json.loads(line)
+        value = load_json(line)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
     if isinstance(value, dict):
@@ -168,7 +169,7 @@ def read_seeds(seeds: str) -> list[Seed]:
     lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     if path.suffix == ".json":
         try:
-            found = _psyqa_seeds(path, json.loads(text))
+            found = _psyqa_seeds(path, load_json(text))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
     elif path.suffix == ".jsonl":
