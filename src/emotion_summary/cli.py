@@ -439,6 +439,9 @@ def run(fn: Callable, argv: list[str] | None = None, config_file: bool = False):
 
 
 def call(thunk: Callable[[], Any]):
+    from emotion_summary.output_lock import on_sigterm_interrupt
+
+    on_sigterm_interrupt()  # docker stop / timeout: stop as on Ctrl-C, keeping the work in flight
     try:
         return thunk()
     except UserError as e:

@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from emotion_summary.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from emotion_summary.atomic_io import atomic_write_files, json_text
 from emotion_summary.cli import check_numbers
 from emotion_summary.errors import UserError
 from emotion_summary.client import ChatClient, EndpointError
+from emotion_summary.output_lock import hold_outputs
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
                                      rouge_report)
@@ -170,10 +171,10 @@ def write_outputs(results: dict, out_dir: str | Path, name: str, gold: Sequence[
                                      for s in results["systems"]]}
     page = render_html(results, {r.id: r.gold() for r in gold},
                        {r.id: "\n".join(r.case_description) for r in gold})
-    return [atomic_write_json(out_dir / f"{name}.json", public),
-            atomic_write_text(out_dir / f"{name}.md", render_markdown(results)),
-            atomic_write_bytes(out_dir / f"{name}.png", render_chart(results)),
-            atomic_write_text(out_dir / f"{name}.html", page)]
+    return atomic_write_files({out_dir / f"{name}.json": json_text(public).encode("utf-8"),
+                               out_dir / f"{name}.md": render_markdown(results).encode("utf-8"),
+                               out_dir / f"{name}.png": render_chart(results),
+                               out_dir / f"{name}.html": page.encode("utf-8")})  # all four or none
 
 
 # ---------------------------------------------------------------- CLI
@@ -248,7 +249,8 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
             judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
                                         "run the same command again to resume")
             results["notes"].append(str(judge_error))
-    written = write_outputs(results, out_dir, name, gold_records)
+    with hold_outputs([Path(out_dir) / name]):  # one run writes these four files at a time
+        written = write_outputs(results, out_dir, name, gold_records)
     print(render_markdown(results))
     print("wrote " + ", ".join(map(str, written)))
     if judge_error:

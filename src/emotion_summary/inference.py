@@ -24,6 +24,7 @@ from emotion_summary.errors import UserError
 from emotion_summary.extractive import extract_fields
 from emotion_summary.folds import guard_leakage
 from emotion_summary.model_identity import ModelInfo, describe_model
+from emotion_summary.output_lock import hold_outputs
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.prompt import Language, PromptSpec, parse_answer
 from emotion_summary.records import Record, read_records
@@ -201,29 +202,30 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         if model_path and Path(path).is_file() and Path(model_path).resolve() in Path(path).resolve().parents:
             raise UserError(f"{name} {path}: is a file of --model_path {model_path} (its prompt.json, config or "
                             "weights would be overwritten); write the submission elsewhere")
-    records = read_records(input)
-    info = describe_model(model_path, language) if model_path and backend != "extractive" else None
-    if info is not None and info.kind != "plain":  # a plain model was trained on none of our reports
-        guard_leakage(records, model_path, allow_leakage)
-    max_new_tokens = max_new_tokens or (info.max_new_tokens if info else 512)
-    started = time.monotonic()
-    chosen = _make_backend(backend, info, language, endpoint, model, max_new_tokens, batch_size, concurrency,
-                           timeout_s, max_retries, quantization)
-    try:
-        raws = predict(records, chosen, side)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished replies are saved in {side}; run the same command again to resume",
-              file=sys.stderr)
-        raise SystemExit(130) from None
-    result = assemble(records, raws, raws.refused)
-    write_submission(output, result.fields, [r.id for r in records])
-    print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
-          f"(backend {backend}; raw replies in {side})")
-    _print_warnings(result, side)
-    report = check_submission(output, input)
-    print(report.render())
-    if not report.ok:
-        raise UserError(f"{output} failed the submission check ({len(report.errors)} errors above)")
+    with hold_outputs([output, side]):  # one run writes a submission and its replies at a time
+        records = read_records(input)
+        info = describe_model(model_path, language) if model_path and backend != "extractive" else None
+        if info is not None and info.kind != "plain":  # a plain model was trained on none of our reports
+            guard_leakage(records, model_path, allow_leakage)
+        max_new_tokens = max_new_tokens or (info.max_new_tokens if info else 512)
+        started = time.monotonic()
+        chosen = _make_backend(backend, info, language, endpoint, model, max_new_tokens, batch_size, concurrency,
+                               timeout_s, max_retries, quantization)
+        try:
+            raws = predict(records, chosen, side)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: finished replies are saved in {side}; run the same command again to resume",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        result = assemble(records, raws, raws.refused)
+        write_submission(output, result.fields, [r.id for r in records])
+        print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
+              f"(backend {backend}; raw replies in {side})")
+        _print_warnings(result, side)
+        report = check_submission(output, input)
+        print(report.render())
+        if not report.ok:
+            raise UserError(f"{output} failed the submission check ({len(report.errors)} errors above)")
 
 
 def _print_warnings(result: Assembled, side: Path) -> None:

@@ -15,12 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from emotion_summary.atomic_io import (append_jsonl, atomic_write_jsonl, jsonl_lines, read_jsonl_tolerant,
-                                       repair_jsonl_tail)
+from emotion_summary.atomic_io import (append_jsonl, atomic_write_jsonl, drop_repeated_ids, jsonl_lines,
+                                       read_jsonl_tolerant, repair_jsonl_tail)
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool_with_bar
 from emotion_summary.cli import check_numbers
 from emotion_summary.errors import UserError
 from emotion_summary.json_input import load_json
+from emotion_summary.output_lock import hold_outputs
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.prompt import NOT_DESCRIBED, Language, PromptSpec, build_prompt, parse_answer
 from emotion_summary.records import GOLD_FIELDS, Record, is_blank, read_records, record_from_dict
@@ -161,6 +162,7 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
     records = read_records(input)
     done = done_ids(output, records)  # both refuse before anything is trimmed or appended
     _check_same_teacher(output, client.model, language)
+    drop_repeated_ids(output, lambda row: True)  # every row passed done_ids: keep each id's first
     repair_jsonl_tail(output)
     repair_jsonl_tail(rejects_path(output))
     copied = [r for r in records if r.has_gold and r.id not in done]
@@ -241,7 +243,8 @@ def label_with_teacher(input: str, output: str, endpoint: str, model: str, langu
                    "limit": (limit, int, 0), "timeout_s": (timeout_s, float, 0, True)})
     client = ChatClient(endpoint, model, api_key_env=api_key_env, timeout_s=timeout_s,
                         requests_per_minute=requests_per_minute)
-    counts = label_file(input, output, client, language, concurrency, max_retries, max_tokens, limit)
+    with hold_outputs([output, rejects_path(output)]):  # one run appends to these at a time
+        counts = label_file(input, output, client, language, concurrency, max_retries, max_tokens, limit)
     print(f"labelled {counts['labelled']}, skipped {counts['skipped_done']} already in {output}, "
           f"copied {counts['copied_with_gold']} that had gold, rejected {counts['rejected']}"
           + (f" (see {rejects_path(output)})" if counts["rejected"] else "")

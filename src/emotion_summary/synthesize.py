@@ -33,12 +33,14 @@ from itertools import product
 from pathlib import Path
 from typing import Literal
 
-from emotion_summary.atomic_io import append_jsonl, atomic_write_bytes, read_jsonl_tolerant, repair_jsonl_tail
+from emotion_summary.atomic_io import (append_jsonl, atomic_write_bytes, drop_repeated_ids, first_foreign_line,
+                                       read_jsonl_tolerant, repair_jsonl_tail)
 from emotion_summary.client import ChatClient, EndpointError, is_refusal, public_url, run_pool_with_bar
 from emotion_summary.cli import number_problem
 from emotion_summary.errors import UserError
 from emotion_summary.json_input import load_json
 from emotion_summary.label import finish_rejects, rejects_path
+from emotion_summary.output_lock import hold_outputs
 from emotion_summary.paths import refuse_overwrite
 from emotion_summary.overlap import OverlapIndex, Signature, record_text
 from emotion_summary.prompt import json_object
@@ -312,6 +314,10 @@ class _Previous:
 
 def _previous_run(output: Path, rejects: Path, synth_source: dict | None) -> _Previous:
     """`synth_source` None (a dry run): no check that the file is this teacher's."""
+    foreign = first_foreign_line(output)
+    if foreign is not None:  # a text file, say: its lines would be skipped here and appended to
+        raise UserError(f"{output}: line {foreign}: not a JSON record, so not a file this command wrote; "
+                        "refusing to append to it (choose another --output)")
     records = [record_from_dict(row, output, f"line {n}") for n, row in enumerate(read_jsonl_tolerant(output), 1)]
     ids, finished = {}, set()
     for n, r in enumerate(records, 1):
@@ -509,6 +515,8 @@ def synthesize_file(seeds: str, n: int, output: str | Path, client: ChatClient |
     rejects = rejects_path(output)
     synth_source = _synth_source(client, language, targets)
     previous = _previous_run(output, rejects, None if dry_run else synth_source)  # refuses a foreign file
+    if not dry_run and drop_repeated_ids(output, lambda row: True):  # two runs appended: keep each id's first
+        previous = _previous_run(output, rejects, synth_source)
     if not dry_run:  # only then cut a line torn by a killed run, before appending
         repair_jsonl_tail(output)
         repair_jsonl_tail(rejects)
@@ -621,8 +629,10 @@ def synthesize_reports(seeds: str = "builtin", n: int = 100, output: str = "data
                                              timeout_s=numbers["timeout_s"],
                                              requests_per_minute=numbers["requests_per_minute"])
     official_paths = _official_paths(official)
-    counts = synthesize_file(str(seeds), n, output, client, language, targets, official_paths, numbers["concurrency"],
-                             numbers["max_retries"], numbers["max_tokens"], numbers["temperature"], dry_run)
+    with hold_outputs([output, rejects_path(output)]):  # one run appends to these at a time
+        counts = synthesize_file(str(seeds), n, output, client, language, targets, official_paths,
+                                 numbers["concurrency"], numbers["max_retries"], numbers["max_tokens"],
+                                 numbers["temperature"], dry_run)
     if dry_run:
         return
     print(f"kept {counts['kept']}, skipped {counts['skipped_done']} finished earlier, rejected {counts['rejected']} "

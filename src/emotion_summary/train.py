@@ -20,6 +20,7 @@ from emotion_summary.atomic_io import (append_jsonl, atomic_write_bytes, atomic_
 from emotion_summary.config import TrainConfig, detect_vram_gb, resolve_config, validate
 from emotion_summary.errors import ConfigError, UserError
 from emotion_summary.folds import save_fingerprints
+from emotion_summary.output_lock import hold_outputs
 from emotion_summary.records import Record, read_records
 from emotion_summary.run_dir import RunDir, resume_command
 from emotion_summary.sample_data import SMOKE_DATA
@@ -87,19 +88,34 @@ class Checkpoints:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        torch.save(_rng_state(), tmp / f"rng-{dist.rank()}.pt")
+        try:
+            torch.save(_rng_state(), tmp / f"rng-{dist.rank()}.pt")
+        except (OSError, RuntimeError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self.save_failed(final, e) from None
         dist.barrier()
         if dist.is_main():
-            wrapper.save(tmp)  # adapter, tokenizer, prompt.json, train_config.json: loadable as it is
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            atomic_write_json(tmp / "state.json", state)  # written last: marks a whole checkpoint
+            try:
+                wrapper.save(tmp)  # adapter, tokenizer, prompt.json, train_config.json: loadable as it is
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                atomic_write_json(tmp / "state.json", state)  # written last: marks a whole checkpoint
+            except Exception as e:  # noqa: BLE001 - a full disk: torch.save says RuntimeError, tokenizers Exception
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise self.save_failed(final, e) from None
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in self.run_dir.checkpoints()[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         return final
+
+    def save_failed(self, final: Path, error: BaseException) -> UserError:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        latest = self.run_dir.latest_checkpoint()
+        kept = f"the last checkpoint, {latest}, is kept" if latest else "no earlier checkpoint exists"
+        return UserError(f"{final}: could not write the checkpoint ({reason}); is the disk full? Nothing of it "
+                         f"was kept and {kept}; free space and resume: {resume_command(self.run_dir)}")
 
     def restore(self, path: Path, wrapper, optimizer, scheduler) -> dict:
         import torch
@@ -405,7 +421,9 @@ def train(preset: str = "auto", resume: bool = False, **options) -> str:
     """Fine-tune Qwen2-7B-Instruct with QLoRA on labelled ES records; options as `config.TrainConfig`
     (unset ones take the preset's value). `resume=True` continues the unfinished run in `output_dir`
     with its saved config: only `output_dir` is needed."""
-    return str(prepare_run(preset, resume, **options).run())
+    run_dir = options.get("output_dir") or resolve(preset, **options)[0].output_dir
+    with hold_outputs([run_dir] if dist.is_main() else []):  # one run writes a run directory at a time
+        return str(prepare_run(preset, resume, **options).run())
 
 
 def is_out_of_memory(error: BaseException) -> bool:
