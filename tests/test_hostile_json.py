@@ -4,6 +4,7 @@ the file and line from every reader, never a traceback; a submission holding the
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -96,3 +97,34 @@ def test_surrogate_pairs_and_ordinary_numbers_still_load(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps({**RECORD, "experience_and_reflection": "ok \U0001F600", "score": 1.5e3}) + "\n")
     assert read_records(path)[0].experience_and_reflection == "ok \U0001F600"
+
+
+# ---------------------------------------------------------------- escaped for the medium
+
+
+def test_checker_shows_a_hostile_key_escaped_never_raw(tmp_path, capsys):
+    path = tmp_path / "sub.jsonl"
+    key = "\u001b[2J\u001b[H\nOK: ready to submit\u202e"
+    path.write_text(json.dumps({**SUBMISSION_ROW, key: "x"}) + "\n")
+    with pytest.raises(SystemExit):
+        check_submission_command([str(path)])
+    out = capsys.readouterr().out
+    assert "\u001b" not in out and "\u202e" not in out and "\\x1b[2J" in out
+    assert [line for line in out.splitlines() if line.startswith("OK")] == []
+
+
+def test_markdown_report_shows_file_names_and_notes_as_text(tmp_path, gold_file):
+    from emotion_summary.evaluate import evaluate
+    from emotion_summary.records import read_records
+    from emotion_summary.submission import write_submission
+
+    records = read_records(gold_file)
+    hostile = tmp_path / "<img src=x onerror=alert(1)>"
+    sub = hostile / "a`b <script>.jsonl"
+    write_submission(sub, {r.id: r.gold() for r in records}, [r.id for r in records])
+    evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), name="r", bertscore=True,
+             bertscore_model=str(tmp_path / "missing <b>model</b>"))
+    md = (tmp_path / "res" / "r.md").read_text()
+    outside_code = re.sub(r"(?<![\\`])(`+) ?.*? ?\1(?!`)", "", md)  # HTML in a code span is shown, never run
+    assert "<" not in outside_code and "&lt;b&gt;" in outside_code  # the BERTScore note names the folder
+    assert "/a`b <script>.jsonl``" in md  # the span's fence is longer than the backtick inside

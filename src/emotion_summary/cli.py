@@ -409,7 +409,10 @@ def _prog() -> str:
 
 def fail(message: str) -> typing.NoReturn:
     """Print a user-fixable problem as it is (one line per problem) and exit 2."""
-    for line in str(message).splitlines() or [""]:
+    from emotion_summary.text_escape import terminal_text
+
+    for line in str(message).splitlines() or [""]:  # a file's text in a message never acts on the terminal
+        line = terminal_text(line)
         print(line if line.startswith(("error:", "  ")) else f"error: {line}", file=sys.stderr)
     sys.exit(2)
 

@@ -24,6 +24,7 @@ from emotion_summary.records import GOLD_FIELDS, Record, read_records
 from emotion_summary.report_html import per_id_judge, render_html
 from emotion_summary.submission import read_predictions
 from emotion_summary.text import detect_language
+from emotion_summary.text_escape import markdown_code, markdown_text
 
 SHORT = {"causes": "causes", "symptoms": "symptoms", "treatment_process": "process",
          "characteristics_of_illness": "characteristics", "treatment_effect": "effect"}
@@ -107,13 +108,13 @@ def _metrics(results: dict) -> list[str]:
 
 def render_markdown(results: dict) -> str:
     systems = results["systems"]
-    labels = [s["label"] for s in systems]
+    labels = [markdown_text(s["label"]) for s in systems]  # file names and notes: shown, never run
     lines = [f"# ES evaluation: {' vs '.join(labels)}", "",
-             f"- gold: `{results['gold']}` ({results['n_reports']} reports)"]
-    lines += [f"- {s['label']}: `{s['pred']}`" for s in systems]
+             f"- gold: {markdown_code(results['gold'])} ({results['n_reports']} reports)"]
+    lines += [f"- {label}: {markdown_code(s['pred'])}" for label, s in zip(labels, systems)]
     lines.append(f"- ROUGE: F1 over jieba tokens, lower-cased, punctuation dropped, each text capped at "
                  f"{results['rouge_max_tokens']} tokens")
-    lines += [f"- {note}" for note in results["notes"]]
+    lines += [f"- {markdown_text(note)}" for note in results["notes"]]
     for metric in _metrics(results):
         rows = [_metric_rows(s, metric) for s in systems]
         head = ["field", *labels] + (["Δ (2nd − 1st)"] if len(systems) == 2 else [])
@@ -126,12 +127,12 @@ def render_markdown(results: dict) -> str:
                 cells.append("–" if None in values else f"{values[1] - values[0]:+.4f}")
             name = f"**{key}**" if key == "mean" else key
             lines.append("| " + " | ".join([name, *cells]) + " |")
-    for s in systems:
+    for label, s in zip(labels, systems):
         judge = s.get("judge")
         if judge and judge.get("mean") is not None:
-            lines += ["", f"Leaderboard-style ES judge score for {s['label']}: {judge['mean']:.3f} / 5 "
+            lines += ["", f"Leaderboard-style ES judge score for {label}: {judge['mean']:.3f} / 5 "
                           f"= {judge['mean_x20']:.1f} / 100 ({judge['n_failed']} of {judge['n_items']} "
-                          f"items failed, judge {judge['model']})"]
+                          f"items failed, judge {markdown_text(judge['model'])})"]
     return "\n".join(lines) + "\n"
 
 

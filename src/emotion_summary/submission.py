@@ -12,6 +12,7 @@ from emotion_summary.json_input import load_json
 from emotion_summary.paths import missing_file
 from emotion_summary.records import GOLD_FIELDS, Record, RecordError, integer_id_problem, is_blank, read_records
 from emotion_summary.text import LANGUAGE_NAMES, detect_language, record_language, script_language
+from emotion_summary.text_escape import terminal_text
 
 SUBMISSION_FILE = "Emotion_Summary_Result.jsonl"
 # Singular "cause" and capital "C" are the leaderboard's spelling.
@@ -66,7 +67,7 @@ class SubmissionReport:
         lines += [f"  WARNING {w}" for w in self.warnings[:50]]
         warned = f", but read the {len(self.warnings)} warnings above" if self.warnings else ""
         lines.append(f"OK: ready to submit{warned}" if self.ok else "NOT READY: fix the errors above")
-        return "\n".join(lines)
+        return "\n".join(map(terminal_text, lines))  # no line of the file's text can act on the terminal
 
 
 def _check_row(path: Path, n: int, row, seen: dict, report: SubmissionReport) -> None:
@@ -84,8 +85,8 @@ def _check_row(path: Path, n: int, row, seen: dict, report: SubmissionReport) ->
     expected = {"id", *SUBMISSION_KEYS.values()}
     for key in sorted(expected - row.keys()):
         report.errors.append(f"{at}: field '{key}': is missing")
-    for key in sorted(row.keys() - expected):
-        report.errors.append(f"{at}: field '{key}': unexpected key (the leaderboard takes exactly "
+    for key in sorted(row.keys() - expected):  # a key is the file's text: shown escaped, never run
+        report.errors.append(f"{at}: field {key!r}: unexpected key (the leaderboard takes exactly "
                              f"{', '.join(sorted(expected))})")
     for key in SUBMISSION_KEYS.values():
         if key in row and (not isinstance(row[key], str) or is_blank(row[key])):
