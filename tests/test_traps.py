@@ -1,0 +1,79 @@
+"""Tracebacks and traps: an unreadable --config, ROUGE on hostile text, a broken BERTScore folder,
+plan_memory's ranges, install_torch's table reading, a bad model or LoRA target before the run dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from emotion_summary import metrics
+from emotion_summary.cli import Option, Usage, parse_command_line
+
+
+# ---------------------------------------------------------------- --config that cannot be read
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads a chmod 000 file")
+def test_a_config_without_read_permission_is_one_problem(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("n: 2\n")
+    config.chmod(0)
+    with pytest.raises(Usage) as e:
+        parse_command_line([Option("n", int, 1)], ["--config", str(config)], config_file=True)
+    assert e.value.problems == [f"--config: {config}: cannot be read (Permission denied)"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs /proc")
+def test_a_config_that_is_an_unreadable_device_is_one_problem():
+    with pytest.raises(Usage) as e:
+        parse_command_line([Option("n", int, 1)], ["--config", "/proc/self/mem"], config_file=True)
+    assert len(e.value.problems) == 1 and e.value.problems[0].startswith("--config: /proc/self/mem: cannot be read")
+
+
+# ---------------------------------------------------------------- ROUGE caps the text before jieba
+
+
+@pytest.mark.parametrize("text", ["焦" * 80_000, "a" * 2_000_000], ids=["repeated-cjk", "latin-without-spaces"])
+def test_rouge_caps_the_text_before_jieba_cuts_it(monkeypatch, text):
+    """jieba's time grows with the square of an unbroken run: it must never see a long one."""
+    import jieba
+
+    seen = []
+    cut = jieba.cut
+    monkeypatch.setattr(jieba, "cut", lambda s, *a, **k: (seen.append(s), cut(s, *a, **k))[1])
+    metrics.tokenize("warm up")
+    seen.clear()
+    scores = metrics.rouge_scores(text, "焦虑 and anxiety")
+    assert set(scores) == set(metrics.ROUGE_METRICS)
+    assert seen and max(map(len, seen)) <= metrics.CHARS_PER_TOKEN * metrics.MAX_TOKENS + 200
+    assert max(len(run) for s in seen for run in re.findall(r"\w+", s)) <= metrics.WORD_RUN
+
+
+def test_capping_changes_no_score_of_ordinary_text():
+    text = "The client felt anxious about exams; 来访者对考试感到焦虑，晚上睡不着。" * 20
+    assert metrics.tokenize(text, None)[: metrics.MAX_TOKENS] == metrics.tokenize(text)
+
+
+# ---------------------------------------------------------------- BERTScore folder with a broken config
+
+
+def test_a_broken_bertscore_folder_still_reports_rouge(tmp_path, gold_file):
+    from emotion_summary.evaluate import evaluate
+    from emotion_summary.records import read_records
+    from emotion_summary.submission import write_submission
+
+    pytest.importorskip("bert_score")
+    model = tmp_path / "bert"
+    model.mkdir()
+    (model / "config.json").write_text("{broken")
+    records = read_records(gold_file)
+    sub = tmp_path / "sub.jsonl"
+    write_submission(sub, {r.id: r.gold() for r in records}, [r.id for r in records])
+    evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), name="r",
+             bertscore_model=str(model))
+    results = json.loads((tmp_path / "res" / "r.json").read_text())
+    assert results["systems"][0]["rouge"]["mean"]["rouge-1"] == pytest.approx(1.0)
+    assert any("BERTScore skipped" in n and "config.json" in n for n in results["notes"])
