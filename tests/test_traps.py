@@ -77,3 +77,36 @@ def test_a_broken_bertscore_folder_still_reports_rouge(tmp_path, gold_file):
     results = json.loads((tmp_path / "res" / "r.json").read_text())
     assert results["systems"][0]["rouge"]["mean"]["rouge-1"] == pytest.approx(1.0)
     assert any("BERTScore skipped" in n and "config.json" in n for n in results["notes"])
+
+
+# ---------------------------------------------------------------- install_torch reads nvidia-smi safely
+
+SMI = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "nvidia_smi"
+
+
+def test_mig_rows_are_not_gpus():
+    from emotion_summary.install_torch import parse_nvidia_smi
+
+    smi = parse_nvidia_smi((SMI / "mig_a100_driver_550_cuda_12.4.txt").read_text())
+    assert [(g.name, g.memory_mib) for g in smi.gpus] == [("NVIDIA A100-SXM4-40GB", 40960)]
+
+
+def test_a_driver_line_without_gpu_rows_is_an_error_not_the_cpu_wheel():
+    from emotion_summary.errors import UserError
+    from emotion_summary.install_torch import choose_wheel, parse_nvidia_smi
+
+    table = (SMI / "driver_580_cuda_13.0.txt").read_text()
+    mangled = "\n".join(line for line in table.splitlines() if "A100" not in line)  # a row we cannot read
+    smi = parse_nvidia_smi(mangled)
+    with pytest.raises(UserError, match="Driver Version 580.95.05 but no GPU row"):
+        choose_wheel(smi, "linux", "2.13.0")
+
+
+@pytest.mark.parametrize("line", ["|   0  " + "x " * 30_000, "9" * 60_000 + "MiB", "|   0  " + "a" * 60_000])
+def test_a_huge_line_is_read_in_linear_time(line):
+    """Each regex sees at most one table line's worth: the 60,000-character line is cut, never matched whole."""
+    from emotion_summary.install_torch import MAX_LINE, parse_nvidia_smi
+
+    table = (SMI / "driver_580_cuda_13.0.txt").read_text().replace("| N/A   31C", line + "\n| N/A   31C", 1)
+    assert MAX_LINE <= 1000
+    assert [g.name for g in parse_nvidia_smi(table).gpus] == ["NVIDIA A100-SXM4-80GB"]
