@@ -110,3 +110,35 @@ def test_a_huge_line_is_read_in_linear_time(line):
     table = (SMI / "driver_580_cuda_13.0.txt").read_text().replace("| N/A   31C", line + "\n| N/A   31C", 1)
     assert MAX_LINE <= 1000
     assert [g.name for g in parse_nvidia_smi(table).gpus] == ["NVIDIA A100-SXM4-80GB"]
+
+
+# ---------------------------------------------------------------- plan_memory checks before simulating
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layers", "-3"], "--layers: expected an integer >= 1, got -3"),
+    (["--lora_dropout", "5"], "--lora_dropout: expected a number in [0, 1), got 5.0"),
+    (["--max_new_tokens", "-1", "--generate", "true"], "--max_new_tokens: expected an integer >= 1, got -1"),
+    (["--vram_gb", "0"], "--vram_gb: expected a number > 0, got 0.0"),
+    (["--seq_lens", "1024,-5"], "--seq_lens: expected lengths >= 1, got -5"),
+    (["--batch_size", "1000000"], "more than the card's 12.9 GB, so it cannot fit"),
+    (["--batch_size", "1000000", "--find_max", "true"], "256,000,000 tokens in one micro-batch"),
+])
+def test_plan_memory_refuses_bad_numbers_before_simulating(args, message, capsys):
+    from emotion_summary.commands import plan_memory
+
+    with pytest.raises(SystemExit) as stop:
+        plan_memory(args)
+    assert stop.value.code == 2
+    out = capsys.readouterr()
+    assert [message in line for line in out.err.splitlines()] == [True] and "simulated" not in out.out
+
+
+def test_plan_memory_checks_json_before_simulating(tmp_path, capsys):
+    from emotion_summary.commands import plan_memory
+
+    with pytest.raises(SystemExit) as stop:
+        plan_memory(["--json", str(tmp_path)])
+    assert stop.value.code == 2
+    out = capsys.readouterr()
+    assert out.err.strip() == f"error: --json {tmp_path}: is a directory; give a file name" and not out.out

@@ -20,7 +20,7 @@ FUNCTION_COMMANDS = {
     "evaluate": ("evaluate", "evaluate", True),
     "install_torch": ("install_torch", "install_torch", False),
     "synthesize_reports": ("synthesize", "synthesize_reports", True),
-    "plan_memory": ("gpusim.planner", "plan_memory", False),
+    "plan_memory": ("plan_options", "checked_plan_memory", False),  # range checks, then gpusim.planner
 }
 
 
