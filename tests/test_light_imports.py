@@ -6,7 +6,7 @@ import sys
 
 import emotion_summary
 
-LIGHT = ["records", "atomic_io", "json_input", "output_lock", "text_escape", "plan_options", "prompt", "submission", "check", "metrics", "evaluate", "extractive", "judge",
+LIGHT = ["records", "atomic_io", "json_input", "output_lock", "text_escape", "plan_options", "model_check", "prompt", "submission", "check", "metrics", "evaluate", "extractive", "judge",
          "psyqa", "folds", "label", "client", "presets", "config", "inference", "download", "pipeline", "encode", "stats", "sample_data", "text",
          "report_html", "quiet", "cli", "commands", "run_dir", "paths", "plots", "errors", "overlap", "synthesize",
          "install_torch", "replies", "backends", "model_identity",

@@ -142,3 +142,29 @@ def test_plan_memory_checks_json_before_simulating(tmp_path, capsys):
     assert stop.value.code == 2
     out = capsys.readouterr()
     assert out.err.strip() == f"error: --json {tmp_path}: is a directory; give a file name" and not out.out
+
+
+# ---------------------------------------------------------------- model and LoRA targets before the run dir
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"lora_target": ["q_proj", "not_a_module"]}, "lora_target: not_a_module is not a linear module of tiny; choose from"),
+    ({"model_name_or_path": "./no/such/model"}, "model_name_or_path ./no/such/model: no such directory"),
+    ({"model_name_or_path": "bad name!"}, "neither a directory nor a hub name"),
+])
+def test_a_bad_model_or_lora_target_is_refused_before_the_run_dir_exists(tmp_path, options, message):
+    from emotion_summary.errors import UserError
+    from emotion_summary.train import train
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(UserError, match=re.escape(message)):
+        train(preset="cpu-smoke", output_dir=str(run_dir), max_steps=1, **options)
+    assert not run_dir.exists()
+
+
+def test_a_model_folder_without_config_is_refused(tmp_path):
+    from emotion_summary.model_check import model_problems
+
+    (tmp_path / "m").mkdir()
+    assert model_problems(str(tmp_path / "m"), "all-linear") == [
+        f"model_name_or_path {tmp_path / 'm'}: no config.json in this directory; give a model directory"]

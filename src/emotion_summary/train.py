@@ -20,6 +20,7 @@ from emotion_summary.atomic_io import (append_jsonl, atomic_write_bytes, atomic_
 from emotion_summary.config import TrainConfig, detect_vram_gb, resolve_config, validate
 from emotion_summary.errors import ConfigError, UserError
 from emotion_summary.folds import save_fingerprints
+from emotion_summary.model_check import model_problems
 from emotion_summary.output_lock import hold_outputs
 from emotion_summary.records import Record, read_records
 from emotion_summary.run_dir import RunDir, resume_command
@@ -484,6 +485,8 @@ def build_config(preset: str = "auto", resume: bool = False, **options) -> tuple
         cfg, vram = resolve(preset, **options)
         RunDir(cfg.output_dir).check_new()
     problems = validate(cfg, vram)
+    if not problems:  # the model and its LoRA targets, before the run directory exists
+        problems = model_problems(cfg.model_name_or_path, cfg.lora_target)
     if problems:
         raise ConfigError("the config has problems:\n  - " + "\n  - ".join(problems))
     records = load_data(cfg)
