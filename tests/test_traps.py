@@ -168,3 +168,44 @@ def test_a_model_folder_without_config_is_refused(tmp_path):
     (tmp_path / "m").mkdir()
     assert model_problems(str(tmp_path / "m"), "all-linear") == [
         f"model_name_or_path {tmp_path / 'm'}: no config.json in this directory; give a model directory"]
+
+
+# ---------------------------------------------------------------- messages that say what is true
+
+
+def test_nan_infinity_and_numbers_from_a_model_are_no_summary_text():
+    from emotion_summary.prompt import parse_answer
+    from emotion_summary.records import GOLD_FIELDS
+
+    values = ["NaN", "Infinity", "-Infinity", "5", "true"]
+    reply = "{" + ", ".join(f'"{f}": {v}' for f, v in zip(GOLD_FIELDS, values)) + "}"
+    parsed = parse_answer(reply)
+    assert parsed.missing == list(GOLD_FIELDS) and set(parsed.fields.values()) == {""}
+
+
+def test_a_directory_given_as_a_file_is_called_a_directory(tmp_path):
+    from emotion_summary.errors import UserError
+    from emotion_summary.psyqa import load_psyqa
+    from emotion_summary.synthesize import read_seeds
+
+    with pytest.raises(UserError, match="is a directory"):
+        load_psyqa(tmp_path)
+    with pytest.raises(UserError, match="is a directory"):
+        read_seeds(str(tmp_path))
+
+
+def test_a_judge_that_never_answered_does_not_claim_a_cache(tmp_path, gold_file):
+    from emotion_summary.client import EndpointError
+    from emotion_summary.evaluate import evaluate
+    from emotion_summary.records import read_records
+    from emotion_summary.submission import write_submission
+    from tests.chat_server import unused_endpoint
+
+    records = read_records(gold_file)
+    sub = tmp_path / "sub.jsonl"
+    write_submission(sub, {r.id: r.gold() for r in records}, [r.id for r in records])
+    with pytest.raises(EndpointError) as e:
+        evaluate(pred=str(sub), gold=str(gold_file), out_dir=str(tmp_path / "res"), bertscore=False, judge=True,
+                 endpoint=unused_endpoint(), model="judge", max_retries=0, timeout_s=5)
+    assert "no reply was finished" in str(e.value) and "cached in" not in str(e.value)
+    assert not (tmp_path / "res" / "judge_cache.jsonl").exists()

@@ -247,8 +247,9 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
         try:
             _judge_systems(systems, gold_records, client, cache, concurrency, judge_reference)
         except EndpointError as e:
-            judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
-                                        "run the same command again to resume")
+            kept = (f"finished replies are cached in {cache}" if Path(cache).is_file() and Path(cache).stat().st_size
+                    else "no reply was finished")
+            judge_error = EndpointError(f"judge stopped: {e}; {kept}; run the same command again to resume")
             results["notes"].append(str(judge_error))
     with hold_outputs([Path(out_dir) / name]):  # one run writes these four files at a time
         written = write_outputs(results, out_dir, name, gold_records)

@@ -18,7 +18,7 @@ from typing import Any
 
 from emotion_summary.atomic_io import atomic_write_jsonl
 from emotion_summary.json_input import load_json
-from emotion_summary.paths import refuse_overwrite
+from emotion_summary.paths import missing_file, refuse_overwrite
 from emotion_summary.records import RecordError, record_from_dict
 from emotion_summary.text import split_sentences
 
@@ -143,8 +143,8 @@ def convert_item(item: Any, path: str | os.PathLike = "<psyqa>", index: int = 0)
 
 def load_psyqa(path: str | os.PathLike) -> list[Any]:
     path = Path(path)
-    if not path.is_file():
-        raise RecordError(path, "", None, "no such file (get it with scripts/download_data.py)")
+    if missing_file(path):  # "no such file", or "is a directory"
+        raise RecordError(path, "", None, f"{missing_file(path)} (get the file with scripts/download_data.py)")
     try:
         data = load_json(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:

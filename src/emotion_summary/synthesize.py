@@ -41,7 +41,7 @@ from emotion_summary.errors import UserError
 from emotion_summary.json_input import load_json
 from emotion_summary.label import finish_rejects, rejects_path
 from emotion_summary.output_lock import hold_outputs
-from emotion_summary.paths import refuse_overwrite
+from emotion_summary.paths import missing_file, refuse_overwrite
 from emotion_summary.overlap import OverlapIndex, Signature, record_text
 from emotion_summary.prompt import json_object
 from emotion_summary.records import Record, read_records, record_from_dict
@@ -162,8 +162,8 @@ def read_seeds(seeds: str) -> list[Seed]:
     if seeds == "builtin":
         return builtin_seeds()
     path = Path(seeds)
-    if not path.is_file():
-        raise UserError(f"{path}: no such seeds file (or pass --seeds builtin)")
+    if missing_file(path):  # "no such file", or "is a directory"
+        raise UserError(f"{path}: {missing_file(path)}; give a seeds file (or pass --seeds builtin)")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
