@@ -267,3 +267,17 @@ def test_sigterm_keeps_the_replies_in_flight_as_ctrl_c_does(tmp_path, inputs):
     assert "Traceback" not in err and "interrupted" in err
     kept = read_jsonl_tolerant(side_file_for(out))
     assert len(kept) == 2 and all(row["raw"] for row in kept)  # both paid replies in flight were kept
+
+
+def test_a_judge_cache_that_is_a_hard_link_of_the_gold_is_refused(tmp_path, gold_file):
+    gold = tmp_path / "gold.jsonl"
+    gold.write_bytes(gold_file.read_bytes())
+    records = read_records(gold)
+    sub = tmp_path / "sub.jsonl"
+    write_submission(sub, {r.id: r.gold() for r in records}, [r.id for r in records])
+    (tmp_path / "res").mkdir()
+    os.link(gold, tmp_path / "res" / "judge_cache.jsonl")  # the default cache of --out_dir res
+    with pytest.raises(UserError, match="judge_cache .* is the input --gold"):
+        evaluate(pred=str(sub), gold=str(gold), out_dir=str(tmp_path / "res"), bertscore=False, judge=True,
+                 endpoint="http://127.0.0.1:9/v1", model="judge")
+    assert gold.read_bytes() == gold_file.read_bytes()

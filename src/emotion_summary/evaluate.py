@@ -219,7 +219,8 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     paths = [str(pred)] + ([str(compare)] if compare is not None else [])
     name = str(name) if name else output_name(labels_for(paths))
     outputs = {f"--out_dir/{name}{ext}": Path(out_dir) / f"{name}{ext}" for ext in OUTPUT_SUFFIXES}
-    refuse_overwrite({**outputs, "--judge_cache": judge_cache}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
+    cache_file = judge_cache or (str(Path(out_dir) / "judge_cache.jsonl") if judge else None)  # appended to
+    refuse_overwrite({**outputs, "--judge_cache": cache_file}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
     check_numbers({"concurrency": (concurrency, int, 1), "bertscore_num_layers": (bertscore_num_layers, int, 0)})
     use_bertscore, use_judge = bertscore, judge
     if use_judge and not (endpoint and model):
