@@ -18,6 +18,7 @@ LIGHT = ["core.atomic_io", "core.cli", "core.distributed", "core.errors", "core.
          "training.config", "training.presets", "training.run_dir", "training.command", "training.trainer",
          "training.train_data", "training.checkpoints", "training.oom",
          "modeling.identity", "modeling.architectures", "modeling.tokenizer",
+         "core.json_input", "core.output_lock", "core.text_escape", "gpusim.plan_options", "modeling.model_check",
          "commands", "pipeline", "stats", "install_torch",
          # the GPU simulator's entry points (plan_memory's --help); its runtime and worker load torch
          "gpusim", "gpusim.planner", "gpusim.api", "gpusim.job", "gpusim.cards", "gpusim.archs"]

@@ -112,9 +112,9 @@ def test_version_1_file_still_reads_and_finds_exact_copies(tmp_path, capsys):
     assert "version-1 file" in capsys.readouterr().err
 
 
-def test_version_2_file_keeps_the_version_1_fields_and_its_settings(tmp_path):
+def test_version_3_file_keeps_the_version_1_fields_and_its_settings(tmp_path):
     data = json.loads(save_fingerprints(tmp_path, [TRAINED]).read_text(encoding="utf-8"))
-    assert data["version"] == 2 and data["overlap"]["ngram"] == NGRAM
+    assert data["version"] == 3 and data["overlap"]["ngram"] == NGRAM
     row = data["records"][0]
     assert row["fingerprint"] == TRAINED.fingerprint() and row["id"] == 1 and row["ngrams"]
     data["overlap"]["ngram"] = 8

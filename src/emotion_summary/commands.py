@@ -23,7 +23,7 @@ FUNCTION_COMMANDS = {
     "evaluate": ("scoring.evaluate", "evaluate", True),
     "install_torch": ("install_torch", "install_torch", False),
     "synthesize_reports": ("teacher.synthesize", "synthesize_reports", True),
-    "plan_memory": ("gpusim.planner", "plan_memory", False),
+    "plan_memory": ("gpusim.plan_options", "checked_plan_memory", False),  # range checks, then gpusim.planner
     "lm_eval_data": ("data.lm_eval_data", "lm_eval_data", False),
     "demo": ("demo", "demo", False),
 }

@@ -73,16 +73,23 @@ class Choice:
 
 GPU_ROW = re.compile(r"^\|\s+(\d+)\s+(.+?)\s+(?:On|Off|WDDM|TCC|MCDM|N/A)\s*\|")  # persistence / driver model
 MEMORY = re.compile(r"(\d+)MiB\s*/\s*(\d+)MiB")
+# A table line is ~90 characters; the regexes above backtrack quadratically on a long one (a
+# 60,000-character line took 27 s), so each line is cut to this before it is matched.
+MAX_LINE = 400
 
 
 def parse_nvidia_smi(text: str) -> NvidiaSmi:
     """Driver version, 'CUDA Version: X.Y', and each GPU's name and total memory from the plain table."""
     smi = NvidiaSmi()
-    if m := re.search(r"Driver Version:\s*([\d.]+)", text):
+    lines = [line[:MAX_LINE] for line in text.splitlines()]
+    header = "\n".join(lines)
+    if m := re.search(r"Driver Version:\s*([\d.]+)", header):
         smi.driver_version = m.group(1)
-    if m := re.search(r"CUDA Version:\s*(\d+)\.(\d+)", text):
+    if m := re.search(r"CUDA Version:\s*(\d+)\.(\d+)", header):
         smi.cuda_version = (int(m.group(1)), int(m.group(2)))
-    for line in text.split("Processes:")[0].splitlines():  # the process table's rows look like GPU rows
+    for line in lines:
+        if "MIG devices:" in line or "Processes:" in line:  # their rows look like GPU rows: GPUs come first
+            break
         if m := GPU_ROW.match(line):
             smi.gpus.append(Gpu(m.group(2).strip()))
         elif (m := MEMORY.search(line)) and smi.gpus and smi.gpus[-1].memory_mib is None:
@@ -149,6 +156,10 @@ def choose_wheel(smi: NvidiaSmi, platform: str, torch_version: str, index_url: s
     if "NVIDIA-SMI has failed" in smi.message:
         raise UserError(f"nvidia-smi is installed but failed ({smi.message}); repair the NVIDIA driver "
                         f"and run this again, or set TORCH_INDEX_URL={CPU_INDEX} to install the CPU build")
+    if smi.driver_version and not smi.gpus:
+        raise UserError(f"nvidia-smi shows Driver Version {smi.driver_version} but no GPU row this installer can "
+                        f"read; paste its output into an issue, or set TORCH_INDEX_URL={WHEEL_INDEX}/cuXXX for "
+                        f"your CUDA (TORCH_INDEX_URL={CPU_INDEX} for the CPU build)")
     if not smi.gpus:
         return Choice(f"{spec}+cpu", CPU_INDEX, f"no NVIDIA GPU ({smi.message}): CPU build",
                       f"{torch_version}+cpu")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from emotion_summary.core.errors import UserError
+from emotion_summary.core.json_input import load_json
 
 _UMASK_LOCK = threading.Lock()
 # Line ends for str.splitlines() and JavaScript, but ordinary characters inside a JSON string.
@@ -64,7 +65,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
     The file gets the permissions of a plain open() (the umask), so e.g. a server running as another
     user can read an adapter's prompt.json."""
-    path = Path(path)
+    return atomic_write_files({path: data})[0]
+
+
+def _written_beside(path: Path, data: bytes) -> Path:
+    """`data` in a new, fsynced temporary file beside `path` (removed again when writing fails)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -73,19 +78,42 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:  # a full disk says ENOSPC, not which file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
-    return path
+    return Path(tmp)
+
+
+def atomic_write_files(files: dict[str | os.PathLike, bytes]) -> list[Path]:
+    """Write several files all or none: every one goes to a temporary file first (a full disk stops
+    here, naming the file, and removes them all), then each is renamed over its path. The renames
+    cannot run out of space, so the files of one run never sit beside those of another."""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            temps.append((_written_beside(Path(path), data), Path(path)))
+    except BaseException:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in temps:
+        os.replace(tmp, path)
+    return [path for _, path in temps]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """`obj` as an indented JSON document, as atomic_write_json writes it."""
+    return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+    return atomic_write_text(path, json_text(obj))
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
@@ -112,10 +140,65 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
     rows = []
     for _, line in jsonl_lines(path.read_bytes().decode("utf-8", errors="replace")):
         try:
-            rows.append(json.loads(line))
+            rows.append(load_json(line))
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def first_foreign_line(path: str | os.PathLike) -> int | None:
+    """The number of the first line of `path` that is not a JSON object (not UTF-8, plain text: not a
+    file a JSONL writer appended to), or None. A last line without its newline is a torn row, not foreign."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return raw[: e.start].count(b"\n") + 1
+    torn = text.count("\n") + 1 if not text.endswith("\n") else None
+    for n, line in jsonl_lines(text):
+        try:
+            ok = isinstance(load_json(line), dict)
+        except ValueError:
+            ok = False
+        if not ok and n != torn:
+            return n
+    return None
+
+
+def drop_repeated_ids(path: str | os.PathLike, is_valid: Callable[[dict], bool]) -> int:
+    """Rewrite an append-only JSONL file keeping, of each id, the first row for which `is_valid(row)`
+    (all its rows when none is): a file that two runs appended to heals on resume. Other lines, a torn
+    last one too, stay as they are. Returns how many rows were dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    parts = path.read_bytes().decode("utf-8", errors="surrogateescape").split("\n")
+    rows: list[tuple[int, Any, bool]] = []  # (index in parts, id or None, valid)
+    for i, part in enumerate(parts):
+        try:
+            row = load_json(part) if part.strip() else None
+        except ValueError:
+            row = None
+        rid = row.get("id") if isinstance(row, dict) else None
+        rows.append((i, rid if isinstance(rid, int) and not isinstance(rid, bool) else None,
+                     isinstance(row, dict) and is_valid(row)))
+    has_valid = {rid for _, rid, valid in rows if rid is not None and valid}
+    kept_ids: set[int] = set()
+    drop = set()
+    for i, rid, valid in rows:
+        if rid is None or (rid not in has_valid):
+            continue
+        if not valid or rid in kept_ids:
+            drop.add(i)
+        else:
+            kept_ids.add(rid)
+    if drop:
+        text = "\n".join(part for i, part in enumerate(parts) if i not in drop)
+        atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
+    return len(drop)
 
 
 def repair_jsonl_tail(path: str | os.PathLike) -> None:

@@ -26,22 +26,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import math
 import re
 import signal
 import sys
-import threading
 import textwrap
+import threading
 import types
 import typing
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from emotion_summary.core.errors import ConfigError, NotReady, UserError
+from emotion_summary.core.json_input import load_json
 from emotion_summary.core.paths import missing_file, set_command_line_inputs
 
 REQUIRED = inspect.Parameter.empty
@@ -375,14 +376,21 @@ def read_config_file(path: str) -> dict:
     p = Path(path)
     if missing_file(p):
         raise ValueError(f"{path}: {missing_file(p)}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as e:  # no permission, a device that cannot be read (/proc/self/mem)
+        raise ValueError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     try:
         if p.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = load_json(text)
         else:
             import yaml
 
             data = yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     except Exception as e:  # noqa: BLE001 - any parser error is the file's problem
         raise ValueError(f"{path}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'} "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
@@ -534,7 +542,10 @@ def _prog() -> str:
 
 def fail(message: str) -> typing.NoReturn:
     """Print a user-fixable problem as it is (one line per problem) and exit 2."""
-    for line in str(message).splitlines() or [""]:
+    from emotion_summary.core.text_escape import terminal_text
+
+    for line in str(message).splitlines() or [""]:  # a file's text in a message never acts on the terminal
+        line = terminal_text(line)
         print(line if line.startswith(("error:", "  ")) else f"error: {line}", file=sys.stderr)
     sys.exit(2)
 

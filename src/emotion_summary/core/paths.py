@@ -64,6 +64,17 @@ def missing_file(path: PathLike) -> str | None:
     return None if p.is_file() else "is a directory" if p.is_dir() else "no such file"
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names: the same path after symlinks, or (both existing) the same device and
+    inode, so a hard link of an input is caught too."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.is_file() and b.is_file() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def refuse_unreadable(inputs: Named) -> None:
     """Raise UserError, one line per option, when an input file given by name is missing or a directory."""
     problems = [f"{name} {p}: {missing_file(p)}" for name, p in inputs.items() if p is not None and missing_file(p)]
@@ -93,8 +104,7 @@ def refuse_overwrite(outputs: Named, inputs: Named, dirs: Named | None = None) -
         written.setdefault(Path(path).resolve(), name)
         if not bad_dirs & set(Path(path).resolve().parents):  # else said once, for the directory
             problems += output_file_problems(name, path)
-        target = Path(path).resolve()
         problems += [f"{name} {path}: is the input {in_name} {in_path}; write the output elsewhere"
-                     for in_name, in_path in given_inputs.items() if in_path.resolve() == target]
+                     for in_name, in_path in given_inputs.items() if _same_file(Path(path), in_path)]
     if problems:
         raise UserError("\n".join(dict.fromkeys(problems)))

@@ -16,7 +16,18 @@ from typing import Sequence
 
 from emotion_summary.core.atomic_io import atomic_write_json
 from emotion_summary.core.errors import UserError
-from emotion_summary.data.overlap import NGRAM, WINDOW, HASH_BYTES, OverlapIndex, Signature, record_text
+from emotion_summary.core.json_input import load_json
+from emotion_summary.data.overlap import (
+    HASH_BYTES,
+    NEAR_COPY_PARAMS,
+    NGRAM,
+    WINDOW,
+    NearCopyIndex,
+    OverlapIndex,
+    Signature,
+    near_copy_signature,
+    record_text,
+)
 from emotion_summary.data.records import Record, check_unique_ids
 
 FINGERPRINTS_FILE = "data_fingerprints.json"
@@ -83,14 +94,18 @@ def save_fingerprints(run_dir: str | Path, records: Sequence[Record]) -> Path:
 
     Version 2 adds to each row (id, source, the version-1 `fingerprint`) the normalised text hash and
     the winnowed n-gram hashes of `overlap`, so copies with cosmetic edits or a part left out are found.
+    Version 3 adds the near-copy samples (`near_copy`), so copies with look-alike letters, filler words
+    or suffixes are found too.
     """
     rows = []
     for r in records:
-        signature = Signature.of(record_text(r))
+        text = record_text(r)
+        signature = Signature.of(text)
         rows.append({"id": r.id, "source": r.source, "fingerprint": r.fingerprint(),
-                     "text_hash": signature.text_hash, "ngrams": signature.ngrams_text()})
+                     "text_hash": signature.text_hash, "ngrams": signature.ngrams_text(),
+                     "near_copy": near_copy_signature(text).ngrams_text()})
     return atomic_write_json(Path(run_dir) / FINGERPRINTS_FILE,
-                             {"version": 2, "overlap": OVERLAP_PARAMS, "records": rows})
+                             {"version": 3, "overlap": OVERLAP_PARAMS, "near_copy": NEAR_COPY_PARAMS, "records": rows})
 
 
 def fingerprints_path(run_or_model_dir: str | Path) -> Path | None:
@@ -108,16 +123,20 @@ class TrainingFingerprints:
 
     exact: set[str]
     index: OverlapIndex | None  # None for a version-1 file: only exact copies can be found
+    near: NearCopyIndex | None = None  # None before version 3: near-copies are not found
 
     def leaked(self, record: Record) -> bool:
         if record.fingerprint() in self.exact:
             return True
-        return self.index is not None and self.index.first_match(Signature.of(record_text(record))) is not None
+        text = record_text(record)
+        if self.index is not None and self.index.first_match(Signature.of(text)) is not None:
+            return True
+        return self.near is not None and self.near.first_match(near_copy_signature(text)) is not None
 
 
 def load_fingerprints(path: Path) -> TrainingFingerprints:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path.read_text(encoding="utf-8"))
         rows = data["records"]
         exact = {row["fingerprint"] for row in rows}
         if data.get("version", 1) < 2:
@@ -128,7 +147,12 @@ def load_fingerprints(path: Path) -> TrainingFingerprints:
         index = OverlapIndex(min_shared=None, min_ratio=LEAK_MIN_RATIO)
         for n, row in enumerate(rows):
             index.add(n, Signature.from_stored(row["text_hash"], row["ngrams"]))
-        return TrainingFingerprints(exact, index)
+        near = None
+        if data.get("near_copy") == NEAR_COPY_PARAMS:  # else an older file: the ratio test alone
+            near = NearCopyIndex()
+            for n, row in enumerate(rows):
+                near.add(n, Signature.from_stored(f"near-{n}", row["near_copy"]))
+        return TrainingFingerprints(exact, index, near)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{path}: not a valid {FINGERPRINTS_FILE} ({type(e).__name__}: {e})") from None
 
@@ -144,6 +168,9 @@ def find_leaks(records: Sequence[Record], run_or_model_dir: str | Path) -> list[
     if seen.index is None:
         print(f"warning: {path} is a version-1 file: only exact copies of training reports can be "
               "found (retrain to also find edited copies)", file=sys.stderr)
+    elif seen.near is None:
+        print(f"warning: {path} was written by an older version: near-copies of training reports (look-alike "
+              "letters, filler words, suffixes) are not checked (retrain to check them)", file=sys.stderr)
     return sorted(r.id for r in records if seen.leaked(r))
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from emotion_summary.core.atomic_io import atomic_write_jsonl
-from emotion_summary.core.paths import refuse_overwrite
+from emotion_summary.core.json_input import load_json
+from emotion_summary.core.paths import missing_file, refuse_overwrite
 from emotion_summary.data.records import RecordError, record_from_dict
 from emotion_summary.data.text import split_sentences
 
@@ -142,10 +143,10 @@ def convert_item(item: Any, path: str | os.PathLike = "<psyqa>", index: int = 0)
 
 def load_psyqa(path: str | os.PathLike) -> list[Any]:
     path = Path(path)
-    if not path.is_file():
-        raise RecordError(path, "", None, "no such file (get it with scripts/download_data.py)")
+    if missing_file(path):  # "no such file", or "is a directory"
+        raise RecordError(path, "", None, f"{missing_file(path)} (get the file with scripts/download_data.py)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = load_json(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise RecordError(path, "", None, "is not valid UTF-8") from None
     except json.JSONDecodeError as e:

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 
 from emotion_summary.core.atomic_io import atomic_write_jsonl, jsonl_lines
 from emotion_summary.core.errors import UserError
+from emotion_summary.core.json_input import load_json
 from emotion_summary.core.paths import missing_file
 
 INPUT_FIELDS = ("case_description", "consultation_process", "experience_and_reflection")
@@ -197,14 +198,14 @@ def _raw_items(path: Path) -> list[tuple[str, Any]]:
         raise RecordError(path, "", None, "file is empty")
     if text.lstrip().startswith("["):
         try:
-            items = json.loads(text)
+            items = load_json(text)
         except json.JSONDecodeError as e:
             raise RecordError(path, f"line {e.lineno}", None, f"invalid JSON: {e.msg}") from None
         return [(f"item {i}", item) for i, item in enumerate(items)]
     out = []
     for n, line in jsonl_lines(text):
         try:
-            out.append((f"line {n}", json.loads(line)))
+            out.append((f"line {n}", load_json(line)))
         except json.JSONDecodeError as e:
             raise RecordError(path, f"line {n}", None, f"invalid JSON ({e.msg}); is the line truncated?") from None
     return out

@@ -20,14 +20,20 @@ from typing import Literal, Sequence
 from emotion_summary.core.atomic_io import atomic_write_json
 from emotion_summary.core.cli import EndpointOptions, check_numbers, number_problem, option_group
 from emotion_summary.core.errors import NotReady, UserError
+from emotion_summary.core.output_lock import hold_outputs
 from emotion_summary.core.paths import refuse_overwrite
 from emotion_summary.data.folds import guard_leakage
 from emotion_summary.data.records import GOLD_FIELDS, Record, read_records
 from emotion_summary.modeling.identity import ModelInfo, describe_model
 from emotion_summary.predicting.backends import BACKENDS, Backend, extractive_backend, hf_backend, openai_backend
 from emotion_summary.predicting.extractive import extract_fields
-from emotion_summary.predicting.submission import (SUBMISSION_FILE, KeySet, check_submission, filled_file_for,
-                                                   write_submission)
+from emotion_summary.predicting.submission import (
+    SUBMISSION_FILE,
+    KeySet,
+    check_submission,
+    filled_file_for,
+    write_submission,
+)
 from emotion_summary.prompting.prompt import Language, PromptSpec, parse_answer
 from emotion_summary.prompting.replies import Replies, ReplyStore, request_key, side_file_for
 from emotion_summary.teacher.client import ChatClient, EndpointError, is_refusal, run_pool
@@ -252,34 +258,35 @@ def infer(input: str, output: str | None = None, model_path: str | None = None,
         if model_path and Path(path).is_file() and Path(model_path).resolve() in Path(path).resolve().parents:
             raise UserError(f"{name} {path}: is a file of --model_path {model_path} (its prompt.json, config or "
                             "weights would be overwritten); write the submission elsewhere")
-    records = read_records(input)
-    info = describe_model(model_path, language) if model_path and backend != "extractive" else None
-    if info is not None and info.kind != "plain":  # a plain model was trained on none of our reports
-        guard_leakage(records, model_path, allow_leakage)
-    max_new_tokens = max_new_tokens or (info.max_new_tokens if info else 512)
-    started = time.monotonic()
-    chosen = _make_backend(backend, info, language, server, max_new_tokens, batch_size, quantization, temperature,
-                           top_p, seed)
-    try:
-        raws = predict(records, chosen, side)
-    except KeyboardInterrupt:  # cli.call prints this and exits 130
-        raise KeyboardInterrupt(f"interrupted: finished replies are saved in {side}; run the same command "
-                                "again to resume") from None
-    result = assemble(records, raws, raws.refused)
-    write_submission(output, result.fields, [r.id for r in records], keys)
-    write_filled(output, result, backend)
-    print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
-          f"(backend {backend}; raw replies in {side})")
-    _print_warnings(result, side)
-    # an endpoint that answers everything with garbage is broken; a random cpu-smoke model is expected to
-    if backend == "openai" and records and not result.usable():
-        raise NotReady(f"no usable reply: every one of the {len(records)} replies was refused or held none of "
-                       f"the five fields, so {output} is the extractive baseline throughout; not ready to "
-                       f"submit (see {side})")
-    report = check_submission(output, input, keys)
-    print(report.render())
-    if not report.ok:
-        raise NotReady(f"{output} failed the submission check ({len(report.errors)} errors above)")
+    with hold_outputs([output, side]):  # one run writes a submission and its replies at a time
+        records = read_records(input)
+        info = describe_model(model_path, language) if model_path and backend != "extractive" else None
+        if info is not None and info.kind != "plain":  # a plain model was trained on none of our reports
+            guard_leakage(records, model_path, allow_leakage)
+        max_new_tokens = max_new_tokens or (info.max_new_tokens if info else 512)
+        started = time.monotonic()
+        chosen = _make_backend(backend, info, language, server, max_new_tokens, batch_size, quantization, temperature,
+                               top_p, seed)
+        try:
+            raws = predict(records, chosen, side)
+        except KeyboardInterrupt:  # cli.call prints this and exits 130
+            raise KeyboardInterrupt(f"interrupted: finished replies are saved in {side}; run the same command "
+                                    "again to resume") from None
+        result = assemble(records, raws, raws.refused)
+        write_submission(output, result.fields, [r.id for r in records], keys)
+        write_filled(output, result, backend)
+        print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
+              f"(backend {backend}; raw replies in {side})")
+        _print_warnings(result, side)
+        # an endpoint that answers everything with garbage is broken; a random cpu-smoke model is expected to
+        if backend == "openai" and records and not result.usable():
+            raise NotReady(f"no usable reply: every one of the {len(records)} replies was refused or held none of "
+                           f"the five fields, so {output} is the extractive baseline throughout; not ready to "
+                           f"submit (see {side})")
+        report = check_submission(output, input, keys)
+        print(report.render())
+        if not report.ok:
+            raise NotReady(f"{output} failed the submission check ({len(report.errors)} errors above)")
 
 
 def write_filled(output: str | Path, result: Assembled, backend: str) -> Path:

@@ -10,7 +10,9 @@ from typing import Literal
 
 from emotion_summary.core.atomic_io import atomic_write_jsonl, jsonl_lines
 from emotion_summary.core.errors import UserError
+from emotion_summary.core.json_input import load_json
 from emotion_summary.core.paths import missing_file
+from emotion_summary.core.text_escape import terminal_text
 from emotion_summary.data.records import GOLD_FIELDS, Record, RecordError, integer_id_problem, is_blank, read_records
 from emotion_summary.data.text import LANGUAGE_NAMES, detect_language, record_language, script_language
 
@@ -113,7 +115,7 @@ class SubmissionReport:
         lines += [f"  WARNING {w}" for w in self.warnings[:50]]
         warned = f", but read the {len(self.warnings)} warnings above" if self.warnings else ""
         lines.append(f"OK: ready to submit{warned}" if self.ok else "NOT READY: fix the errors above")
-        return "\n".join(lines)
+        return "\n".join(map(terminal_text, lines))  # no line of the file's text can act on the terminal
 
 
 def _check_row(path: Path, n: int, row, seen: dict, report: SubmissionReport) -> None:
@@ -131,8 +133,8 @@ def _check_row(path: Path, n: int, row, seen: dict, report: SubmissionReport) ->
     expected = {"id", *report.keys.values()}
     for key in sorted(expected - row.keys()):
         report.errors.append(f"{at}: field '{key}': is missing")
-    for key in sorted(row.keys() - expected):
-        report.errors.append(f"{at}: field '{key}': unexpected key (the leaderboard takes exactly "
+    for key in sorted(row.keys() - expected):  # a key is the file's text: shown escaped, never run
+        report.errors.append(f"{at}: field {key!r}: unexpected key (the leaderboard takes exactly "
                              f"{', '.join(sorted(expected))})")
     for key in report.keys.values():
         if key in row and (not isinstance(row[key], str) or is_blank(row[key])):
@@ -159,7 +161,7 @@ def check_submission(path: str | os.PathLike, inputs: str | os.PathLike | None =
     for n, line in jsonl_lines(text):
         report.n_rows += 1
         try:
-            row = json.loads(line)
+            row = load_json(line)
         except json.JSONDecodeError as e:
             report.errors.append(f"{path}:line {n}: invalid JSON ({e.msg})")
             continue

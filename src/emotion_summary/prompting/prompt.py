@@ -230,11 +230,14 @@ def _key_by_key(text: str) -> dict[str, str]:
 
 
 def _as_text(value) -> str:
+    """A field's text; a number, true/false or null (NaN and Infinity too) is no summary: ""."""
     if isinstance(value, str):
         return value.strip()
     if isinstance(value, list):
-        return " ".join(_as_text(v) for v in value)
-    return "" if value is None else json.dumps(value, ensure_ascii=False)
+        return " ".join(t for t in (_as_text(v) for v in value) if t)
+    if value is None or isinstance(value, (bool, int, float)):
+        return ""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def parse_answer(text: str) -> ParsedAnswer:

@@ -12,18 +12,26 @@ import sys
 from pathlib import Path
 from typing import Literal, Sequence
 
-from emotion_summary.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from emotion_summary.core.atomic_io import atomic_write_files, json_text
 from emotion_summary.core.cli import EndpointOptions, check_numbers, option_group
 from emotion_summary.core.errors import NotReady, UserError
-from emotion_summary.teacher.client import ChatClient, EndpointError
+from emotion_summary.core.output_lock import hold_outputs
 from emotion_summary.core.paths import refuse_overwrite
-from emotion_summary.scoring.metrics import (MAX_TOKENS, ROUGE_METRICS, BertScoreUnavailable, bertscore_f1, mean,
-                                     rouge_report)
+from emotion_summary.core.text_escape import markdown_code, markdown_text
 from emotion_summary.data.records import GOLD_FIELDS, Record, read_records
 from emotion_summary.data.text import detect_language
 from emotion_summary.predicting.submission import SUBMISSION_FILE, read_filled, read_predictions
 from emotion_summary.prompting.prompt import report_sections
+from emotion_summary.scoring.metrics import (
+    MAX_TOKENS,
+    ROUGE_METRICS,
+    BertScoreUnavailable,
+    bertscore_f1,
+    mean,
+    rouge_report,
+)
 from emotion_summary.scoring.report_html import per_id_judge, render_html
+from emotion_summary.teacher.client import ChatClient, EndpointError
 
 SHORT = {"causes": "causes", "symptoms": "symptoms", "treatment_process": "process",
          "characteristics_of_illness": "characteristics", "treatment_effect": "effect"}
@@ -114,13 +122,13 @@ def _metrics(results: dict) -> list[str]:
 
 def render_markdown(results: dict) -> str:
     systems = results["systems"]
-    labels = [s["label"] for s in systems]
+    labels = [markdown_text(s["label"]) for s in systems]  # file names and notes: shown, never run
     lines = [f"# ES evaluation: {' vs '.join(labels)}", "",
-             f"- gold: `{results['gold']}` ({results['n_reports']} reports)"]
-    lines += [f"- {s['label']}: `{s['pred']}`" for s in systems]
+             f"- gold: {markdown_code(results['gold'])} ({results['n_reports']} reports)"]
+    lines += [f"- {label}: {markdown_code(s['pred'])}" for label, s in zip(labels, systems)]
     lines.append(f"- ROUGE: F1 over jieba tokens, lower-cased, punctuation dropped, each text capped at "
                  f"{results['rouge_max_tokens']} tokens")
-    lines += [f"- {note}" for note in results["notes"]]
+    lines += [f"- {markdown_text(note)}" for note in results["notes"]]
     for metric in _metrics(results):
         rows = [_metric_rows(s, metric) for s in systems]
         head = ["field", *labels] + (["Δ (2nd − 1st)"] if len(systems) == 2 else [])
@@ -193,10 +201,10 @@ def write_outputs(results: dict, out_dir: str | Path, name: str, gold: Sequence[
     public = {**results, "systems": [{k: v for k, v in s.items() if not k.startswith("_")}
                                      for s in results["systems"]]}
     page = render_html(results, {r.id: r.gold() for r in gold}, {r.id: report_sections(r) for r in gold})
-    return [atomic_write_json(out_dir / f"{name}.json", public),
-            atomic_write_text(out_dir / f"{name}.md", render_markdown(results)),
-            atomic_write_bytes(out_dir / f"{name}.png", render_chart(results)),
-            atomic_write_text(out_dir / f"{name}.html", page)]
+    return atomic_write_files({out_dir / f"{name}.json": json_text(public).encode("utf-8"),
+                               out_dir / f"{name}.md": render_markdown(results).encode("utf-8"),
+                               out_dir / f"{name}.png": render_chart(results),
+                               out_dir / f"{name}.html": page.encode("utf-8")})  # all four or none
 
 
 # ---------------------------------------------------------------- CLI
@@ -249,7 +257,8 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
     paths = [str(pred)] + ([str(compare)] if compare is not None else [])
     name = str(name) if name else output_name(labels_for(paths))
     outputs = {f"--out_dir/{name}{ext}": Path(out_dir) / f"{name}{ext}" for ext in OUTPUT_SUFFIXES}
-    refuse_overwrite({**outputs, "--judge_cache": judge_cache}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
+    cache_file = judge_cache or (str(Path(out_dir) / "judge_cache.jsonl") if judge else None)  # appended to
+    refuse_overwrite({**outputs, "--judge_cache": cache_file}, {"--pred": pred, "--gold": gold, "--compare": compare}, dirs={"--out_dir": out_dir})
     check_numbers({"bertscore_num_layers": (bertscore_num_layers, int, 0),
                    "judge_temperature": (judge_temperature, float, 0)})
     use_bertscore, use_judge = bertscore, judge
@@ -281,10 +290,12 @@ def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "e
             _judge_systems(systems, gold_records, client, cache, judge_server.concurrency, judge_protocol,
                            judge_reference, judge_temperature)
         except EndpointError as e:
-            judge_error = EndpointError(f"judge stopped: {e}; finished replies are cached in {cache}, "
-                                        "run the same command again to resume")
+            kept = (f"finished replies are cached in {cache}" if Path(cache).is_file() and Path(cache).stat().st_size
+                    else "no reply was finished")
+            judge_error = EndpointError(f"judge stopped: {e}; {kept}; run the same command again to resume")
             results["notes"].append(str(judge_error))
-    written = write_outputs(results, out_dir, name, gold_records)
+    with hold_outputs([Path(out_dir) / name]):  # one run writes these four files at a time
+        written = write_outputs(results, out_dir, name, gold_records)
     print(render_markdown(results))
     print("wrote " + ", ".join(map(str, written)))
     if judge_error:

@@ -8,13 +8,18 @@ about 125 bytes each (measured). Two 2,000-token texts would need 4.0M cells = ~
 cap each text at MAX_TOKENS = 1,000 tokens, so the worst case is 1.0M cells = ~125 MB and ~1 s. Gold
 fields are under ~100 tokens, so the cap only ever touches a runaway generation.
 
+Time guard: jieba's time grows with the square of a run of characters it cannot split (`焦` x 20,000:
+~5 s; x 80,000: ~30 s), and the token cap above acts only after jieba has cut the text. So the text is
+capped *before* tokenising, at CHARS_PER_TOKEN = 20 characters per allowed token (no real token is longer),
+and a space is put after every WORD_RUN characters of a run without spaces or punctuation (real Chinese
+or English text has a break far sooner), which bounds each run jieba sees.
+
 BERTScore (bert_score, imported lazily) is optional: without its model (offline) ROUGE is still
 reported and the error explains how to get the model.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import socket
@@ -23,9 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from emotion_summary.core.json_input import load_json
 from emotion_summary.data.records import GOLD_FIELDS
 
 MAX_TOKENS = 1000
+CHARS_PER_TOKEN = 20
+WORD_RUN = 200
+_LONG_RUN = re.compile(rf"\w{{{WORD_RUN}}}")
 ROUGE_METRICS = ("rouge-1", "rouge-2", "rouge-l")
 BERTSCORE_MODELS = {"en": "roberta-large", "zh": "bert-base-chinese"}
 EMPTY_PLACEHOLDER = "-"  # bert_score cannot embed an empty string; such candidates are scored 0
@@ -48,6 +57,8 @@ def _cutter():
 def tokenize(text: str, max_tokens: int | None = MAX_TOKENS) -> list[str]:
     """Lower-cased jieba tokens without punctuation or whitespace; at most `max_tokens` of them."""
     tokens = []
+    if max_tokens is not None:  # cut the text first: jieba is slow on long unbroken runs
+        text = _LONG_RUN.sub(lambda m: m.group() + " ", text[: CHARS_PER_TOKEN * max_tokens])
     for token in _cutter().cut(text.lower()):  # a generator: a huge text is cut only up to the cap
         if _WORD.search(token):
             tokens.append(token.strip())
@@ -143,7 +154,12 @@ def _num_layers(model: str, num_layers: int | None) -> int:
         return model2layers.get(model) or model2layers[Path(model).name]
     config = Path(model) / "config.json"
     if config.is_file():  # unknown local model: all its layers
-        return int(json.loads(config.read_text(encoding="utf-8"))["num_hidden_layers"])
+        try:
+            return int(load_json(config.read_bytes().decode("utf-8"))["num_hidden_layers"])
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a broken folder: ROUGE is still reported
+            raise BertScoreUnavailable(f"{config}: not a usable model config ({type(e).__name__}: "
+                                       f"{str(e).splitlines()[0] if str(e) else ''}); pass a whole model folder "
+                                       "or --bertscore false") from None
     raise BertScoreUnavailable(f"{model}: unknown model; pass --bertscore_num_layers")
 
 
@@ -183,8 +199,8 @@ def bertscore_f1(candidates: list[str], references: list[str], lang: str, model:
         _, _, f1 = bert_score.score(cands, references, model_type=model, num_layers=layers, lang=lang,
                                     rescale_with_baseline=baseline is not None, baseline_path=baseline,
                                     batch_size=batch_size)
-    except (OSError, ValueError) as e:
-        raise BertScoreUnavailable(f"cannot load BERTScore model '{model}' ({str(e).splitlines()[0]}); "
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a broken model folder too
+        raise BertScoreUnavailable(f"cannot load BERTScore model '{model}' ({(str(e).splitlines() or [type(e).__name__])[0]}); "
                                    f"{_how_to_get(model)}") from None
     scores = [0.0 if e else float(v) for v, e in zip(f1.tolist(), empty)]
     return BertScoreResult(scores, model, layers, baseline is not None)

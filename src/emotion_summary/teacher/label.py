@@ -14,15 +14,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from emotion_summary.teacher.ask_loop import Outcome, ResumableOutput, ask, reask_turns, rejects_path
-from emotion_summary.core.atomic_io import append_jsonl, jsonl_lines, read_jsonl_tolerant
+from emotion_summary.core.atomic_io import append_jsonl, drop_repeated_ids, jsonl_lines, read_jsonl_tolerant
 from emotion_summary.core.cli import EndpointOptions, check_numbers, option_group
-from emotion_summary.teacher.client import ChatClient, EndpointError, public_url, run_pool_with_bar
 from emotion_summary.core.errors import NotReady, UserError
+from emotion_summary.core.json_input import load_json
+from emotion_summary.core.output_lock import hold_outputs
 from emotion_summary.core.paths import refuse_overwrite
-from emotion_summary.prompting.prompt import NOT_DESCRIBED, Language, PromptSpec, build_prompt, parse_answer
 from emotion_summary.data.records import GOLD_FIELDS, Record, is_blank, read_records, record_from_dict
 from emotion_summary.data.text import LANGUAGE_NAMES, detect_language
+from emotion_summary.prompting.prompt import NOT_DESCRIBED, Language, PromptSpec, build_prompt, parse_answer
+from emotion_summary.teacher.ask_loop import Outcome, ResumableOutput, ask, reask_turns, rejects_path
+from emotion_summary.teacher.client import ChatClient, EndpointError, public_url, run_pool_with_bar
 
 RETRY_MESSAGE = ("Your reply could not be used: {reason}. Answer again with only one JSON object with "
                  "exactly these keys: {keys}; every value a non-empty paragraph{language}, or exactly "
@@ -79,7 +81,7 @@ def done_ids(output: Path, records: Sequence[Record]) -> set[int]:
     last = text.count("\n") + 1
     for n, line in jsonl_lines(text):
         try:
-            row = json.loads(line)
+            row = load_json(line)
         except json.JSONDecodeError:
             if n == last:  # torn by a killed run: cut off before appending
                 continue
@@ -112,6 +114,7 @@ def label_file(input: str | Path, output: str | Path, client: ChatClient, langua
         "model": client.model, "endpoint": public_url(client.endpoint),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "prompt_version": spec.version,
         "language": language})
+    drop_repeated_ids(output, lambda row: True)  # two runs appended: keep each id's first
     run.repair()
     copied = [r for r in records if r.has_gold and r.id not in done]
     for r in copied:  # labelled inputs pass through, so the output is the whole training set
@@ -179,8 +182,9 @@ def label_with_teacher(input: str, output: str, teacher: EndpointOptions = Endpo
     """
     check_numbers({"max_reasks": (max_reasks, int, 0), "limit": (limit, int, 0)})
     teacher.require("labelling")
-    counts = label_file(input, output, ChatClient.from_options(teacher), language, teacher.concurrency, max_reasks,
-                        teacher.max_tokens or MAX_TOKENS, limit)
+    with hold_outputs([output, rejects_path(output)]):  # one run appends to these at a time
+        counts = label_file(input, output, ChatClient.from_options(teacher), language, teacher.concurrency,
+                            max_reasks, teacher.max_tokens or MAX_TOKENS, limit)
     print(f"labelled {counts['labelled']}, skipped {counts['skipped_done']} already in {output}, "
           f"copied {counts['copied_with_gold']} that had gold, rejected {counts['rejected']}"
           + (f" (see {rejects_path(output)})" if counts["rejected"] else "")

@@ -42,16 +42,23 @@ from itertools import product
 from pathlib import Path
 from typing import Literal
 
-from emotion_summary.teacher.ask_loop import Outcome, ResumableOutput, ask, reask_turns, rejects_path
-from emotion_summary.core.atomic_io import atomic_write_bytes, read_jsonl_tolerant
+from emotion_summary.core.atomic_io import (
+    atomic_write_bytes,
+    drop_repeated_ids,
+    first_foreign_line,
+    read_jsonl_tolerant,
+)
 from emotion_summary.core.cli import EndpointOptions, number_problem, option_group
-from emotion_summary.teacher.client import ChatClient, EndpointError, public_url, run_pool_with_bar
 from emotion_summary.core.errors import NotReady, UserError
-from emotion_summary.core.paths import refuse_overwrite
+from emotion_summary.core.json_input import load_json
+from emotion_summary.core.output_lock import hold_outputs
+from emotion_summary.core.paths import missing_file, refuse_overwrite
 from emotion_summary.data.overlap import OverlapIndex, Signature, record_text
-from emotion_summary.prompting.prompt import json_object
 from emotion_summary.data.records import Record, read_records, record_from_dict
 from emotion_summary.data.text import LANGUAGE_NAMES, detect_language
+from emotion_summary.prompting.prompt import json_object
+from emotion_summary.teacher.ask_loop import Outcome, ResumableOutput, ask, reask_turns, rejects_path
+from emotion_summary.teacher.client import ChatClient, EndpointError, public_url, run_pool_with_bar
 
 PROMPT_VERSION = "synth-v1"
 SOURCE = "synthetic"
@@ -153,7 +160,7 @@ def _psyqa_seeds(path: Path, items) -> list[Seed]:
 
 def _jsonl_seed(path: Path, n: int, line: str) -> Seed:
     try:
-        value = json.loads(line)
+        value = load_json(line)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
     if isinstance(value, dict):
@@ -169,8 +176,8 @@ def read_seeds(seeds: str) -> list[Seed]:
     if seeds == "builtin":
         return builtin_seeds()
     path = Path(seeds)
-    if not path.is_file():
-        raise UserError(f"{path}: no such seeds file (or pass --seeds builtin)")
+    if missing_file(path):  # "no such file", or "is a directory"
+        raise UserError(f"{path}: {missing_file(path)}; give a seeds file (or pass --seeds builtin)")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -178,7 +185,7 @@ def read_seeds(seeds: str) -> list[Seed]:
     lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     if path.suffix == ".json":
         try:
-            found = _psyqa_seeds(path, json.loads(text))
+            found = _psyqa_seeds(path, load_json(text))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
     elif path.suffix == ".jsonl":
@@ -315,6 +322,10 @@ class _Previous:
 
 def _previous_run(output: Path, rejects: Path, synth_source: dict | None) -> _Previous:
     """`synth_source` None (a dry run): no check that the file is this teacher's."""
+    foreign = first_foreign_line(output)
+    if foreign is not None:  # a text file, say: its lines would be skipped here and appended to
+        raise UserError(f"{output}: line {foreign}: not a JSON record, so not a file this command wrote; "
+                        "refusing to append to it (choose another --output)")
     records = [record_from_dict(row, output, f"line {n}") for n, row in enumerate(read_jsonl_tolerant(output), 1)]
     ids, finished = {}, set()
     for n, r in enumerate(records, 1):
@@ -495,6 +506,8 @@ def synthesize_file(seeds: str, n: int, output: str | Path, client: ChatClient |
     jobs = plan_jobs(read_seeds(seeds), n)
     run = ResumableOutput(output, _synth_source(client, language, targets))
     previous = _previous_run(output, run.rejects, None if dry_run else run.provenance)  # refuses a foreign file
+    if not dry_run and drop_repeated_ids(output, lambda row: True):  # two runs appended: keep each id's first
+        previous = _previous_run(output, run.rejects, run.provenance)
     if not dry_run:  # only then cut a line torn by a killed run, before appending
         run.repair()
     todo = [j for j in jobs if j.key not in previous.finished]
@@ -583,9 +596,10 @@ def synthesize_reports(seeds: str = "builtin", n: int = 100, output: str = "data
                       float(length_tolerance))
     client = None if dry_run else ChatClient.from_options(teacher)
     official_paths = _official_paths(official)
-    counts = synthesize_file(str(seeds), int(n), output, client, language, targets, official_paths,
-                             teacher.concurrency, int(max_reasks), teacher.max_tokens or MAX_TOKENS, float(temperature),
-                             dry_run)
+    with hold_outputs([output, rejects_path(output)]):  # one run appends to these at a time
+        counts = synthesize_file(str(seeds), int(n), output, client, language, targets, official_paths,
+                                 teacher.concurrency, int(max_reasks), teacher.max_tokens or MAX_TOKENS,
+                                 float(temperature), dry_run)
     if dry_run:
         return
     print(f"kept {counts['kept']}, skipped {counts['skipped_done']} finished earlier, rejected {counts['rejected']} "

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from emotion_summary.core import distributed as dist
 from emotion_summary.core.atomic_io import atomic_write_json
-from emotion_summary.training.run_dir import RunDir
+from emotion_summary.core.errors import UserError
+from emotion_summary.training.run_dir import RunDir, resume_command
 
 KEEP_CHECKPOINTS = 2
 
@@ -29,19 +30,34 @@ class Checkpoints:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        torch.save(_rng_state(), tmp / f"rng-{dist.rank()}.pt")
+        try:
+            torch.save(_rng_state(), tmp / f"rng-{dist.rank()}.pt")
+        except (OSError, RuntimeError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self.save_failed(final, e) from None
         dist.barrier()
         if dist.is_main():
-            wrapper.save(tmp)  # adapter, tokenizer, prompt.json, train_config.json: loadable as it is
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            atomic_write_json(tmp / "state.json", state)  # written last: marks a whole checkpoint
+            try:
+                wrapper.save(tmp)  # adapter, tokenizer, prompt.json, train_config.json: loadable as it is
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                atomic_write_json(tmp / "state.json", state)  # written last: marks a whole checkpoint
+            except Exception as e:  # noqa: BLE001 - a full disk: torch.save says RuntimeError, tokenizers Exception
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise self.save_failed(final, e) from None
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in self.run_dir.checkpoints()[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         return final
+
+    def save_failed(self, final: Path, error: BaseException) -> UserError:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        latest = self.run_dir.latest_checkpoint()
+        kept = f"the last checkpoint, {latest}, is kept" if latest else "no earlier checkpoint exists"
+        return UserError(f"{final}: could not write the checkpoint ({reason}); is the disk full? Nothing of it "
+                         f"was kept and {kept}; free space and resume: {resume_command(self.run_dir)}")
 
     def restore(self, path: Path, wrapper, optimizer, scheduler) -> dict:
         import torch

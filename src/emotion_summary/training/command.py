@@ -6,6 +6,8 @@ from pathlib import Path
 
 from emotion_summary.core import distributed as dist
 from emotion_summary.core.errors import ConfigError
+from emotion_summary.core.output_lock import hold_outputs
+from emotion_summary.modeling.model_check import model_problems
 from emotion_summary.training.config import TrainConfig, detect_vram_gb, resolve_config, validate
 from emotion_summary.training.run_dir import RunDir
 from emotion_summary.training.train_data import load_data, training_language
@@ -16,7 +18,9 @@ def train(preset: str = "auto", resume: bool = False, **options) -> str:
     """Fine-tune Qwen2-7B-Instruct with QLoRA on labelled ES records; options as `config.TrainConfig`
     (unset ones take the preset's value). `resume=True` continues the unfinished run in `output_dir`
     with its saved config: only `output_dir` is needed."""
-    return str(prepare_run(preset, resume, **options).run())
+    run_dir = options.get("output_dir") or resolve(preset, **options)[0].output_dir
+    with hold_outputs([run_dir] if dist.is_main() else []):  # one run writes a run directory at a time
+        return str(prepare_run(preset, resume, **options).run())
 
 
 def prepare_run(preset: str = "auto", resume: bool = False, **options) -> "Trainer":
@@ -47,6 +51,8 @@ def build_config(preset: str = "auto", resume: bool = False, **options) -> tuple
         cfg, vram = resolve(preset, **options)
         RunDir(cfg.output_dir).check_new()
     problems = validate(cfg, vram)
+    if not problems:  # the model and its LoRA targets, before the run directory exists
+        problems = model_problems(cfg.model_name_or_path, cfg.lora_target)
     if problems:
         raise ConfigError("the config has problems:\n  - " + "\n  - ".join(problems))
     records = load_data(cfg)
