@@ -140,12 +140,28 @@ def replay(events: list[tuple[int, int]], limit: int | None = None) -> CachingAl
     """Run an allocation log through the allocator: (handle, bytes) allocates, (handle, -1) frees.
     Raises OutOfMemory when a request cannot be served within `limit` bytes of segments."""
     alloc = CachingAllocator(limit)
-    for handle, nbytes in events:
-        if nbytes >= 0:
-            alloc.malloc(handle, nbytes)
-        else:
-            alloc.free(handle)
+    for index, (handle, nbytes) in enumerate(events):
+        try:
+            if nbytes >= 0:
+                alloc.malloc(handle, nbytes)
+            else:
+                alloc.free(handle)
+        except OutOfMemory as e:
+            e.event, e.allocated = index, alloc.allocated
+            raise
     return alloc
+
+
+def pool_setting_request(events: list[tuple[int, int]], pool: int) -> tuple[int, int] | None:
+    """The request that needs the last 2 MiB of the smallest pool `pool`: (its event index, bytes
+    allocated when it came); None when the pool is 2 MiB or less."""
+    if pool <= ROUND_LARGE:
+        return None
+    try:
+        replay(events, pool - ROUND_LARGE)
+    except OutOfMemory as e:
+        return e.event, e.allocated
+    return None
 
 
 def smallest_pool(events: list[tuple[int, int]]) -> int:
