@@ -101,10 +101,11 @@ class Trainer:
         # At least one checkpoint per epoch: with little data, save_every=50 would otherwise mean none
         # before the end of the run.
         self.save_interval = max(1, min(self.cfg.save_every, per_epoch))
-        self.step = TrainingStep.build(self.cfg, self.wrapper, self.train_examples, lambda optimizer:
-                                       get_cosine_schedule_with_warmup(
-                                           optimizer, int(self.cfg.warmup_ratio * self.total_steps),
-                                           self.total_steps))
+        def cosine(optimizer):
+            return get_cosine_schedule_with_warmup(optimizer, int(self.cfg.warmup_ratio * self.total_steps),
+                                                   self.total_steps)
+
+        self.step = TrainingStep.build(self.cfg, self.wrapper, self.train_examples, cosine)
         self.optimizer, self.scheduler = self.step.optimizer, self.step.scheduler
 
     def _encode(self, records: list[Record], what: str) -> list[dict]:
