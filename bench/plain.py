@@ -72,11 +72,11 @@ def load_plain(cfg):
     from transformers import AutoModelForCausalLM
 
     from emotion_summary.modeling.device import attn_implementation, compute_dtype
-    from emotion_summary.modeling.loading import quantization_config
+    from emotion_summary.modeling.loading import quantization_config, resolve_model_path
 
     dtype = compute_dtype(cfg.compute_dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        cfg.model_name_or_path, dtype=dtype, quantization_config=quantization_config("nf4", dtype),
+        resolve_model_path(cfg.model_name_or_path), dtype=dtype, quantization_config=quantization_config("nf4", dtype),
         attn_implementation=attn_implementation(cfg.attn_implementation),
         device_map={"": 0} if torch.cuda.is_available() else "cpu")
     return with_lora(prepare(model), cfg)
