@@ -91,6 +91,7 @@ def simulate_plain(sim) -> dict:
     base, _ = sim.base_model(quantization="nf4", lm_head_4bit=False)
     with sim.category("weights"):
         model = prepare(base, o.get("upcast", True))
+    weights = sim.tracker.live_by_category().get("weights", 0)
     with sim.category("lora + optimizer"):
         model = with_lora(model, cfg)
         opt = optimizer(model, cfg.learning_rate, o.get("optimizer", "adamw"))
@@ -115,5 +116,5 @@ def simulate_plain(sim) -> dict:
         loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"recipe": "plain", "optimizer": type(opt).__name__, "adapter_dtype": str(params[0].dtype),
+    return {"recipe": "plain", "weights_gb": weights / 1e9, "optimizer": type(opt).__name__, "adapter_dtype": str(params[0].dtype),
             "lm_head_dtype": str(model.get_base_model().lm_head.weight.dtype)}
