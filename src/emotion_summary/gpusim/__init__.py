@@ -41,8 +41,8 @@ Public API (all in emotion_summary.gpusim.api unless noted; importing this packa
   fits (need <= card), headroom_gb, breakdown_gb (live at the peak: weights, lora + optimizer,
   saved activations, logits, recomputed layer, kernel scratch, generation), largest_at_peak (the 5
   largest storages live at the peak: gb, category, made_by = the op), largest_new (the largest
-  storage of the measured phase), pool_set_by (the request the smallest pool is sized for: gb,
-  made_by, category, allocated_gb then), host_peak_gb, sim_seconds, config (the memory levers
+  storage of the measured phase), pool_set_by (the first request a pool of the peak's size cannot
+  serve, its cached segments being split: gb, made_by, category, allocated_gb then), host_peak_gb, sim_seconds, config (the memory levers
   used), weights_gb, lora_params, compute_dtype, attn_implementation, adapter_dtype, lora_gb
   (training), decode_steps and generate_groups (generation).
   `overrides` are TrainConfig fields (lora_dropout=0.0, mlp_tile_tokens=..., ...): the simulated

@@ -152,13 +152,12 @@ def replay(events: list[tuple[int, int]], limit: int | None = None) -> CachingAl
     return alloc
 
 
-def pool_setting_request(events: list[tuple[int, int]], pool: int) -> tuple[int, int] | None:
-    """The request that needs the last 2 MiB of the smallest pool `pool`: (its event index, bytes
-    allocated when it came); None when the pool is 2 MiB or less."""
-    if pool <= ROUND_LARGE:
-        return None
+def first_unserved_request(events: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first request a pool as large as the peak of allocated bytes (rounded up to 2 MiB)
+    cannot serve, because its cached segments are split by live blocks: (its event index, bytes
+    allocated when it came); None when such a pool runs the whole log."""
     try:
-        replay(events, pool - ROUND_LARGE)
+        replay(events, -(-peak_allocated(events) // ROUND_LARGE) * ROUND_LARGE)
     except OutOfMemory as e:
         return e.event, e.allocated
     return None

@@ -303,11 +303,11 @@ def _dispatch_extras(tracker):
 
 
 def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
-    from emotion_summary.gpusim.allocator import pool_setting_request, smallest_pool
+    from emotion_summary.gpusim.allocator import first_unserved_request, smallest_pool
 
     pool = smallest_pool(tracker.events)
     need = pool + job.context_bytes
-    setter = pool_setting_request(tracker.events, pool)
+    setter = first_unserved_request(tracker.events)
     return {
         "kind": job.kind, "preset": job.preset, "arch": job.arch, "layers": job.layers,
         "seq_len": max(job.seq_lens), "seq_lens": list(job.seq_lens), "batch_size": len(job.seq_lens),
@@ -336,7 +336,8 @@ def _largest_new(tracker) -> dict:
 
 
 def _request(tracker, setter) -> dict | None:
-    """The request the smallest pool is sized for: its size, op, category, and what was allocated then."""
+    """The first request a pool of the peak's size cannot serve: its size, op, category, and what
+    was allocated then (why the smallest pool is larger than the peak)."""
     if setter is None:
         return None
     index, allocated = setter
