@@ -3,9 +3,9 @@
 Peers (each on the same random-weight model directory, built once, and the same token ids):
   ours         Qwen2EmotionSummaryModel.for_training(preset) + wrapper.loss (LM head at the answer
                positions only), as bench/train_step.py's "ours".
-  plain        the textbook peft QLoRA recipe: AutoModelForCausalLM.from_pretrained(4-bit NF4) ->
+  plain        the plain baseline, bench/plain.py: the textbook peft QLoRA recipe (4-bit NF4 ->
                peft.prepare_model_for_kbit_training -> get_peft_model, step = model(input_ids,
-               labels=labels).loss (full logits over the sequence), torch AdamW.
+               labels=labels).loss over full logits, torch AdamW).
   trl          trl.SFTTrainer(model=<path>, quantization_config=<the same NF4 config>,
                peft_config=<the same LoRA>) on a tokenized completion-only dataset (input_ids +
                completion_mask, completion_only_loss=True): TRL's own completion-only path, default
@@ -32,7 +32,8 @@ fails (activation offloading and Liger need a GPU) is a row with status "failed"
 --device sim runs the same peers on the simulated GPU (emotion_summary.gpusim: fake CUDA, the real
 Qwen2-7B shape, no weights): ours is the simulator's own run of the project's training step (once per
 preset in --ours_presets); plain and TRL run their own code on the model the project's loader would
-build. TRL's device checks are not patched; what the simulator stands in for is listed at _sim_peer,
+build (gpusim runners: bench/plain.py's simulate_plain, simulate_trl here). TRL's device checks are not
+patched; what the simulator stands in for is listed at simulate_trl,
 _triton_as_noop and _streams_as_synchronous. Memory only (fake tensors carry no values: no loss check,
 no time). Then each peer's longest context per card (find_longest).
 
@@ -48,7 +49,6 @@ import json
 import math
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -74,6 +74,7 @@ TRL_OPTIONS = {
     "liger": {"use_liger_kernel": True},
     "bf16_autocast": {"bf16": True},  # CPU only: what SFTConfig's default bf16=True does there
 }
+BENCH = Path(__file__).resolve().parent  # the workers import this file (and plain.py) from here
 REQUIRED = ("ours", "plain", "trl")  # must run; an option may be unsupported on this machine
 NOT_NLL = {"trl:dft"}  # a different objective: its loss is not compared
 LOSS_RTOL = 1e-5
@@ -241,16 +242,10 @@ def run_sim(lengths, chosen, options, presets, cards, answer_tokens, layers, tri
     """Every peer at every length on the simulated GPU, then each peer's longest context per card:
     the need line through those rows (linear in the length), checked by simulating the length it
     predicts (must fit) and 512 tokens more (must not)."""
-    import os
     from dataclasses import asdict
 
-    from emotion_summary.gpusim import native
     from emotion_summary.gpusim.cards import CARDS, GiB, PRESET_CARDS, card_of_size
 
-    native.ensure_built()
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, triton_site, env.get("PYTHONPATH")) if p)
     host = host_info()
     base = {"bench": "peers", "device": "sim", "arch": "qwen2-7b", "layers": layers, "batch_size": 1,
             "answer_tokens": answer_tokens, "card": asdict(CARDS["rtx4090"]), "triton_site": triton_site,
@@ -263,7 +258,7 @@ def run_sim(lengths, chosen, options, presets, cards, answer_tokens, layers, tri
         spec = {**base, "variant": variant, "preset": preset or "12gb", "seq_len": seq_len}
         if card:
             spec["card"] = asdict(card)
-        row = {**host, **spec, "line": line, "row_kind": kind, **_spawn(spec, timeout_s, env)}
+        row = {**host, **spec, "line": line, "row_kind": kind, **simulated_row(spec, timeout_s)}
         row.pop("traceback", None)
         print(json.dumps({k: row.get(k) for k in ("line", "seq_len", "status", "estimated_need_gb", "fits",
                                                    "card", "error")}), flush=True)
@@ -310,12 +305,13 @@ def _commit() -> str | None:
     return (head + ("+dirty" if dirty else "")) or None
 
 
-def find_longest(line: str, rows: list[dict], card, simulate, step: int = 512, limit: int = 32768,
-                 check_next: bool = True) -> dict:
+def find_longest(line: str, rows: list[dict], card, simulate, step: int = 512, limit: int = 32768) -> dict:
     """The longest multiple of `step` (up to Qwen2's 32,768 positions) whose simulated need fits
-    `card`: the need curve through `rows` (need_curve) gives a guess, a simulation at the guess
-    confirms it (walking down by `step` while it does not fit), and with `check_next` one at
-    guess + step must not fit (walking up while it does). Rows already simulated count as probes."""
+    `card`: the need curve through `rows` (need_curve) gives a guess, which the planner's search
+    (gpusim.planner.longest_fitting) confirms with a simulation at the guess and one at guess + step,
+    moving on from there when the curve was off. Rows already simulated count as probes."""
+    from emotion_summary.gpusim.planner import longest_fitting
+
     out = {"line": line, "card": card.name, "vram_gib": card.total_bytes / 2**30, "max_seq_len": None}
     if len(rows) < 2:
         return {**out, "status": "no rows"}
@@ -329,17 +325,9 @@ def find_longest(line: str, rows: list[dict], card, simulate, step: int = 512, l
             probes[k] = r["status"] == "ok" and r["estimated_need_gb"] * 1e9 <= card.total_bytes
         return probes[k]
 
-    n = max(step, min(guess, limit))
-    while n > step and not fits(n):  # the line overshot: walk down
-        n -= step
-    if not fits(n):
-        n = 0
-    elif check_next or guess > limit:
-        while n + step <= limit and fits(n + step):  # undershot: walk up
-            n += step
+    n = longest_fitting(fits, step, limit, step, start=guess, first_gap=step)
     return {**out, "status": "ok", "max_seq_len": n, "at_limit": n == limit, "curve_guess": guess,
-            "need_gb_curve": [c / 1e9 for c in coef], "next_checked": check_next or n == limit,
-            "probes": sorted(probes.items())}
+            "need_gb_curve": [c / 1e9 for c in coef], "probes": sorted(probes.items())}
 
 
 def need_curve(xs: list[int], ys: list[float]) -> list[float]:
@@ -381,19 +369,38 @@ def report_sim(rows: list[dict], longest: list[dict]) -> str:
     return markdown_table(header, table) + "\n\n" + "\n".join(lines)
 
 
-def _spawn(spec: dict, timeout_s: int, env: dict | None = None) -> dict:
-    with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
-        spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec_file.write_text(json.dumps({**spec, "workdir": tmp}))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file), str(result_file)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-            rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
-        except subprocess.TimeoutExpired as e:
-            rc, tail = "timeout", str(e)
-        if result_file.is_file():
-            return json.loads(result_file.read_text())
-    return {"status": "crashed", "error": f"exit {rc}: {tail[-1500:]}"}
+def _spawn(spec: dict, timeout_s: int) -> dict:
+    """`worker(spec)` in a fresh process (its peak memory is its own); a dead process is a row too."""
+    from emotion_summary.core.subprocess_jobs import WorkerDied, run_in_worker
+
+    try:
+        row = run_in_worker("peers:worker", [spec], timeout_s, paths=[BENCH])[0]
+    except WorkerDied as e:
+        return {"status": "crashed", "error": str(e)[-1500:]}
+    return {"status": "crashed", **row} if "traceback" in row else row
+
+
+def simulated_row(spec: dict, timeout_s: int) -> dict:
+    """One peer at one length on the simulated GPU (gpusim's worker): ours is the simulator's run of
+    the project's training step, plain and TRL run their own code (runners) on the fake base model."""
+    from emotion_summary.gpusim.api import SimulationError, job, run_jobs
+    from emotion_summary.gpusim.cards import Card
+
+    peer, _, option = spec["variant"].partition(":")
+    card = Card(**{**spec["card"], "capability": tuple(spec["card"]["capability"])})
+    common = dict(preset=spec["preset"], seq_lens=[spec["seq_len"]], card=card, arch=spec["arch"],
+                  layers=spec.get("layers"), overrides=spec.get("overrides") or {},
+                  answer_tokens=spec["answer_tokens"])
+    one = (job("train", **common) if peer == "ours" else
+           job("run", **common, runner="plain:simulate_plain") if peer == "plain" else
+           job("run", **common, runner="peers:simulate_trl", params={"option": option or None}))
+    try:
+        result = run_jobs([one], timeout_s, paths=[BENCH, spec.get("triton_site")])[0]
+    except SimulationError as e:
+        return {"status": "crashed", "error": str(e)[-1500:]}
+    if "error" in result:  # an option the simulator cannot run is a row; the parent decides the rest
+        return {"status": "failed", **result}
+    return {"status": "ok", **result}
 
 
 # ---- the subprocess: one peer at one length -------------------------------------------------------
@@ -427,7 +434,7 @@ def project_config(spec: dict):
 def build_ours(spec: dict, cfg):
     """(step function, optimizer, info): the project's model and answer-only loss."""
     from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
-    from emotion_summary.training.trainer import make_optimizer
+    from emotion_summary.training.step import make_optimizer
 
     wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
     wrapper.model.train()
@@ -436,31 +443,19 @@ def build_ours(spec: dict, cfg):
 
 
 def build_plain(spec: dict, cfg):
-    """The textbook peft QLoRA recipe with the project's NF4 and LoRA settings."""
-    import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
+    """The plain baseline (bench/plain.py) with the project's NF4 and LoRA settings."""
+    from plain import load_plain, loss_fn, optimizer
 
-    from emotion_summary.modeling.device import attn_implementation, compute_dtype, device
-    from emotion_summary.modeling.adapters import lora_config
-    from emotion_summary.modeling.loading import quantization_config
+    from emotion_summary.modeling.device import device
 
-    dtype = compute_dtype(cfg.compute_dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        cfg.model_name_or_path, dtype=dtype, quantization_config=quantization_config("nf4", dtype),
-        attn_implementation=attn_implementation(cfg.attn_implementation),
-        device_map={"": 0} if torch.cuda.is_available() else "cpu")
-    model = prepare_model_for_kbit_training(model)  # upcasts 16-bit weights to fp32, checkpointing on
-    model = get_peft_model(model, lora_config(cfg))
+    model = load_plain(cfg)
     model.train()
-    dev = device()
+    dev, loss = device(), loss_fn(model)
 
     def step_loss(batch):
-        return model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
-                     labels=batch["labels"].to(dev)).loss
+        return loss({k: v.to(dev) for k, v in batch.items()})
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    return step_loss, torch.optim.AdamW(params, lr=cfg.learning_rate), {"optimizer": "torch AdamW"}
+    return step_loss, optimizer(model, cfg.learning_rate), {"optimizer": "torch AdamW"}
 
 
 def measure_steps(step_loss, optimizer, batch: dict, steps: int) -> dict:
@@ -537,7 +532,10 @@ def run_trl(spec: dict, cfg, batch: dict, option: str | None) -> tuple[dict, dic
 
 
 def worker(spec: dict) -> dict:
+    """One peer at one length, measured in this (fresh) process: see _spawn."""
     import torch
+
+    spec = {**spec, "workdir": spec.get("workdir") or tempfile.mkdtemp(prefix="peers-")}
 
     variant = spec["variant"]
     peer, _, option = variant.partition(":")
@@ -573,70 +571,31 @@ def worker(spec: dict) -> dict:
     return row
 
 
-# ---- simulated GPU (emotion_summary.gpusim): fake CUDA, the real Qwen2-7B shape -----------------
+# ---- simulated GPU (emotion_summary.gpusim): TRL's own code on the fake base model ----------------
 SIM_STEPS = 2  # the first creates the optimizer state, the second is a steady step; peak over both
 
 
-def sim_worker(spec: dict) -> dict:
-    """One peer's training step on the simulated card; runs in a fresh process (the fake-CUDA
-    library is loaded before torch). ours: the simulator's own run of the project's Trainer step."""
-    from emotion_summary.gpusim import native
+def simulate_trl(sim) -> dict:
+    """gpusim runner: SFTTrainer.train() on the base model the project's loader would build (TRL's
+    own device checks see the simulated CUDA card). What the simulator stands in for: the
+    from_pretrained attributes (_as_from_pretrained), Triton launches (_triton_as_noop) and, for
+    activation offloading, CUDA streams (_streams_as_synchronous)."""
+    import contextlib
+    from unittest import mock
 
-    native.preload()
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import bitsandbytes  # noqa: F401  before torch.cuda is patched (it would load its CUDA backend)
-    import peft  # noqa: F401
-    import transformers  # noqa: F401
-
-    from emotion_summary.gpusim.session import Job, run_job
-
-    job = Job(kind="train", preset=spec["preset"], seq_lens=[spec["seq_len"]], card=spec["card"],
-              arch=spec["arch"], layers=spec.get("layers"), overrides=spec.get("overrides") or {},
-              answer_tokens=spec["answer_tokens"])
-    peer, _, option = spec["variant"].partition(":")
-    try:
-        if peer == "ours":
-            return {"status": "ok", **run_job(job)}
-        return {"status": "ok", **_sim_peer(job, spec, peer, option or None)}
-    except Exception as e:  # an option the simulator cannot run is a row; the parent decides the rest
-        if not option:
-            raise
-        return {"status": "failed", "error": f"{type(e).__name__}: {str(e)[:400]}"}
-
-
-def _sim_peer(job, spec: dict, peer: str, option: str | None) -> dict:
-    """plain or trl on the simulator: the same fake NF4 model the project's loader would build,
-    then the peer's own code (peft's kbit preparation / TRL's SFTTrainer.train) on fake CUDA."""
-    import time as _time
-
-
-    from emotion_summary.modeling import summary_model as project
-    from emotion_summary.gpusim.build import build_base_model
-    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
-    from emotion_summary.gpusim.session import _card, _common_patches, _config, _result, _session
-
-    card, cfg = _card(job), _config(job)
-    n = spec["seq_len"]
-    started = _time.time()
-    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, n):
-        tracker = gpu.tracker
-        tracker.oracle.answers.update({"all": True, "eq(sum)": True, "isfinite": True})
-        tracker.oracle.nonzero_rows = min(job.answer_tokens, n - 1)
-        streams = _streams_as_synchronous() if option in ("activation_offloading", "offload_reentrant") else []
-        with patch_all(_common_patches(job, tracker) + _triton_as_noop() + streams):
-            dtype = project.compute_dtype(cfg.compute_dtype)
-            with tracker.category("weights"):
-                base = build_base_model(job.arch, job.layers, "nf4", dtype,
-                                        project.attn_implementation(cfg.attn_implementation), False,
-                                        project.device())
-            _as_from_pretrained(base)
-            weights_bytes = tracker.now
-            info = (_sim_plain if peer == "plain" else _sim_trl)(base, cfg, spec, tracker, dtype, option)
-        result = _result(job, cfg, card, tracker, started)
-    result.update(weights_gb=weights_bytes / 1e9, **info)
-    return result
+    option = sim.job.params.get("option")
+    n = sim.job.seq_lens[0]
+    sim.tracker.oracle.nonzero_rows = min(sim.job.answer_tokens, n - 1)
+    streams = _streams_as_synchronous() if option in ("activation_offloading", "offload_reentrant") else []
+    with contextlib.ExitStack() as stack:
+        for target, name, value in _triton_as_noop() + streams:
+            stack.enter_context(mock.patch.object(target, name, value))
+        base, _ = sim.base_model(quantization="nf4", lm_head_4bit=False)
+        _as_from_pretrained(base)
+        weights_bytes = sim.tracker.now
+        info = _sim_trl(base, sim.config, {"seq_len": n, "answer_tokens": sim.job.answer_tokens}, sim.tracker,
+                        option)
+    return {"weights_gb": weights_bytes / 1e9, **info}
 
 
 def _as_from_pretrained(model) -> None:
@@ -651,44 +610,7 @@ def _as_from_pretrained(model) -> None:
     model.hf_device_map = {"": 0}
 
 
-def _sim_batch(n: int, answer: int, device) -> dict:
-    import torch
-
-    ids = torch.zeros((1, n), dtype=torch.long, device=device)
-    labels = torch.full((1, n), -100, dtype=torch.long, device=device)
-    labels[:, n - answer:] = 0
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-
-
-def _sim_plain(base, cfg, spec, tracker, dtype, option) -> dict:
-    import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    from emotion_summary.modeling.device import device
-    from emotion_summary.modeling.adapters import lora_config
-
-    with tracker.category("weights"):
-        model = prepare_model_for_kbit_training(base)  # fp32 copies of every 16-bit weight
-    with tracker.category("lora + optimizer"):
-        model = get_peft_model(model, lora_config(cfg))
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
-    batch = _sim_batch(spec["seq_len"], spec["answer_tokens"], device())
-    tracker.reset_peak()
-    for _ in range(SIM_STEPS):
-        with tracker.category("saved activations"):
-            loss = model(**batch).loss
-        with tracker.category("recomputed layer"):
-            loss.backward()
-        with tracker.category("lora + optimizer"):
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    return {"optimizer": "torch AdamW", "lora_dtype": str(params[0].dtype),
-            "lm_head_dtype": str(model.get_base_model().lm_head.weight.dtype)}
-
-
-def _sim_trl(base, cfg, spec, tracker, dtype, option) -> dict:
+def _sim_trl(base, cfg, spec, tracker, option) -> dict:
     """SFTTrainer.train() for SIM_STEPS steps on the fake model: TRL's own device checks see CUDA."""
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
@@ -699,7 +621,7 @@ def _sim_trl(base, cfg, spec, tracker, dtype, option) -> dict:
     from emotion_summary.modeling.adapters import lora_config
 
     n, answer = spec["seq_len"], spec["answer_tokens"]
-    args = SFTConfig(output_dir=str(Path(spec["workdir"]) / "trl"), max_steps=SIM_STEPS,
+    args = SFTConfig(output_dir=str(Path(tempfile.mkdtemp(prefix="peers-trl-")) / "trl"), max_steps=SIM_STEPS,
                      per_device_train_batch_size=1, completion_only_loss=True, max_length=None,
                      learning_rate=cfg.learning_rate, logging_steps=1, save_strategy="no", report_to=[],
                      disable_tqdm=True, dataloader_num_workers=0,
@@ -779,15 +701,5 @@ def _triton_as_noop() -> list:
     return [(JITFunction, "run", lambda self, *a, **k: None)]
 
 
-def _worker_main(spec_file: str, result_file: str) -> None:
-    from emotion_summary.core.atomic_io import atomic_write_json
-
-    spec = json.loads(Path(spec_file).read_text())
-    atomic_write_json(result_file, sim_worker(spec) if spec.get("device") == "sim" else worker(spec))
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:  # internal: one measured subprocess (see _spawn)
-        _worker_main(sys.argv[2], sys.argv[3])
-    else:
-        run(peers)
+    run(peers)

@@ -17,6 +17,7 @@ import json
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from _common import append_rows, host_info, markdown_table
 
@@ -24,6 +25,7 @@ from emotion_summary.core.cli import run
 from emotion_summary.core.errors import UserError
 
 GiB = 1024**3
+PLAIN_RUNNER = "plain:simulate_plain"  # bench/plain.py, on the simulated card
 # unsloth's published HF + FlashAttention-2 baseline, Llama-3.1-8B QLoRA r=32: card GB -> longest context
 UNSLOTH_LLAMA = [(12, 932), (16, 2551), (24, 5789), (40, 12264), (80, 28454)]
 # Qwen's Q-LoRA profile, Qwen-7B (r=64, batch 1, checkpointing, flash-attn; its base is the GPTQ Int4
@@ -35,9 +37,11 @@ PRESET_ROWS = [  # (name, preset, lengths, card)
     ("12gb, 32,768", "12gb", [32768], "rtx3060"),
     ("24gb, 32,768 x 2", "24gb", [32768, 32768], "rtx4090"),
     ("24gb, 32,768 + 20,000 padded", "24gb", [32768, 20000], "rtx4090"),
+    ("12gb on a T4 (fp16, sm75), 32,768", "12gb", [32768], "t4"),
 ]
 
-# The generate call as inference runs it: prompts trimmed to max_seq_len - max_new_tokens (512).
+# The wrapper's generate_ids as inference runs it (groups by free memory, chunked prefill): prompts
+# trimmed to max_seq_len - max_new_tokens (512).
 GENERATION_ROWS = [  # (name, preset, prompt lengths, card)
     ("generate 8gb, 4 x 7,680 (default batch_size=4)", "8gb", [7680] * 4, "rtx4060"),
     ("generate 8gb, 1 x 7,680", "8gb", [7680], "rtx4060"),
@@ -62,18 +66,19 @@ def generation_jobs(layers: int | None) -> list[tuple[dict, dict]]:
 
 
 def calibration_jobs(layers: int | None) -> list[tuple[dict, dict]]:
+    """The published recipes, each the plain baseline (bench/plain.py) with the publication's knobs."""
     from emotion_summary.gpusim.api import job
     from emotion_summary.gpusim.cards import CARDS, card_of_size
 
     ampere = CARDS["a100-80gb"]
     out = [({"suite": "calibration", "row": f"unsloth Llama-3.1-8B r=32, {gb} GB card, {n:,} tokens",
              "published_gb": float(gb)},
-            job("plain", "24gb", [n], card_of_size(gb, ampere), "llama3.1-8b", layers, {"lora_r": 32, "lora_alpha": 32},
-                flash_attn=True))
+            job("run", "24gb", [n], card_of_size(gb, ampere), "llama3.1-8b", layers, {"lora_r": 32, "lora_alpha": 32},
+                flash_attn=True, runner=PLAIN_RUNNER, params={"optimizer": "adamw8bit"}))
            for gb, n in UNSLOTH_LLAMA]
     out += [({"suite": "calibration", "row": f"Qwen Q-LoRA Qwen-7B r=64, {n:,} tokens", "published_gb": gb},
-             job("plain", "24gb", [n], card_of_size(80, ampere), "qwen-7b", layers,
-                 {"lora_r": 64, "lora_alpha": 16, "upcast": False, "loss": "qwen1", "optimizer": "adamw"}, flash_attn=True))
+             job("run", "24gb", [n], card_of_size(80, ampere), "qwen-7b", layers, {"lora_r": 64, "lora_alpha": 16},
+                 flash_attn=True, runner=PLAIN_RUNNER, params={"upcast": False, "loss": "qwen1", "optimizer": "adamw"}))
             for n, gb in QWEN_QLORA]
     return out
 
@@ -112,7 +117,7 @@ def simulate(suite: str = "presets", layers: int | None = None, parallel: int = 
 
     def one(item):
         label, spec = item
-        result = run_jobs([spec])[0]
+        result = run_jobs([spec], paths=[Path(__file__).resolve().parent])[0]
         row = {**label, **result, **meta}
         append_rows(out, [row])
         print(json.dumps({k: row.get(k) for k in ("row", "peak_allocated_gb", "estimated_need_gb", "fits",

@@ -2,8 +2,8 @@
 
 "ours":  the wrapper's `loss()` (LM head at the ~200 answer positions only) with the preset's memory
          levers (offload_activations, mlp_tile_tokens, embedding_on_cpu, lm_head_4bit, Liger kernels).
-"plain": the same 4-bit LoRA model (same loader, gradient checkpointing on) with the levers off, and
-         the textbook step `model(input_ids, labels=labels).loss`, which computes full fp32 logits.
+"plain": the plain baseline of bench/plain.py (the textbook peft QLoRA recipe: NF4 base, peft's k-bit
+         preparation, `model(input_ids, labels=labels).loss` over full fp32 logits, torch AdamW).
 
 Each (variant, sequence length) runs in a fresh subprocess, so its peak memory is its own. Batches are
 synthetic: random token ids, the last `answer_tokens` positions supervised, the rest masked (-100).
@@ -30,9 +30,7 @@ import importlib.util
 import json
 import math
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,8 +42,6 @@ from emotion_summary.modeling.tokenizer import FIRST_SPECIAL_ID  # random ids st
 
 VARIANTS = ("ours", "plain")
 LEVERS = ("offload_activations", "mlp_tile_tokens", "embedding_on_cpu", "lm_head_4bit", "liger_kernels")
-PLAIN_LEVERS = {"offload_activations": False, "mlp_tile_tokens": 0, "embedding_on_cpu": False,
-                "lm_head_4bit": False, "liger_kernels": "off"}
 BUILD_DTYPE = "bf16"  # random weights saved in bf16: 15 GB for the 7B shape (loaded in the compute dtype)
 
 
@@ -175,22 +171,21 @@ def run_worker(spec: dict, host: dict, timeout_s: int, out: str | None) -> list[
 
 
 def _spawn(spec: dict, timeout_s: int) -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec_file.write_text(json.dumps(spec))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file), str(result_file)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-            rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
-        except subprocess.TimeoutExpired as e:
-            rc, tail = "timeout", str(e)
-        if result_file.is_file():
-            return json.loads(result_file.read_text())
-    if "build" in spec:
-        raise UserError(f"building the benchmark model failed (exit {rc}):\n{tail}")
-    # The process died without writing a result: killed (CPU out of memory: exit -9) or crashed.
+    """`worker(spec)` in a fresh process: its peak memory is its own."""
+    from emotion_summary.core.subprocess_jobs import WorkerDied, run_in_worker
+
+    try:
+        result = run_in_worker("train_step:worker", [spec], timeout_s, paths=[Path(__file__).resolve().parent])[0]
+        error = result.get("error") and f"{result['error']}\n{result.get('traceback', '')}"
+    except WorkerDied as e:
+        result, error = {}, str(e)
+    if "build" in spec and error:
+        raise UserError(f"building the benchmark model failed:\n{error[-3000:]}")
+    if not error:
+        return result["rows"]
+    # The process died without a result (killed: CPU out of memory, exit -9) or the run raised.
     return [{**{k: v for k, v in spec.items() if k != "find_max"}, "status": "crashed",
-             "fits": False if spec.get("vram_gb") else None, "error": f"exit {rc}: {tail[-1500:]}"}]
+             "fits": False if spec.get("vram_gb") else None, "error": error[-1500:]}]
 
 
 def report(rows: list[dict], find_max: bool) -> str:
@@ -248,38 +243,49 @@ class Bench:
                 fraction = (spec["vram_gb"] * GB - self.context) / total
                 torch.cuda.set_per_process_memory_fraction(max(fraction, 0.0))
                 self.info["memory_fraction"] = round(fraction, 5)
-        self.wrapper = self.optimizer = None
+        self.loss = self.optimizer = None
 
     def config(self):
         from emotion_summary.training.config import resolve_config
 
         s = self.spec
-        levers = PLAIN_LEVERS if s["variant"] == "plain" else {}
         return resolve_config(s["preset"], model_name_or_path=s["model_name_or_path"], batch_size=s["batch_size"],
-                              max_seq_len=s.get("seq_len"), seed=s["seed"], **levers)
+                              max_seq_len=s.get("seq_len"), seed=s["seed"])
 
     def load(self) -> None:
+        """ours: the project's model of the preset (its levers) and optimizer; plain: bench/plain.py."""
         import torch
 
-        from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
-        from emotion_summary.modeling.device import compute_dtype
-        from emotion_summary.training.trainer import make_optimizer
+        from emotion_summary.modeling.device import compute_dtype, device
 
         cfg = self.config()
         torch.manual_seed(cfg.seed)
-        self.wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
-        self.wrapper.model.train()
-        params = [p for p in self.wrapper.model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(cfg, params)
-        base = self.wrapper.model.get_base_model()
-        self.info.update(levers={k: getattr(cfg, k) for k in LEVERS}, optimizer=type(self.optimizer).__name__,
+        if self.spec["variant"] == "ours":
+            from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
+            from emotion_summary.training.step import make_optimizer
+
+            wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
+            model, self.loss = wrapper.model, wrapper.loss
+            self.optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+            levers = {k: getattr(cfg, k) for k in LEVERS}
+        else:
+            from plain import load_plain, loss_fn, optimizer
+
+            model = load_plain(cfg)
+            dev, plain_loss = device(), loss_fn(model)
+            self.loss = lambda batch: plain_loss({k: v.to(dev) for k, v in batch.items()})
+            self.optimizer, levers = optimizer(model, cfg.learning_rate), None
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        base = model.get_base_model()
+        self.info.update(levers=levers, optimizer=type(self.optimizer).__name__,
                          gradient_checkpointing=cfg.gradient_checkpointing,
                          attn_implementation=base.config._attn_implementation,
                          # model.apply_liger_kernels' condition (it patches, so it is not called again here)
-                         liger_applied=self.cuda and cfg.liger_kernels != "off"
+                         liger_applied=self.cuda and levers is not None and cfg.liger_kernels != "off"
                          and importlib.util.find_spec("liger_kernel") is not None,
                          compute_dtype=str(compute_dtype(cfg.compute_dtype)),
-                         # recorded to show the embedding and LM head stay in the compute dtype
+                         # recorded to show where the embedding and LM head stay in the compute dtype
                          param_dtypes={"embed_tokens": str(base.get_input_embeddings().weight.dtype),
                                        "lm_head": str(base.lm_head.weight.dtype),
                                        "lora": str(next(p for p in params).dtype)},
@@ -303,13 +309,7 @@ class Bench:
         return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
 
     def step(self, batch: dict) -> float:
-        if self.spec["variant"] == "ours":
-            loss = self.wrapper.loss(batch)
-        else:  # plain transformers + peft: full logits; the output (and its logits) dropped before backward
-            dev = next(p.device for p in self.wrapper.model.parameters() if p.requires_grad)
-            loss = self.wrapper.model(input_ids=batch["input_ids"].to(dev),
-                                      attention_mask=batch["attention_mask"].to(dev),
-                                      labels=batch["labels"].to(dev)).loss
+        loss = self.loss(batch)  # plain: full logits; the output (and its logits) dropped before backward
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -379,25 +379,12 @@ class Bench:
         return row
 
 
-def search_longest(fits, start: int, limit: int, step: int) -> int:
-    """Double from `start` while it fits, then bisect to `step` tokens; 0 if not even `step` fits."""
-    lo, hi, n = 0, None, start
-    while n <= limit:
-        if not fits(n):
-            hi = n
-            break
-        lo, n = n, n * 2
-    if hi is None:
-        return lo
-    while hi - lo > step:
-        mid = (lo + hi) // 2 // step * step
-        if mid <= lo:
-            break
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+def worker(spec: dict) -> dict:
+    """The measured subprocess (see _spawn): builds a model (spec "build") or measures; {"rows": [...]}."""
+    return {"rows": _measure(spec)}
 
 
-def worker(spec: dict) -> list[dict]:
+def _measure(spec: dict) -> list[dict]:
     if "build" in spec:
         b = spec["build"]
         from emotion_summary.modeling.architectures import build_random_qwen2
@@ -425,7 +412,9 @@ def worker(spec: dict) -> list[dict]:
         return bool(row["fits"])
 
     fm = spec["find_max"]
-    longest = search_longest(fits, fm["start"], fm["limit"], fm["step"])
+    from emotion_summary.gpusim.planner import longest_fitting
+
+    longest = longest_fitting(fits, fm["step"], fm["limit"], fm["step"], start=fm["start"])
     best = max((p for p in probes if p["seq_len"] == longest), key=lambda p: p["fits_bytes"], default={})
     summary = {**common, **bench.info, **{k: v for k, v in best.items() if k != "probe"},
                "status": "ok" if longest else "oom", "fits": bool(longest), "seq_len": longest or None,
@@ -434,15 +423,5 @@ def worker(spec: dict) -> list[dict]:
     return probes + [summary]
 
 
-def _worker_main(spec_file: str, result_file: str) -> None:
-    from emotion_summary.core.atomic_io import atomic_write_json
-
-    rows = worker(json.loads(Path(spec_file).read_text()))
-    atomic_write_json(result_file, rows)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:  # internal: one measured subprocess (see _spawn)
-        _worker_main(sys.argv[2], sys.argv[3])
-    else:
-        run(train_step)
+    run(train_step)

@@ -53,8 +53,8 @@ def test_train_step_ours_against_plain_at_1k_tokens(tmp_path):
         assert r["versions"]["torch"] and r["cpu"] and r["cpu_cores"] and r["command"].endswith("--out " + str(out))
         assert r["trainable_params"] > 0 and r["attn_implementation"]
     ours, plain = rows
-    assert plain["levers"] == {"offload_activations": False, "mlp_tile_tokens": 0, "embedding_on_cpu": False,
-                               "lm_head_4bit": False, "liger_kernels": "off"}
+    assert plain["levers"] is None and plain["optimizer"] == "AdamW"  # bench/plain.py's textbook recipe
+    assert ours["levers"]["mlp_tile_tokens"] == 0 and ours["levers"]["liger_kernels"] == "auto"  # cpu-smoke's
     assert ours["loss_first"] == pytest.approx(plain["loss_first"], rel=1e-4)  # LoRA B = 0: the base model's
     assert ours["loss"] == pytest.approx(plain["loss"], rel=1e-3)  # and the same update after it
     assert ours["step_peak_rss_bytes"] < plain["step_peak_rss_bytes"]
@@ -73,16 +73,20 @@ def test_generate_batched_against_single_with_forced_length(tmp_path):
     batched, single = rows
     assert (batched["calls"], single["calls"]) == (2, 3)
     for r in rows:
-        assert r["bench"] == "generate" and r["new_tokens"] == 3 * 4 and r["all_forced_to_max"]
+        assert r["bench"] == "generate" and r["new_tokens"] == 3 * 4 and r["all_at_max"]
         assert r["tokens_per_s"] > 0 and r["seconds"] > 0 and r["prompt_tokens_mean"] > 100
-        assert r["batched_over_single"] > 0 and 0 <= r["identical_outputs"] <= 3
-    assert single["pad_tokens"] == 0 and batched["pad_tokens"] >= 0
+        # greedy in fp32: left padding with its attention mask changes no token
+        assert r["batched_over_single"] > 0 and r["identical_outputs"] == 3
+    # the 3 sample reports differ in length: the batch of 2 pads its shorter prompt, a single call never
+    assert single["pad_tokens"] == 0 and batched["pad_tokens"] > 0
     assert "batched/single tokens/s" in stdout
     assert len((tmp_path / "gen.jsonl").read_text().splitlines()) == 2
 
 
-def test_search_longest_doubles_then_bisects(train_step_module):
-    search = train_step_module.search_longest
+def test_find_max_search_doubles_from_its_start_then_bisects():
+    """train_step's --find_max search (gpusim.planner.longest_fitting from --find_max_start)."""
+    from emotion_summary.gpusim.planner import longest_fitting
+
     tried = []
 
     def fits_under(limit):
@@ -91,11 +95,11 @@ def test_search_longest_doubles_then_bisects(train_step_module):
             return n <= limit
         return fits
 
-    assert search(fits_under(20000), start=4096, limit=131072, step=1024) == 19456
+    assert longest_fitting(fits_under(20000), 1024, 131072, 1024, start=4096) == 19456
     assert tried[:4] == [4096, 8192, 16384, 32768] and len(tried) <= 9
-    assert search(fits_under(10**9), 4096, 65536, 1024) == 65536
-    assert search(fits_under(3000), 4096, 65536, 1024) == 2048
-    assert search(fits_under(100), 4096, 65536, 1024) == 0
+    assert longest_fitting(fits_under(10**9), 1024, 65536, 1024, start=4096) == 65536
+    assert longest_fitting(fits_under(3000), 1024, 65536, 1024, start=4096) == 2048
+    assert longest_fitting(fits_under(100), 1024, 65536, 1024, start=4096) == 0
 
 
 def test_report_marks_fits_and_find_max(train_step_module):

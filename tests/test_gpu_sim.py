@@ -1,15 +1,11 @@
-"""The GPU-path fixes of issue 16 on the simulated GPU (fake CUDA tensors, real Qwen2-7B shape, no
+"""The presets and inference on the simulated GPU at full depth (fake CUDA tensors, real Qwen2-7B shape, no
 weights): each a full-depth simulation of 1-7 minutes on 2 cores, so they run when asked
 (ES_FULL_SIM=1 python -m pytest tests/test_gpu_sim.py) rather than in every CI run, like the benchmark
-that records the same rows (bench/gpu_fixes.py). CI runs the 2-layer simulator tests and one
+that records the same rows (bench/simulate.py). CI runs the 2-layer simulator tests and one
 full-depth preset (tests/test_gpusim.py). Needs g++ (the fake-CUDA library); skipped without one."""
 
-import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,24 +16,12 @@ pytestmark = [pytest.mark.slow,
                                  reason="the GPU simulator needs a C++ compiler")]
 
 GiB = 1024**3
-HEADROOM = 0.95  # presets promise >= 5% headroom on their card
-
-
-def bench_worker(specs: list[dict]) -> list[dict]:
-    """bench/gpu_fixes.py's worker (generation through generate_ids) in its own process, as the bench runs it."""
-    from emotion_summary.gpusim import native
-
-    native.ensure_built()
-    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_fixes.py"
-    done = subprocess.run([sys.executable, str(script), "--worker"], input=json.dumps(specs), capture_output=True,
-                          text=True, timeout=7200)
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == len(specs), done.stderr[-3000:]
-    return results
 
 
 def fits_with_headroom(result: dict) -> bool:
-    return result["estimated_need_gb"] * 1e9 <= HEADROOM * result["vram_gib"] * GiB
+    from emotion_summary.gpusim.planner import PRESET_HEADROOM  # presets promise >= 5% headroom on their card
+
+    return result["estimated_need_gb"] * 1e9 <= (1 - PRESET_HEADROOM) * result["vram_gib"] * GiB
 
 
 def test_12gb_preset_trains_32k_on_a_12_gb_card():
@@ -53,6 +37,7 @@ def test_24gb_preset_trains_a_padded_batch_without_a_dense_mask():
 
     result = simulate_training("24gb", [32768, 20000], resolve_card("rtx4090"))
     assert result["attn_implementation"] == "sdpa" and fits_with_headroom(result), result
+    assert result["largest_new"]["gb"] < 32768**2 / 1e9, result["largest_new"]  # not even a bool L x L mask
 
 
 def test_t4_trains_in_fp16_with_a_fused_attention_kernel():
@@ -66,9 +51,7 @@ def test_t4_trains_in_fp16_with_a_fused_attention_kernel():
 def test_default_generation_fits_an_8_gb_card():
     """inference's 4 records of ~7.7K prompt tokens: generate_ids groups them by free memory and
     prefills in chunks (a single 4 x 7.7K prefill needed ~11 GB)."""
-    from emotion_summary.gpusim.api import job, resolve_card
+    from emotion_summary.gpusim.api import resolve_card, simulate_generation
 
-    spec = job("generate_ids", "8gb", [7700] * 4, resolve_card("rtx4060"), max_new_tokens=64)
-    result = bench_worker([spec])[0]
-    assert "error" not in result, result
+    result = simulate_generation("8gb", [7700] * 4, resolve_card("rtx4060"), max_new_tokens=64)
     assert result["fits"] and sum(result["generate_groups"]) == 4, result

@@ -161,6 +161,12 @@ def test_two_layer_nf4_weights_byte_for_byte():
     assert result["adapter_dtype"] == "bfloat16"
 
 
+def run_plan_memory(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plan_memory.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
 # ---- planner bad input ---------------------------------------------------------------------------
 @pytest.mark.parametrize("args, message", [
     (["--preset", "99gb"], "unknown preset '99gb'"),
@@ -171,9 +177,7 @@ def test_two_layer_nf4_weights_byte_for_byte():
     (["--batch_size", "0"], "--batch_size"),
 ])
 def test_plan_memory_bad_input_is_one_line_exit_2(args, message):
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    script = Path(__file__).resolve().parents[1] / "scripts" / "plan_memory.py"
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env)
+    done = run_plan_memory(*args)
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
@@ -188,6 +192,75 @@ def test_generation_prefill_and_kv_cache_on_two_layers():
     # the KV cache of 2 layers: 2 (K, V) x 4 heads x 128 x 2 B per token and layer, 4 KiB a token
     assert long["breakdown_gb"]["generation"] >= 2 * 4096 * 4096 / 1e9
     assert long["decode_steps"] == 8  # the oracle lets generate run exactly max_new_tokens steps
+
+
+LM_HEAD_BF16 = 152064 * 3584 * 2  # Qwen2-7B's LM head dequantised to bf16
+
+
+@needs_compiler
+def test_padded_batch_without_flash_attention_costs_its_longest_row():
+    """24gb preset, 32,768 + 20,000 tokens, SDPA: the trainer runs the rows one by one, unmasked. The
+    simulator once answered transformers' packed-sequence check ("all") as if the rows were padded
+    and built a dense 32K x 32K mask (1.07 GB bool + 2.15 GB bf16 bias): 3 GB too much."""
+    from emotion_summary.gpusim.api import resolve_card, run_jobs, job
+
+    padded, single = run_jobs([job("train", "24gb", lens, resolve_card("rtx4090"), layers=2)
+                               for lens in ([32768, 20000], [32768])])
+    assert "error" not in padded and "error" not in single, (padded, single)
+    assert padded["largest_new"]["gb"] < 32768**2 / 1e9, padded["largest_new"]  # no L x L mask
+    assert padded["peak_allocated_gb"] == pytest.approx(single["peak_allocated_gb"], abs=0.01)
+    assert padded["estimated_need_gb"] == pytest.approx(single["estimated_need_gb"], abs=0.05)
+
+
+@needs_compiler
+def test_4bit_lm_head_is_dequantised_and_sizes_the_pool_on_the_8gb_preset():
+    """8gb preset (embedding in CPU RAM, LM head in NF4) at 8K: bitsandbytes dequantises the whole LM
+    head (1.09 GB bf16) in the forward and again in the backward; between the two, the loss's fp32
+    logits are carved from the freed block, so the second request needs a segment of its own: the
+    smallest pool is ~1 GB above the peak of allocated bytes."""
+    from emotion_summary.gpusim.api import resolve_card, simulate_training
+
+    result = simulate_training("8gb", 8192, resolve_card("rtx4060"), layers=2)
+    assert result["weights_gb"] < 0.6  # 2 NF4 layers + the NF4 LM head; the embedding is not on the GPU
+    setter = result["pool_set_by"]
+    assert setter["made_by"].startswith("dequantize_4bit") and setter["category"] == "kernel scratch"
+    assert setter["gb"] * 1e9 == pytest.approx(LM_HEAD_BF16, rel=1e-3)
+    assert 0.8 < result["min_pool_gb"] - result["peak_allocated_gb"] < LM_HEAD_BF16 / 1e9
+
+
+@needs_compiler
+def test_generation_runs_generate_ids_with_chunked_prefill_and_cpu_embedding():
+    """Inference's 4 prompts of 7,680 tokens on the 8gb preset: one group (the free memory allows it),
+    prefilled 4,096 tokens at a time (1,024 per row), embedding in CPU RAM."""
+    from emotion_summary.gpusim.api import resolve_card, simulate_generation
+
+    result = simulate_generation("8gb", [7680] * 4, resolve_card("rtx4060"), layers=2, max_new_tokens=4)
+    assert result["generate_groups"] == [4] and result["decode_steps"] == 4
+    assert result["breakdown_gb"]["weights"] < 0.6  # no 1.09 GB embedding on the GPU
+    whole_prefill_mlp = 4 * 7680 * 18944 * 2  # one MLP activation of an unchunked prefill, bf16: 1.16 GB
+    assert result["largest_new"]["gb"] * 1e9 < whole_prefill_mlp / 4, result["largest_new"]
+
+
+def test_find_max_says_where_it_stops():
+    from emotion_summary.gpusim.planner import describe_find_max
+
+    found = {"fits": (32768, {}), "headroom": (30720, {}), "limit": 32768, "first": {"seq_lens": [1024]}}
+    text = describe_find_max(found, "qwen2-7b", yarn=False)
+    assert "longest length that fits: 32,768 tokens" in text
+    assert "longest with the presets' 5% headroom: 30,720 tokens" in text
+    assert "capped at 32,768 positions (qwen2-7b's limit); add --yarn true to search past it" in text
+    found = {**found, "fits": (24576, {}), "headroom": (16384, {})}
+    assert "capped" not in describe_find_max(found, "qwen2-7b", yarn=False)
+
+
+@needs_compiler
+def test_plan_memory_takes_the_presets_batch_and_says_so():
+    """--preset 24gb trains at batch 2: the planner simulates 2 sequences unless told otherwise."""
+    done = run_plan_memory("--preset", "24gb", "--seq_len", "4096", "--layers", "1", "--lora_dropout", "0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "from the preset 24gb: batch_size=2, offload_activations=True" in done.stdout
+    assert "given: seq_len=4,096, lora_dropout=0.0" in done.stdout
+    assert "4,096 + 4,096 tokens (batch 2)" in done.stdout
 
 
 @pytest.mark.slow
@@ -227,10 +300,7 @@ def test_longest_fitting_bisects_to_the_step(threshold):
 
 @needs_compiler
 def test_plan_memory_card_too_small_for_the_weights_alone():
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    script = Path(__file__).resolve().parents[1] / "scripts" / "plan_memory.py"
-    done = subprocess.run([sys.executable, str(script), "--preset", "12gb", "--seq_len", "1024", "--layers", "2",
-                           "--vram_gb", "2"], capture_output=True, text=True, env=env, timeout=600)
+    done = run_plan_memory("--preset", "12gb", "--seq_len", "1024", "--layers", "2", "--vram_gb", "2")
     assert done.returncode == 2, done.stderr[-2000:]
     assert "too small for the 12gb preset's weights alone" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -7,6 +7,7 @@ import sys
 import emotion_summary
 
 LIGHT = ["core.atomic_io", "core.cli", "core.distributed", "core.errors", "core.paths", "core.plots", "core.quiet",
+         "core.subprocess_jobs",
          "data.records", "data.psyqa", "data.download", "data.folds", "data.overlap", "data.text", "data.sample_data",
          "prompting.prompt", "prompting.encode", "prompting.replies",
          "predicting.predict", "predicting.backends", "predicting.extractive", "predicting.submission",
@@ -16,7 +17,7 @@ LIGHT = ["core.atomic_io", "core.cli", "core.distributed", "core.errors", "core.
          "teacher.client", "teacher.label", "teacher.synthesize", "teacher.ask_loop",
          # `--help` of train_qwen2.py imports the train command; the model wrapper loads only when a run starts
          "training.config", "training.presets", "training.run_dir", "training.command", "training.trainer",
-         "training.train_data", "training.checkpoints", "training.oom",
+         "training.train_data", "training.checkpoints", "training.oom", "training.step",
          "modeling.identity", "modeling.architectures", "modeling.tokenizer",
          "core.json_input", "core.output_lock", "core.text_escape", "gpusim.plan_options", "modeling.model_check",
          "commands", "pipeline", "stats", "install_torch",

@@ -117,7 +117,7 @@ def test_adapter_of_another_base_model_is_refused(tmp_path):
     data["base_model_name_or_path"] = "meta-llama/Llama-3.1-8B-Instruct"
     adapter_cfg.write_text(json.dumps(data))
     with pytest.raises(ModelError, match="trained on 'meta-llama/Llama-3.1-8B-Instruct', not on 'tiny'"):
-        wrapper.load_adapter(tmp_path / "a")
+        Qwen2EmotionSummaryModel.load(tmp_path / "a")
 
 
 def test_16bit_weights_stay_16bit_for_training():
@@ -192,12 +192,12 @@ def test_generate_ids_prefills_long_prompts_in_chunks_with_the_same_tokens(wrapp
 
     records = read_records(SMOKE_DATA[0])[:3]
     prompts = [wrapper._prompt_ids(r, 8) for r in records]
-    whole = wrapper.generate_ids(prompts, 8, min_new_tokens=8, batch_size=3)
+    whole = wrapper.generate_ids(prompts, 8, batch_size=3)
     chunks = []
     hook = wrapper.model.get_base_model().register_forward_pre_hook(
         lambda m, args, kwargs: chunks.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
     monkeypatch.setattr(model_module, "PREFILL_CHUNK_TOKENS", 768)  # 256 tokens per row per pass
-    chunked = wrapper.generate_ids(prompts, 8, min_new_tokens=8, batch_size=3)
+    chunked = wrapper.generate_ids(prompts, 8, batch_size=3)
     hook.remove()
     assert chunked == whole and all(len(ids) == 8 for ids in whole)
     width = max(len(p) for p in prompts)

@@ -69,7 +69,7 @@ def test_find_longest_follows_the_need_line_and_confirms_it(peers_module):
         simulated.append(n)
         return {"status": "ok", "estimated_need_gb": need(n) / 1e9}
 
-    out = peers_module.find_longest("trl", rows, card, simulate, check_next=True)
+    out = peers_module.find_longest("trl", rows, card, simulate)
     assert out["max_seq_len"] == 16384 and simulated == [16384, 16896]
     assert out["need_gb_curve"] == pytest.approx([2.0, 0.5 / 1024, 0.0], abs=1e-9)
     simulated.clear()  # a card the line says fits past Qwen2's window: capped at 32,768

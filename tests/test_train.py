@@ -13,9 +13,33 @@ pytestmark = pytest.mark.slow
 SMOKE = dict(preset="cpu-smoke", max_steps=4, save_every=2, eval_every=2)
 
 
+class Killed(BaseException):
+    """The process dies: nothing in the trainer catches it (unlike Ctrl-C, no checkpoint is written)."""
+
+
+class RaisingOnCall:
+    """The trainer's TrainingStep, raising `error` when step `on_call` starts."""
+
+    def __init__(self, step, on_call: int, error):
+        self.step, self.on_call, self.error, self.calls = step, on_call, error, 0
+
+    def __call__(self, micro, n_micro):
+        self.calls += 1
+        if self.calls == self.on_call:
+            raise self.error
+        return self.step(micro, n_micro)
+
+    def __getattr__(self, name):  # loss_parts, optimizer, ...: the real step's
+        return getattr(self.step, name)
+
+
 def train_until(step, **options):
-    """Train, then stop after `step` as if interrupted (the run directory is left unfinished)."""
-    return prepare_run(**options).run(stop_after_step=step)
+    """Train, then die when step `step` + 1 starts (the run directory is left unfinished, as by a kill)."""
+    trainer = prepare_run(**options)
+    trainer.step = RaisingOnCall(trainer.step, step + 1, Killed)
+    with pytest.raises(Killed):
+        trainer.run()
+    return trainer.run_dir
 
 
 def losses(run_dir):
@@ -108,28 +132,17 @@ def test_run_directories_are_never_overwritten(tmp_path):
         train(**SMOKE, output_dir=str(run), resume=True)
 
 
-def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, monkeypatch, capsys):
-    from emotion_summary.training import trainer as train_module
-
-    calls = {"n": 0}
-    real_step = train_module.Trainer._optimizer_step
-
-    def interrupted_on_third(self, micro, n_micro):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(self, micro, n_micro)
-
-    monkeypatch.setattr(train_module.Trainer, "_optimizer_step", interrupted_on_third)
+def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, capsys):
     run = tmp_path / "r"
     from emotion_summary.core.cli import call
 
+    trainer = prepare_run(**{**SMOKE, "save_every": 10}, output_dir=str(run))
+    trainer.step = RaisingOnCall(trainer.step, 3, KeyboardInterrupt)
     with pytest.raises(SystemExit) as exit_info:
-        call(lambda: train(**{**SMOKE, "save_every": 10}, output_dir=str(run)))
+        call(trainer.run)  # the one place that turns Ctrl-C into its message and exit 130
     assert exit_info.value.code == 130
     assert (run / "checkpoints" / "step-2" / "state.json").is_file()
     assert f"continue with:\n  python scripts/train_qwen2.py --output_dir {run} --resume" in capsys.readouterr().err
-    monkeypatch.setattr(train_module.Trainer, "_optimizer_step", real_step)
     train(**{**SMOKE, "save_every": 10}, output_dir=str(run), resume=True)
     assert len(losses(run)) == 4 and (run / "COMPLETE").is_file()
 
@@ -236,16 +249,16 @@ def test_padded_rows_go_one_at_a_time_with_the_same_loss(tmp_path):
     examples = trainer.train_examples
     pair = [0, 1]
     assert len(examples[0]["input_ids"]) != len(examples[1]["input_ids"])
-    parts = trainer._loss_parts(pair, examples)
+    parts = trainer.step.loss_parts(pair, examples)
     assert [b["input_ids"].shape[0] for b, _ in parts] == [1, 1]
     assert all(b["attention_mask"] is None for b, _ in parts)
     assert sum(w for _, w in parts) == pytest.approx(1.0)
     trainer.wrapper.model.eval()
     with torch.no_grad():
-        whole = trainer.wrapper.loss(trainer._batch(pair, examples))
+        whole = trainer.wrapper.loss(trainer.step.batch(pair, examples))
         split = sum(trainer.wrapper.loss(b) * w for b, w in parts)
     assert split.item() == pytest.approx(whole.item(), abs=1e-5)
-    assert len(trainer._loss_parts([0, 0], examples)) == 1  # equal lengths: one batch, no mask
+    assert len(trainer.step.loss_parts([0, 0], examples)) == 1  # equal lengths: one batch, no mask
 
 
 def test_out_of_memory_keeps_a_checkpoint_and_names_one_lever(tmp_path, monkeypatch):
@@ -298,5 +311,5 @@ def test_one_host_read_of_the_loss_per_optimizer_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "item", item)
     monkeypatch.setattr(torch, "isfinite", lambda t: pytest.fail("isfinite per micro-batch"))
-    loss = trainer._optimizer_step([[0], [1], [2]], 3)
-    assert reads == ["_optimizer_step"] and loss > 0
+    loss = trainer.step([[0], [1], [2]], 3)
+    assert reads == ["__call__"] and loss > 0

@@ -140,12 +140,27 @@ def replay(events: list[tuple[int, int]], limit: int | None = None) -> CachingAl
     """Run an allocation log through the allocator: (handle, bytes) allocates, (handle, -1) frees.
     Raises OutOfMemory when a request cannot be served within `limit` bytes of segments."""
     alloc = CachingAllocator(limit)
-    for handle, nbytes in events:
-        if nbytes >= 0:
-            alloc.malloc(handle, nbytes)
-        else:
-            alloc.free(handle)
+    for index, (handle, nbytes) in enumerate(events):
+        try:
+            if nbytes >= 0:
+                alloc.malloc(handle, nbytes)
+            else:
+                alloc.free(handle)
+        except OutOfMemory as e:
+            e.event, e.allocated = index, alloc.allocated
+            raise
     return alloc
+
+
+def first_unserved_request(events: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first request a pool as large as the peak of allocated bytes (rounded up to 2 MiB)
+    cannot serve, because its cached segments are split by live blocks: (its event index, bytes
+    allocated when it came); None when such a pool runs the whole log."""
+    try:
+        replay(events, -(-peak_allocated(events) // ROUND_LARGE) * ROUND_LARGE)
+    except OutOfMemory as e:
+        return e.event, e.allocated
+    return None
 
 
 def smallest_pool(events: list[tuple[int, int]]) -> int:

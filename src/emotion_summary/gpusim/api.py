@@ -3,10 +3,6 @@ fresh worker process (the fake-CUDA library must be loaded before torch) and ret
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict
 
 from emotion_summary.core.errors import ConfigError, UserError
@@ -30,29 +26,33 @@ def resolve_card(card: str | None = None, vram_gb: float | None = None, preset: 
 
 def job(kind: str = "train", preset: str = "12gb", seq_lens: list[int] | None = None, card: Card | None = None,
         arch: str = "qwen2-7b", layers: int | None = None, overrides: dict | None = None,
-        flash_attn: bool = False, answer_tokens: int = 200, max_new_tokens: int = 200, yarn: bool = False) -> dict:
+        flash_attn: bool = False, answer_tokens: int = 200, max_new_tokens: int = 200, yarn: bool = False,
+        runner: str | None = None, params: dict | None = None) -> dict:
+    """A job dict for run_jobs. kind "run": `runner` ("module:function", importable in the worker:
+    see run_jobs' `paths`) is called with the session's Simulation and returns what it adds to the
+    result; `params` are its own options."""
+    if (kind == "run") != (runner is not None):
+        raise ValueError("a runner goes with kind 'run', and kind 'run' needs one")
     card = card or resolve_card(preset=preset)
     spec = Job(kind=kind, preset=preset, seq_lens=list(seq_lens or [32768]), card=asdict(card), arch=arch,
                layers=layers, overrides=dict(overrides or {}), flash_attn=flash_attn,
-               answer_tokens=answer_tokens, max_new_tokens=max_new_tokens, yarn=yarn)
+               answer_tokens=answer_tokens, max_new_tokens=max_new_tokens, yarn=yarn, runner=runner,
+               params=dict(params or {}))
     return asdict(spec)
 
 
-def run_jobs(jobs: list[dict], timeout_s: int = 3600) -> list[dict]:
-    """Run job dicts (see `job`) in one worker process; a result per job ({'error': ...} on failure)."""
+def run_jobs(jobs: list[dict], timeout_s: int = 3600, paths=()) -> list[dict]:
+    """Run job dicts (see `job`) in one worker process; a result per job ({'error', 'traceback'} on
+    failure). `paths`: folders put on the worker's import path (where a runner's module lives)."""
+    from emotion_summary.core.subprocess_jobs import WorkerDied, run_in_worker
     from emotion_summary.gpusim import native
 
     native.ensure_built()
-    env = dict(os.environ)
-    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-m", "emotion_summary.gpusim.worker"], input=json.dumps(jobs),
-                          capture_output=True, text=True, env=env, timeout=timeout_s)
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    if len(results) != len(jobs):
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise SimulationError(f"the simulator worker stopped after {len(results)} of {len(jobs)} jobs:\n{tail}")
-    return results
+    try:
+        return run_in_worker("emotion_summary.gpusim.session:run_job", jobs, timeout_s, paths,
+                             prepare="emotion_summary.gpusim.native:prepare_worker")
+    except WorkerDied as e:
+        raise SimulationError(f"the simulator {e}") from None
 
 
 def _one(spec: dict) -> dict:

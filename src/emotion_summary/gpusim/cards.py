@@ -16,14 +16,6 @@ class Card:
     capability: tuple[int, int]
     sms: int
 
-    @property
-    def total_gb(self) -> float:  # 1e9 bytes, as presets.py and config.detect_vram_gb count
-        return self.total_bytes / 1e9
-
-    @property
-    def bf16_native(self) -> bool:
-        return self.capability >= (8, 0)
-
 
 CARDS: dict[str, Card] = {
     "rtx4060": Card("NVIDIA GeForce RTX 4060", 8 * GiB, (8, 9), 24),

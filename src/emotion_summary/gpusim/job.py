@@ -10,7 +10,7 @@ from emotion_summary.gpusim.cards import CONTEXT_BYTES
 @dataclass
 class Job:
     """What to simulate (JSON-able: the worker reads it from stdin)."""
-    kind: str = "train"  # train | generate | plain (calibration: the textbook HF + peft step)
+    kind: str = "train"  # train | generate | run (`runner` on the simulated card)
     preset: str = "12gb"
     seq_lens: list[int] = field(default_factory=lambda: [32768])  # one per sequence of the batch
     card: dict = field(default_factory=dict)  # Card fields
@@ -22,3 +22,5 @@ class Job:
     max_new_tokens: int = 200  # generate: tokens produced after the prompt
     yarn: bool = False
     context_bytes: int = CONTEXT_BYTES
+    runner: str | None = None  # kind "run": "module:function" called with the Simulation (gpusim.session)
+    params: dict = field(default_factory=dict)  # kind "run": the runner's own options

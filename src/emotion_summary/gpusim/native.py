@@ -90,3 +90,17 @@ def preload() -> None:
 
 def hooks_active() -> bool:
     return _loaded is not None and bool(_loaded.es_fake_cuda_hooks_built())
+
+
+def prepare_worker() -> None:
+    """Before anything imports torch: the fake-CUDA library; then the libraries the runs use, before
+    torch.cuda is patched (bitsandbytes would load its CUDA backend if it saw a GPU)."""
+    import os
+    import warnings
+
+    preload()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore")
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401

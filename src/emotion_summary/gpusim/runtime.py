@@ -100,6 +100,22 @@ def _tensor_via_cpu(real_tensor):
     return tensor
 
 
+def _tolist_as_zeros(real_tolist):
+    """A host read of a whole fake tensor (generated ids read back) answers zeros: ids that are
+    never a stop token, so every row runs to its length (the oracle ends generation)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    def tolist(self):
+        if not isinstance(self, FakeTensor):
+            return real_tolist(self)
+        zero = False if self.dtype == torch.bool else 0.0 if self.dtype.is_floating_point else 0
+        out = zero
+        for size in reversed(self.shape):
+            out = [out] * size if not isinstance(out, list) else [list(out) for _ in range(size)]
+        return out
+    return tolist
+
+
 def _swap_ignoring_weakrefs(real_swap):
     """Module.to() swaps fake parameters in place; torch refuses when a weakref points at one,
     and fake tensors always have one (the fake mode's own bookkeeping)."""
@@ -134,6 +150,7 @@ def simulated_gpu(card: Card, context_bytes: int, oracle: Oracle | None = None):
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     tracker.fake_mode = fake
     extra = [(torch, "tensor", _tensor_via_cpu(torch.tensor)),
-             (torch.utils, "swap_tensors", _swap_ignoring_weakrefs(torch.utils.swap_tensors))]
+             (torch.utils, "swap_tensors", _swap_ignoring_weakrefs(torch.utils.swap_tensors)),
+             (torch.Tensor, "tolist", _tolist_as_zeros(torch.Tensor.tolist))]
     with patch_all(cuda_patches + extra), fake, tracker:
         yield SimpleNamespace(tracker=tracker, fake_mode=fake, queries=queries)

@@ -1,12 +1,15 @@
-"""One simulated run inside a worker process: the project's own `for_training` -> `Trainer._optimizer_step`
-(answer-only loss, backward, clip, optimizer step) or its generate call, on the simulated card."""
+"""One simulated run inside a worker process. It drives the project through its public functions
+only: `Qwen2EmotionSummaryModel.for_training(cfg, loaded=<fake base>)` then a `TrainingStep`
+(answer-only loss, backward, clip, optimizer step), or `Qwen2EmotionSummaryModel.for_inference`
+then `generate_ids` (generation groups by free memory, chunked prefill, CPU embedding); or a
+benchmark's own runner ("module:function", given the `Simulation`) on the same fake base model."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import time
-from dataclasses import asdict
 from types import SimpleNamespace
 
 import torch
@@ -14,9 +17,9 @@ import torch
 from emotion_summary.gpusim.cards import Card
 from emotion_summary.gpusim.job import Job
 
-CATEGORIES = ("weights", "lora + optimizer", "saved activations", "logits", "recomputed layer",
-              "kernel scratch", "generation")
 _SESSION = None
+FAKE_TOKENIZER = dict(pad_token_id=151643, eos_token_id=151645, pad_token="<|endoftext|>",
+                      convert_tokens_to_ids=lambda t: 151643)
 
 
 def current_session():
@@ -27,41 +30,193 @@ def current_tracker():
     return _SESSION.tracker if _SESSION is not None else None
 
 
-def _card(job: Job) -> Card:
+def job_card(job: Job) -> Card:
     c = dict(job.card)
     c["capability"] = tuple(c["capability"])
     return Card(**c)
 
 
-@contextlib.contextmanager
-def _session(job: Job, tracker, real_tokens: int):
-    global _SESSION
-    _SESSION = SimpleNamespace(job=job, tracker=tracker, real_tokens=real_tokens)
-    try:
-        yield _SESSION
-    finally:
-        _SESSION = None
+def job_config(job: Job):
+    """The TrainConfig simulated: the preset's, at the job's length and batch, with its overrides."""
+    from emotion_summary.training.config import resolve_config
+
+    overrides = {"max_seq_len": max(job.seq_lens), "batch_size": len(job.seq_lens), **job.overrides}
+    return resolve_config(job.preset, None, **overrides)
 
 
-def _fake_loader(job: Job, tracker):
-    """Stands in for model.load_base_model: the same model and placement, fake weights."""
-    from emotion_summary.gpusim.archs import yarn_scaling
-    from emotion_summary.gpusim.build import build_base_model
-    from emotion_summary.modeling import device as project
-    from emotion_summary.modeling.loading import disable_cpu_weight_repacking
+class Simulation:
+    """One job on the simulated card, as a job's runner sees it: `job`, `config` (its TrainConfig),
+    `tracker` (every CUDA storage; `category(name)` files new ones under a name, `reset_peak()`
+    starts the measured phase) and `base_model()`, the base the project's loader would build."""
 
-    def load_base_model(name_or_path, quantization="nf4", dtype_name="auto", attn="auto", lm_head_4bit=False,
-                        **_ignored):
-        dtype = project.compute_dtype(dtype_name)
-        with tracker.category("weights"):
-            base = build_base_model(job.arch, job.layers, quantization, dtype, project.attn_implementation(attn),
-                                    lm_head_4bit, project.device(), yarn_scaling(job.arch) if job.yarn else None)
+    def __init__(self, job: Job, tracker):
+        self.job, self.tracker, self.config = job, tracker, job_config(job)
+        self.real_tokens = sum(job.seq_lens)  # tokens that are not padding (flash-attn's varlen path)
+        self.started = time.time()
+
+    def category(self, name: str):
+        return self.tracker.category(name)
+
+    def reset_peak(self) -> None:
+        self.tracker.reset_peak()
+
+    def base_model(self, quantization: str | None = None, attn: str | None = None, lm_head_4bit: bool | None = None):
+        """(model, tokenizer) as `load_base_model` places them on the GPU for this job's config
+        (quantisation, compute dtype, attention, 4-bit LM head), with fake weights."""
+        from emotion_summary.gpusim.archs import yarn_scaling
+        from emotion_summary.gpusim.build import build_base_model
+        from emotion_summary.modeling.device import attn_implementation, compute_dtype, device
+        from emotion_summary.modeling.loading import disable_cpu_weight_repacking
+
+        cfg, job = self.config, self.job
+        dtype = compute_dtype(cfg.compute_dtype)
+        with self.category("weights"):
+            base = build_base_model(job.arch, job.layers, quantization or cfg.quantization, dtype,
+                                    attn_implementation(attn or cfg.attn_implementation, dtype),
+                                    cfg.lm_head_4bit if lm_head_4bit is None else lm_head_4bit, device(),
+                                    yarn_scaling(job.arch) if job.yarn else None)
         disable_cpu_weight_repacking(base)
-        tok = SimpleNamespace(pad_token_id=151643, eos_token_id=151645, pad_token="<|endoftext|>",
-                              convert_tokens_to_ids=lambda t: 151643)
-        return base, tok
+        return base, SimpleNamespace(**FAKE_TOKENIZER)
 
-    return load_base_model
+    def file_as(self, params, name: str) -> None:
+        """File `params` (and, for trainable ones, their gradients as they appear) under `name`."""
+        for p in params:
+            self.tracker.recategorise(p, name)
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(lambda p: self.tracker.recategorise(p.grad, name))
+
+    def optimizer_as_lora(self, optimizer) -> None:
+        """What `optimizer.step()` allocates (its state) is filed under "lora + optimizer"."""
+        _categorise_optimizer_step(optimizer, self.tracker)
+
+    def result(self, cfg=None) -> dict:
+        return _result(self.job, cfg, job_card(self.job), self.tracker, self.started)
+
+
+@contextlib.contextmanager
+def simulation(job: Job):
+    """The simulated card of `job` with the patches every run needs (attention kernels, bitsandbytes'
+    CUDA helpers, gemm_4bit's scratch); yields the Simulation."""
+    global _SESSION
+    from emotion_summary.gpusim.attention import install
+    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
+
+    with simulated_gpu(job_card(job), job.context_bytes) as gpu:
+        sim = Simulation(job, gpu.tracker)
+        padded = len(set(job.seq_lens)) > 1
+        # "all(eq)": transformers' packed-sequence check on the position ids (`(... == 0).all()`):
+        # never packed. "all": the attention mask has no padding (a padded job's masks do).
+        gpu.tracker.oracle.answers.update({"all": not padded, "all(eq)": True, "eq(sum)": not padded,
+                                           "isfinite": True})
+        _SESSION = sim
+        try:
+            with patch_all(install(job.flash_attn) + _bnb_patches() + _dispatch_extras(gpu.tracker)):
+                yield sim
+        finally:
+            _SESSION = None
+
+
+def run_job(spec: dict) -> dict:
+    """A job dict (see gpusim.api.job) -> its result dict. The worker's target."""
+    job = Job(**spec)
+    runs = {"train": simulate_training_step, "generate": simulate_generation, "run": run_runner}
+    if job.kind not in runs:
+        raise ValueError(f"unknown job kind {job.kind!r}")
+    with simulation(job) as sim:
+        return runs[job.kind](sim)
+
+
+def _examples(job: Job) -> list[dict]:
+    out = []
+    for n in job.seq_lens:
+        ans = min(job.answer_tokens, n - 1)
+        out.append({"input_ids": [0] * n, "labels": [-100] * (n - ans) + [0] * ans})
+    return out
+
+
+def _file_loss_as_logits(decoder, tracker) -> None:
+    """What runs after the decoder's forward (final norm, LM head, cross-entropy: the loss) is filed
+    under "logits"; the decoder's forward itself under "saved activations"."""
+    decoder.register_forward_pre_hook(lambda *_: setattr(tracker, "category_name", "saved activations"))
+    decoder.register_forward_hook(lambda *_: setattr(tracker, "category_name", "logits"))
+
+
+def simulate_training_step(sim: Simulation) -> dict:
+    """The steady state of the project's trainer: the optimizer state exists (one optimizer step on
+    zero gradients creates it, as a first real step would), then one `TrainingStep` over two
+    micro-batches (the first one's gradients live through the second)."""
+    from emotion_summary.gpusim.runtime import patch_all
+    from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
+    from emotion_summary.training.step import TrainingStep
+
+    job, cfg, tracker = sim.job, sim.config, sim.tracker
+    tracker.oracle.nonzero_rows = sum(min(job.answer_tokens, n - 1) for n in job.seq_lens)
+    wrapper = Qwen2EmotionSummaryModel.for_training(cfg, loaded=sim.base_model())
+    params = TrainingStep.trainable(wrapper)
+    sim.file_as(params, "lora + optimizer")
+    built = tracker.live_by_category()
+    step = TrainingStep.build(cfg, wrapper, _examples(job))
+    sim.optimizer_as_lora(step.optimizer)
+    _file_loss_as_logits(wrapper.model.get_base_model().model, tracker)
+    wrapper.model.train()
+    sim.reset_peak()
+    _init_optimizer_state(step.optimizer, params)
+    backward = torch.Tensor.backward
+    batch = list(range(len(job.seq_lens)))
+    with patch_all([(torch.Tensor, "backward", _categorised(tracker, "recomputed layer", backward))]):
+        step([batch, batch], 2)
+    base = wrapper.model.get_base_model()
+    return {**sim.result(cfg), "weights_gb": built.get("weights", 0) / 1e9,
+            "lora_gb": built.get("lora + optimizer", 0) / 1e9, "lora_params": sum(p.numel() for p in params),
+            "adapter_dtype": str(params[0].dtype).replace("torch.", ""),
+            "compute_dtype": str(base.dtype).replace("torch.", ""),
+            "attn_implementation": base.config._attn_implementation}
+
+
+def simulate_generation(sim: Simulation) -> dict:
+    """The wrapper's `generate_ids` (prompts grouped by the free memory, left-padded, prefilled in
+    chunks, greedy with a KV cache) on the model `load` builds for an adapter directory of the
+    preset (embedding in CPU RAM where training kept it there); every row runs `max_new_tokens`."""
+    from emotion_summary.modeling.adapters import lora_config
+    from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
+    from emotion_summary.prompting.prompt import PromptSpec
+
+    job, cfg, tracker = sim.job, sim.config, sim.tracker
+    wrapper = Qwen2EmotionSummaryModel.for_inference(sim.base_model(), cfg, PromptSpec(), adapter=lora_config(cfg))
+    sim.file_as(wrapper.model.parameters(), "weights")
+    groups, last_batch = [], [0]
+    wrapper.model.get_base_model().register_forward_pre_hook(
+        lambda module, args, kwargs: last_batch.__setitem__(0, kwargs["input_ids"].shape[0]), with_kwargs=True)
+    tracker.oracle.answers.update({"max": 1, "eq(max)": _finished_after(job.max_new_tokens,
+                                                                       lambda: groups.append(last_batch[0]))})
+    sim.reset_peak()
+    with sim.category("generation"):
+        new_ids = wrapper.generate_ids([[0] * n for n in job.seq_lens], job.max_new_tokens)
+    return {**sim.result(cfg), "decode_steps": max(len(ids) for ids in new_ids), "generate_groups": groups}
+
+
+def run_runner(sim: Simulation) -> dict:
+    """Kind "run": the job's runner ("module:function", its module importable in the worker) gets
+    the Simulation and returns what it adds to the result."""
+    module, _, name = sim.job.runner.partition(":")
+    info = getattr(importlib.import_module(module), name)(sim) or {}
+    return {**sim.result(), **info}
+
+
+def _finished_after(steps: int, on_finish=lambda: None):
+    """generate() asks once per decoding step whether every sequence has finished
+    (`unfinished_sequences.max() == 0`): no sequence stops early, all stop after `steps` tokens,
+    in every generate call."""
+    asked = [0]
+
+    def finished() -> bool:
+        asked[0] += 1
+        if asked[0] < steps:
+            return False
+        asked[0] = 0
+        on_finish()
+        return True
+    return finished
 
 
 def _bnb_patches() -> list:
@@ -135,7 +290,7 @@ def _dispatch_extras(tracker):
             if rows > threshold:
                 with self.category("kernel scratch"):
                     scratch = torch.empty(tuple(shape_b), dtype=a.dtype, device=a.device)
-                    self.track(scratch)
+                    self.track(scratch, made_by="gemm_4bit (dequantised weight)")
                     out = original(self, func, types, args, kwargs)
                 del scratch
                 return out
@@ -147,199 +302,12 @@ def _dispatch_extras(tracker):
     return [(tracker.__class__, "__torch_dispatch__", dispatch)]
 
 
-def _examples(job: Job) -> list[dict]:
-    out = []
-    for n in job.seq_lens:
-        ans = min(job.answer_tokens, n - 1)
-        out.append({"input_ids": [0] * n, "labels": [-100] * (n - ans) + [0] * ans})
-    return out
-
-
-def run_job(job: Job) -> dict:
-    if job.kind == "train":
-        return simulate_training_step(job)
-    if job.kind == "generate":
-        return simulate_generation(job)
-    if job.kind == "plain":
-        return simulate_plain_training(job)
-    raise ValueError(f"unknown job kind {job.kind!r}")
-
-
-def _config(job: Job):
-    from emotion_summary.training.config import resolve_config
-
-    overrides = {"max_seq_len": max(job.seq_lens), "batch_size": len(job.seq_lens), **job.overrides}
-    return resolve_config(job.preset, None, **overrides)
-
-
-def _common_patches(job, tracker):
-    import peft
-
-    from emotion_summary.modeling import summary_model as project
-    from emotion_summary.gpusim.attention import install
-
-    return (install(job.flash_attn) + _bnb_patches() + _dispatch_extras(tracker)
-            + [(project, "load_base_model", _fake_loader(job, tracker)),
-               (peft, "get_peft_model", _categorised(tracker, "lora + optimizer", peft.get_peft_model)),
-               (project, "answer_only_loss", _categorised(tracker, "logits", project.answer_only_loss))])
-
-
-def simulate_training_step(job: Job) -> dict:
-    """The steady state of the project's Trainer: the optimizer state exists (one optimizer step on
-    zero gradients creates it, as a first real step would), then `Trainer._optimizer_step` over two
-    micro-batches (the first one's gradients live through the second)."""
-    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
-    from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
-    from emotion_summary.training.trainer import Trainer, make_optimizer
-
-    card, cfg = _card(job), _config(job)
-    padded = len(set(job.seq_lens)) > 1
-    started = time.time()
-    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, sum(job.seq_lens)):
-        tracker = gpu.tracker
-        tracker.oracle.answers.update({"all": not padded, "eq(sum)": not padded, "isfinite": True})
-        tracker.oracle.nonzero_rows = sum(min(job.answer_tokens, n - 1) for n in job.seq_lens)
-        with patch_all(_common_patches(job, tracker)):
-            wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
-            built = tracker._by_category()
-            trainer = Trainer.__new__(Trainer)
-            trainer.cfg, trainer.wrapper, trainer.train_examples = cfg, wrapper, _examples(job)
-            params = [p for p in wrapper.model.parameters() if p.requires_grad]
-            trainer.optimizer = make_optimizer(cfg, params)
-            _categorise_optimizer_step(trainer.optimizer, tracker)
-            trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda s: 1.0)
-            for p in params:
-                p.register_post_accumulate_grad_hook(lambda p: tracker.recategorise(p.grad, "lora + optimizer"))
-            backward = torch.Tensor.backward
-            wrapper.model.train()
-            tracker.reset_peak()
-            batch = list(range(len(job.seq_lens)))
-            _init_optimizer_state(trainer.optimizer, params)
-            with tracker.category("saved activations"), patch_all(
-                    [(torch.Tensor, "backward", _categorised(tracker, "recomputed layer", backward))]):
-                trainer._optimizer_step([batch, batch], 2)
-        result = _result(job, cfg, card, tracker, started)
-        result.update(weights_gb=built.get("weights", 0) / 1e9, lora_gb=built.get("lora + optimizer", 0) / 1e9,
-                      lora_params=sum(p.numel() for p in params),
-                      adapter_dtype=str(params[0].dtype).replace("torch.", ""),
-                      compute_dtype=str(wrapper.model.get_base_model().dtype).replace("torch.", ""),
-                      attn_implementation=wrapper.model.get_base_model().config._attn_implementation)
-        return result
-
-
-def simulate_generation(job: Job) -> dict:
-    """The generate call of Qwen2EmotionSummaryModel._generate_batch (left-padded prompts, greedy,
-    KV cache), on the model `load` builds for an adapter directory (base + LoRA)."""
-    from peft import get_peft_model
-
-    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
-    from emotion_summary.modeling import summary_model as project
-
-    card, cfg = _card(job), _config(job)
-    padded = len(set(job.seq_lens)) > 1
-    started = time.time()
-    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, sum(job.seq_lens)):
-        tracker = gpu.tracker
-        tracker.oracle.answers.update({"all": not padded, "eq(sum)": not padded, "isfinite": True,
-                                       "eq(max)": _finished_after(job.max_new_tokens), "max": 1})
-        with patch_all(_common_patches(job, tracker)), torch.no_grad():
-            base, tok = project.load_base_model(cfg.model_name_or_path, cfg.quantization, cfg.compute_dtype,
-                                                cfg.attn_implementation, cfg.lm_head_4bit)
-            with tracker.category("weights"):
-                model = get_peft_model(base, project.lora_config(cfg))
-            model.eval()
-            tracker.reset_peak()
-            width, dev = max(job.seq_lens), project.device()
-            ids = torch.zeros((len(job.seq_lens), width), dtype=torch.long, device=dev)
-            attn = torch.ones((len(job.seq_lens), width), dtype=torch.long, device=dev)
-            with tracker.category("generation"):
-                out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=job.max_new_tokens,
-                                     min_new_tokens=job.max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=[tok.eos_token_id, 151643],
-                                     use_cache=True)
-        result = _result(job, cfg, card, tracker, started)
-        result["decode_steps"] = out.shape[1] - width
-        return result
-
-
-def simulate_plain_training(job: Job) -> dict:
-    """The textbook transformers + peft QLoRA step the published tables measure (calibration only):
-    prepare_model_for_kbit_training (16-bit weights upcast to fp32; overrides upcast=False skips it,
-    as peft does for a GPTQ base), checkpointing, LoRA on all linear layers (lora_r, lora_alpha),
-    flash-attn, `model(ids, labels=ids).loss` over full fp32 logits (loss="qwen1": cross-entropy on
-    the 16-bit shifted logits, as Qwen(1)'s modelling code does), 8-bit AdamW (optimizer="adamw":
-    torch's fp32 AdamW, the transformers Trainer default). Not the project's code: the project's step is simulate_training_step."""
-    import bitsandbytes as bnb
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    from emotion_summary.gpusim.build import build_base_model
-    from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
-
-    card, started = _card(job), time.time()
-    o = job.overrides
-    with simulated_gpu(card, job.context_bytes) as gpu, _session(job, gpu.tracker, sum(job.seq_lens)):
-        tracker = gpu.tracker
-        tracker.oracle.answers.update({"all": True, "eq(sum)": True, "isfinite": True})
-        with patch_all(_common_patches(job, tracker)):
-            with tracker.category("weights"):
-                base = build_base_model(job.arch, job.layers, "nf4", torch.bfloat16, "flash_attention_2", False,
-                                        torch.device("cuda", 0))
-                if o.get("upcast", True):
-                    base = prepare_model_for_kbit_training(
-                        base, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
-                else:  # a GPTQ base (Qwen's Q-LoRA): peft leaves the 16-bit weights alone
-                    from emotion_summary.modeling.levers import enable_checkpointing
-
-                    base.requires_grad_(False)
-                    enable_checkpointing(base)
-                    base.enable_input_require_grads()
-            with tracker.category("lora + optimizer"):
-                model = get_peft_model(base, LoraConfig(r=o.get("lora_r", 32), lora_alpha=o.get("lora_alpha", 32),
-                                                        lora_dropout=0.0, target_modules="all-linear",
-                                                        task_type="CAUSAL_LM"))
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = (torch.optim.AdamW(params, lr=1e-4) if o.get("optimizer") == "adamw"
-                         else bnb.optim.AdamW8bit(params, lr=1e-4))
-            _categorise_optimizer_step(optimizer, tracker)
-            for p in params:
-                p.register_post_accumulate_grad_hook(lambda p: tracker.recategorise(p.grad, "lora + optimizer"))
-            _init_optimizer_state(optimizer, params)
-            model.train()
-            tracker.reset_peak()
-            ids = torch.zeros((len(job.seq_lens), max(job.seq_lens)), dtype=torch.long, device="cuda")
-            tracker.oracle.nonzero_rows = ids.numel()
-            with tracker.category("saved activations"):
-                if o.get("loss", "hf") == "hf":  # transformers' loss: fp32 logits
-                    loss = model(input_ids=ids, labels=ids).loss
-                else:  # Qwen(1)'s own modelling code: cross-entropy on the 16-bit shifted logits
-                    logits = model(input_ids=ids).logits
-                    shift = logits[..., :-1, :].contiguous()
-                    loss = torch.nn.functional.cross_entropy(shift.view(-1, shift.shape[-1]),
-                                                             ids[..., 1:].contiguous().view(-1))
-                    del logits, shift
-            with tracker.category("recomputed layer"):
-                loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return _result(job, None, card, tracker, started)
-
-
-def _finished_after(steps: int):
-    """generate() asks once per decoding step whether every sequence has finished
-    (`unfinished_sequences.max() == 0`): no sequence stops early, all stop after `steps` tokens."""
-    asked = [0]
-
-    def finished() -> bool:
-        asked[0] += 1
-        return asked[0] >= steps
-    return finished
-
-
 def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
-    from emotion_summary.gpusim.allocator import smallest_pool
+    from emotion_summary.gpusim.allocator import first_unserved_request, smallest_pool
 
     pool = smallest_pool(tracker.events)
     need = pool + job.context_bytes
+    setter = first_unserved_request(tracker.events)
     return {
         "kind": job.kind, "preset": job.preset, "arch": job.arch, "layers": job.layers,
         "seq_len": max(job.seq_lens), "seq_lens": list(job.seq_lens), "batch_size": len(job.seq_lens),
@@ -349,6 +317,10 @@ def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
         "context_gb": job.context_bytes / 1e9, "estimated_need_gb": need / 1e9,
         "fits": need <= card.total_bytes, "headroom_gb": (card.total_bytes - need) / 1e9,
         "breakdown_gb": {k: v / 1e9 for k, v in sorted(tracker.peak_by_category.items())},
+        "largest_at_peak": [{"gb": size / 1e9, "category": cat, "made_by": op}
+                            for size, cat, op in tracker.largest_at_peak()],
+        "largest_new": _largest_new(tracker),
+        "pool_set_by": _request(tracker, setter),
         "host_peak_gb": tracker.host_peak / 1e9, "events": len(tracker.events),
         "sim_seconds": round(time.time() - started, 1),
         "config": {k: getattr(cfg, k) for k in ("max_seq_len", "batch_size", "offload_activations",
@@ -357,9 +329,18 @@ def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
     }
 
 
-def job_from_dict(d: dict) -> Job:
-    return Job(**d)
+def _largest_new(tracker) -> dict:
+    """The largest storage of the measured phase (a dense L x L attention mask would show here)."""
+    size, category, made_by = tracker.largest_since_reset()
+    return {"gb": size / 1e9, "category": category, "made_by": made_by}
 
 
-def job_to_dict(job: Job) -> dict:
-    return asdict(job)
+def _request(tracker, setter) -> dict | None:
+    """The first request a pool of the peak's size cannot serve: its size, op, category, and what
+    was allocated then (why the smallest pool is larger than the peak)."""
+    if setter is None:
+        return None
+    index, allocated = setter
+    handle, nbytes = tracker.events[index]
+    return {"gb": nbytes / 1e9, "made_by": tracker.made_by.get(handle, "?"),
+            "category": tracker.category_of.get(handle, "?"), "allocated_gb": allocated / 1e9}

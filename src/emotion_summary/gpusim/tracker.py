@@ -20,7 +20,8 @@ from emotion_summary.gpusim.allocator import round_size
 
 class Oracle:
     """Host reads of fake values, answered as the simulated run would on a GPU: `.item()` or
-    `bool()` of a one-element tensor made by op `name` from a tensor made by op `inner` ->
+    `bool()` of a one-element tensor made by op `name` from a tensor made by op `inner` (every
+    op output is tagged with its op) ->
     `answers["name(inner)"]`, else `answers["name"]` (default: True / 1; a callable is called for
     each read); the True count of a
     boolean mask (nonzero, x[mask]) -> `nonzero_rows`."""
@@ -30,10 +31,10 @@ class Oracle:
         self.nonzero_rows: int | None = None
 
     def note(self, func, args, out) -> None:
-        if isinstance(out, torch.Tensor) and out.numel() == 1:
+        if isinstance(out, torch.Tensor):
             name = func.overloadpacket.__name__
             first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
-            inner = getattr(first, "_es_made_by", None)
+            inner = getattr(first, "_es_made_by", None) if out.numel() == 1 else None
             out._es_made_by = f"{name}({inner.split('(')[0]})" if inner else name
 
     def scalar(self, tensor: torch.Tensor):
@@ -60,11 +61,10 @@ class MemoryTracker(TorchDispatchMode):
         self.category_name = "other"
         self.fake_mode = None
         self.by_category: Counter = Counter()  # live bytes by category
-
-    def _fake(self, t: torch.Tensor) -> torch.Tensor:
-        from torch._subclasses.fake_tensor import FakeTensor
-
-        return self.fake_mode.from_tensor(t) if not isinstance(t, FakeTensor) and t.device.type == "cpu" else t
+        self.made_by: dict[int, str] = {}  # handle -> the op that created the storage
+        self.category_of: dict[int, str] = {}  # handle -> its category (kept after release)
+        self.peak_event = 0  # len(events) when the peak was reached
+        self.reset_event = 0  # len(events) at the last reset_peak
 
     # ---- categories -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -80,19 +80,42 @@ class MemoryTracker(TorchDispatchMode):
         if handle in self.live:
             nbytes, old = self.live[handle]
             self.live[handle] = (nbytes, name)
+            self.category_of[handle] = name
             self.by_category[old] -= nbytes
             self.by_category[name] += nbytes
 
     def reset_peak(self) -> None:
         self.peak = self.now
-        self.peak_by_category = self._by_category()
+        self.peak_by_category = self.live_by_category()
+        self.peak_event = self.reset_event = len(self.events)
         self.host_peak = self.host_now
 
-    def _by_category(self) -> dict[str, int]:
+    def live_by_category(self) -> dict[str, int]:
         return {k: v for k, v in self.by_category.items() if v}
 
+    def largest_since_reset(self) -> tuple[int, str, str]:
+        """The largest storage allocated since `reset_peak` (the measured phase): (rounded bytes,
+        category, op that made it); (0, "", "") when none was."""
+        sizes = [(round_size(nbytes), h) for h, nbytes in self.events[self.reset_event:] if nbytes >= 0]
+        if not sizes:
+            return 0, "", ""
+        size, handle = max(sizes)
+        return size, self.category_of.get(handle, "?"), self.made_by.get(handle, "?")
+
+    def largest_at_peak(self, n: int = 5) -> list[tuple[int, str, str]]:
+        """The `n` largest storages live at the peak: (rounded bytes, category, op that made it),
+        found by replaying the allocation log up to the peak."""
+        live: dict[int, int] = {}
+        for handle, nbytes in self.events[: self.peak_event]:
+            if nbytes >= 0:
+                live[handle] = round_size(nbytes)
+            else:
+                live.pop(handle, None)
+        biggest = sorted(live.items(), key=lambda kv: -kv[1])[:n]
+        return [(size, self.category_of.get(h, "?"), self.made_by.get(h, "?")) for h, size in biggest]
+
     # ---- tracking ---------------------------------------------------------------------------
-    def track(self, tensor: torch.Tensor, category: str | None = None) -> None:
+    def track(self, tensor: torch.Tensor, category: str | None = None, made_by: str = "?") -> None:
         st = tensor.untyped_storage()
         if getattr(st, "_es_handle", None) is not None:
             return
@@ -104,11 +127,13 @@ class MemoryTracker(TorchDispatchMode):
             self.events.append((handle, nbytes))
             cat = category or self.category_name
             self.live[handle] = (round_size(nbytes), cat)
+            self.category_of[handle], self.made_by[handle] = cat, made_by
             self.by_category[cat] += round_size(nbytes)
             self.now += round_size(nbytes)
             if self.now > self.peak:
                 self.peak = self.now
-                self.peak_by_category = self._by_category()
+                self.peak_by_category = self.live_by_category()
+                self.peak_event = len(self.events)
             self._refs[handle] = weakref.ref(st, lambda _, h=handle: self._release(h))
         elif tensor.device.type == "cpu" and nbytes:
             self.host_live[handle] = nbytes
@@ -171,6 +196,6 @@ class MemoryTracker(TorchDispatchMode):
         out = func(*args, **kwargs)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
-                self.track(t)
+                self.track(t, made_by=func.__name__)
         self.oracle.note(func, args, out)
         return out

@@ -37,7 +37,7 @@ from emotion_summary.modeling.loading import load_base_model
 from emotion_summary.modeling.loss import answer_only_loss
 from emotion_summary.modeling.merge import check_adapter_base
 from emotion_summary.prompting.encode import prompt_budget, prompt_token_ids
-from emotion_summary.prompting.prompt import PromptSpec, parse_answer
+from emotion_summary.prompting.prompt import PromptSpec
 from emotion_summary.training.config import TrainConfig
 
 
@@ -50,12 +50,15 @@ class Qwen2EmotionSummaryModel:
 
     # ---- building -----------------------------------------------------------------------------
     @classmethod
-    def for_training(cls, cfg: TrainConfig) -> "Qwen2EmotionSummaryModel":
+    def for_training(cls, cfg: TrainConfig, loaded: tuple | None = None) -> "Qwen2EmotionSummaryModel":
+        """The trainable model of `cfg`: its base model (`loaded`, a (model, tokenizer) pair already
+        built, e.g. by the GPU simulator; default: `load_base_model` of cfg's model), frozen, with
+        cfg's memory levers and a new LoRA adapter."""
         from peft import get_peft_model
 
         apply_liger_kernels(cfg.liger_kernels)
-        base, tokenizer = load_base_model(cfg.model_name_or_path, cfg.quantization, cfg.compute_dtype,
-                                          cfg.attn_implementation, cfg.lm_head_4bit)
+        base, tokenizer = loaded or load_base_model(cfg.model_name_or_path, cfg.quantization, cfg.compute_dtype,
+                                                    cfg.attn_implementation, cfg.lm_head_4bit)
         # Not peft's prepare_model_for_kbit_training: it upcasts every 16-bit weight to fp32, and the
         # embedding and LM head alone (2 x 152,064 x 3,584) would grow from 2.2 GB to 4.4 GB.
         base.requires_grad_(False)
@@ -85,31 +88,35 @@ class Qwen2EmotionSummaryModel:
         info = describe_model(model_path)
         cfg = info.config
         if info.kind == "adapter":
+            check_adapter_base(info.path, cfg.model_name_or_path)
+            loaded = load_base_model(cfg.model_name_or_path, info.quantization(quantization), cfg.compute_dtype,
+                                     cfg.attn_implementation, cfg.lm_head_4bit)
+            return cls.for_inference(loaded, cfg, info.spec, adapter=str(info.path))
+        loaded = load_base_model(str(info.path), info.quantization(quantization), cfg.compute_dtype,
+                                 cfg.attn_implementation)
+        return cls.for_inference(loaded, cfg, info.spec)
+
+    @classmethod
+    def for_inference(cls, loaded: tuple, cfg: TrainConfig, prompt: PromptSpec,
+                      adapter=None) -> "Qwen2EmotionSummaryModel":
+        """The generating model around `loaded`, a (base model, tokenizer) pair: the embedding in CPU
+        RAM where training kept it there, then `adapter` attached: a trained adapter's directory, a
+        peft LoraConfig (a new adapter of that shape, as the GPU simulator uses) or None (the base alone)."""
+        base, tokenizer = loaded
+        if cfg.embedding_on_cpu and torch.cuda.is_available():
+            keep_embedding_on_cpu(base)
+        model = base
+        autocast = not adapters_in_compute_dtype(base.dtype)
+        if isinstance(adapter, (str, Path)):
             from peft import PeftModel
 
-            check_adapter_base(info.path, cfg.model_name_or_path)
-            base, tokenizer = load_base_model(cfg.model_name_or_path, info.quantization(quantization),
-                                              cfg.compute_dtype, cfg.attn_implementation, cfg.lm_head_4bit)
-            if cfg.embedding_on_cpu and torch.cuda.is_available():
-                keep_embedding_on_cpu(base)
-            model = PeftModel.from_pretrained(base, str(info.path),
-                                              autocast_adapter_dtype=not adapters_in_compute_dtype(base.dtype))
-        else:
-            model, tokenizer = load_base_model(str(info.path), info.quantization(quantization), cfg.compute_dtype,
-                                               cfg.attn_implementation)
-            if cfg.embedding_on_cpu and torch.cuda.is_available():
-                keep_embedding_on_cpu(model)
+            model = PeftModel.from_pretrained(base, str(adapter), autocast_adapter_dtype=autocast)
+        elif adapter is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(base, adapter, autocast_adapter_dtype=autocast)
         model.eval()
-        return cls(model, tokenizer, info.spec, cfg)
-
-    def load_adapter(self, adapter_dir: str | Path) -> None:
-        """Load trained LoRA weights into this model (same base model required)."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        adapter_dir = Path(adapter_dir)
-        check_adapter_base(adapter_dir, self.config.model_name_or_path)
-        set_peft_model_state_dict(self.model, load_file(str(adapter_dir / "adapter_model.safetensors")))
+        return cls(model, tokenizer, prompt, cfg)
 
     # ---- training -----------------------------------------------------------------------------
     @property
@@ -178,29 +185,27 @@ class Qwen2EmotionSummaryModel:
         return ids
 
     @torch.no_grad()
-    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int = 0,
-                     batch_size: int | None = None, temperature: float = 0.0,
-                     top_p: float = 1.0) -> list[list[int]]:
-        """New token ids, greedy unless `temperature` > 0 (stop tokens included, padding not), for each prompt's token ids, in
-        order. Prompts go in groups of at most `batch_size` (default: as many as the free GPU memory
+    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int | None = None,
+                     temperature: float = 0.0, top_p: float = 1.0) -> list[list[int]]:
+        """New token ids, greedy unless `temperature` > 0 (stop tokens included, padding not), for each
+        prompt's token ids, in order. Prompts go in groups of at most `batch_size` (default: as many as the free GPU memory
         holds, `DEFAULT_CPU_BATCH` on the CPU), left-padded; long prompts are prefilled in chunks."""
         self.model.eval()
         out: list[list[int]] = []
         for group in generation_groups([len(p) for p in prompts], max_new_tokens, self._kv_bytes_per_token(),
                                        self._prefill_bytes_per_token(), free_gpu_bytes(), batch_size):
-            out += self._generate_group([prompts[i] for i in group], max_new_tokens, min_new_tokens,
-                                        sampling(temperature, top_p))
+            out += self._generate_group([prompts[i] for i in group], max_new_tokens, sampling(temperature, top_p))
         return out
 
-    def _generate_group(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int,
+    def _generate_group(self, prompts: list[list[int]], max_new_tokens: int,
                         decoding: dict | None = None) -> list[list[int]]:
-        gen = self._generate_tensor(prompts, max_new_tokens, min_new_tokens, decoding)
+        gen = self._generate_tensor(prompts, max_new_tokens, decoding)
         return [strip_padding(row, self._stop_ids()) for row in gen.tolist()]
 
     def _stop_ids(self) -> list[int]:
         return [self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
 
-    def _generate_tensor(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int,
+    def _generate_tensor(self, prompts: list[list[int]], max_new_tokens: int,
                          decoding: dict | None = None) -> torch.Tensor:
         """The new ids of one left-padded group, [group, new tokens] (finished rows padded)."""
         width = max(len(p) for p in prompts)
@@ -210,7 +215,7 @@ class Qwen2EmotionSummaryModel:
         stop = self._stop_ids()
         chunk = prefill_chunk_tokens(len(prompts))
         gen = self.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                  min_new_tokens=min_new_tokens, pad_token_id=pad,
+                                  pad_token_id=pad,
                                   eos_token_id=stop, use_cache=True, **(decoding or sampling()),
                                   prefill_chunk_size=chunk if width > chunk else None)
         return gen[:, width:]
@@ -225,6 +230,3 @@ class Qwen2EmotionSummaryModel:
         residual, normed input, q/k/v/attention output, the MLP's gate, up and product."""
         c = self.model.config
         return (6 * c.hidden_size + 3 * c.intermediate_size) * dtype_bytes(self.model)
-
-    def summarise(self, record: Record, max_new_tokens: int = 512) -> dict[str, str]:
-        return parse_answer(self.generate([record], max_new_tokens, 1)[0]).fields

@@ -27,6 +27,7 @@ from emotion_summary.training.checkpoints import Checkpoints
 from emotion_summary.training.config import TrainConfig
 from emotion_summary.training.oom import is_out_of_memory, memory_lever
 from emotion_summary.training.run_dir import RunDir, resume_command
+from emotion_summary.training.step import TrainingStep
 from emotion_summary.training.train_data import describe_sources
 
 
@@ -46,16 +47,6 @@ def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> li
 
     order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
     return [order[i: i + batch_size] for i in range(0, n_examples, batch_size)]
-
-
-def make_optimizer(cfg: TrainConfig, params):
-    import torch
-
-    if cfg.optimizer == "paged_adamw_8bit" and torch.cuda.is_available():
-        import bitsandbytes as bnb
-
-        return bnb.optim.PagedAdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
 def plot_losses(log_path: Path, out_png: Path) -> None:
@@ -110,10 +101,12 @@ class Trainer:
         # At least one checkpoint per epoch: with little data, save_every=50 would otherwise mean none
         # before the end of the run.
         self.save_interval = max(1, min(self.cfg.save_every, per_epoch))
-        params = [p for p in self.wrapper.model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.cfg, params)
-        self.scheduler = get_cosine_schedule_with_warmup(
-            self.optimizer, int(self.cfg.warmup_ratio * self.total_steps), self.total_steps)
+        def cosine(optimizer):
+            return get_cosine_schedule_with_warmup(optimizer, int(self.cfg.warmup_ratio * self.total_steps),
+                                                   self.total_steps)
+
+        self.step = TrainingStep.build(self.cfg, self.wrapper, self.train_examples, cosine)
+        self.optimizer, self.scheduler = self.step.optimizer, self.step.scheduler
 
     def _encode(self, records: list[Record], what: str) -> list[dict]:
         from emotion_summary.prompting.encode import encode_records
@@ -128,29 +121,6 @@ class Trainer:
                   f"max_seq_len={self.cfg.max_seq_len}{f' (ids {trimmed[:10]})' if trimmed else ''}")
         return out
 
-    def _batch(self, indices: list[int], examples: list[dict]):
-        from emotion_summary.modeling.loss import collate
-
-        return collate([examples[i] for i in indices], self.wrapper.tokenizer.pad_token_id)
-
-    def _loss_parts(self, indices: list[int], examples: list[dict]):
-        """(batch, weight) pairs whose weighted losses add up to the loss of the micro-batch `indices`.
-        Rows of unequal length go one at a time unless the attention kernel pads cheaply (FlashAttention-2):
-        SDPA and eager would need a dense [batch, 1, L, L] mask. Each row is weighted by its share
-        of the supervised tokens, so the sum is the micro-batch's token mean."""
-        from emotion_summary.prompting.encode import IGNORE_INDEX
-
-        if len({len(examples[i]["input_ids"]) for i in indices}) == 1:
-            return [(self._unpadded_batch(indices, examples), 1.0)]
-        if self.wrapper.pads_cheaply:
-            return [(self._batch(indices, examples), 1.0)]
-        counts = [sum(t != IGNORE_INDEX for t in examples[i]["labels"][1:]) for i in indices]
-        return [(self._unpadded_batch([i], examples), n / sum(counts)) for i, n in zip(indices, counts)]
-
-    def _unpadded_batch(self, indices: list[int], examples: list[dict]):
-        """Rows of one length: no attention mask at all (known here without reading the tensor)."""
-        return {**self._batch(indices, examples), "attention_mask": None}
-
     def validation_loss(self) -> float | None:
         import torch
 
@@ -161,7 +131,7 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, len(self.eval_examples), self.cfg.batch_size):
                 idx = list(range(start, min(start + self.cfg.batch_size, len(self.eval_examples))))
-                losses.append(sum(self.wrapper.loss(batch) * w for batch, w in self._loss_parts(idx, self.eval_examples)))
+                losses.append(sum(self.wrapper.loss(batch) * w for batch, w in self.step.loss_parts(idx, self.eval_examples)))
         self.wrapper.model.train()
         return torch.stack(losses).mean().item()
 
@@ -190,8 +160,8 @@ class Trainer:
             for i in range(0, len(batches), self.micro_per_step):
                 yield batches[i: i + self.micro_per_step]
 
-    def run(self, stop_after_step: int | None = None) -> Path:
-        """Train to the end (or, for tests, stop after `stop_after_step` as if interrupted)."""
+    def run(self) -> Path:
+        """Train to the end (from the last checkpoint when resuming); Ctrl-C saves and exits 130."""
         from tqdm import tqdm
 
         start = 0
@@ -213,7 +183,7 @@ class Trainer:
         out_of_memory = None
         try:
             for step, micro, n_micro in self.micro_batches(start):
-                loss = self._optimizer_step(micro, n_micro)
+                loss = self.step(micro, n_micro)
                 done = step + 1
                 row = {"step": done, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "time": time.time()}
                 if done % self.cfg.eval_every == 0 or done == self.total_steps:
@@ -226,8 +196,6 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if done % self.save_interval == 0 or done == self.total_steps:
                     self.checkpoints.save(self.wrapper, self.optimizer, self.scheduler, self._state(done))
-                if stop_after_step is not None and done >= stop_after_step:
-                    return self.run_dir
         except KeyboardInterrupt:
             saved = "nothing new to save"
             if done > start:
@@ -265,31 +233,6 @@ class Trainer:
         if dist.is_main() and self.log_path.exists():
             rows = [r for r in read_jsonl_tolerant(self.log_path) if r.get("step", 0) <= step]
             atomic_write_jsonl(self.log_path, rows)
-
-    def _optimizer_step(self, micro: list[list[int]], n_micro: int) -> float:
-        """One optimizer step over this process's micro-batches, with one host sync (the loss value,
-        read once before the weights change)."""
-        import torch
-
-        total = torch.zeros(())
-        for indices in micro:
-            for batch, weight in self._loss_parts(indices, self.train_examples):
-                loss = self.wrapper.loss(batch) * (weight / n_micro)
-                loss.backward()
-                total = total.to(loss.device) + loss.detach()
-        value = dist.total(total.item())
-        if not math.isfinite(value):
-            raise UserError(
-                f"the loss became {value} (NaN/inf) at step {self.scheduler.last_epoch + 1}. Qwen2 "
-                "overflows in fp16, the compute dtype on GPUs without bf16 (T4, V100, RTX 20xx): rerun "
-                "with --compute_dtype fp32, or lower --learning_rate.")
-        params = [p for p in self.wrapper.model.parameters() if p.requires_grad]
-        dist.sum_gradients(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return value
 
     def finish(self) -> Path:
         dist.barrier()
