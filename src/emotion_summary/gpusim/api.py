@@ -65,7 +65,7 @@ def _one(spec: dict) -> dict:
 def simulate_training(preset: str = "12gb", seq_lens: list[int] | int = 32768, card: Card | None = None,
                       arch: str = "qwen2-7b", layers: int | None = None, overrides: dict | None = None,
                       flash_attn: bool = False, answer_tokens: int = 200) -> dict:
-    """Peak memory of the project's training step (for_training -> Trainer._optimizer_step) for a
+    """Peak memory of the project's training step (for_training -> TrainingStep) for a
     batch of sequences of `seq_lens` tokens (several lengths: a right-padded batch)."""
     lens = [seq_lens] if isinstance(seq_lens, int) else list(seq_lens)
     return _one(job("train", preset, lens, card, arch, layers, overrides, flash_attn, answer_tokens))
