@@ -182,6 +182,20 @@ def test_resume_needs_an_existing_unfinished_run(tmp_path):
         RunDir(tmp_path / "r").resume_config({"lora_r": 4})
 
 
+def test_a_new_run_reports_the_run_directory_with_every_other_problem_at_once(tmp_path, capsys):
+    """A finished run in --output_dir used to hide a missing --train_data: both come in one go."""
+    run = tmp_path / "run"
+    resolve_config("cpu-smoke", output_dir=str(run)).save(run)
+    (run / "COMPLETE").write_text("done\n")
+    missing = tmp_path / "train.jsonl"
+    lines = refused(commands.train, ["--preset", "auto", "--train_data", str(missing), "--output_dir", str(run),
+                                     "--lora_r", "0"], capsys)
+    assert lines[0] == "error: the config has problems:"
+    assert f"  - data file {missing}: no such file" in lines
+    assert f"  - {run} holds a finished run; choose another --output_dir" in lines
+    assert "  - lora_r: expected an integer >= 1, got 0" in lines and len(lines) == 4
+
+
 def _labelled(rid, report, gold, language=None):
     from emotion_summary.data.records import GOLD_FIELDS, record_from_dict
 
