@@ -10,7 +10,6 @@ from types import SimpleNamespace
 from emotion_summary.core.errors import ConfigError
 from emotion_summary.gpusim.archs import PLANNER_ARCHS, position_limit
 
-TRAIN_PRESETS = ("8gb", "12gb", "24gb", "cpu-smoke")
 BREAKDOWN_ORDER = ("weights", "lora + optimizer", "saved activations", "recomputed layer", "logits",
                    "kernel scratch", "generation")
 
@@ -41,11 +40,11 @@ def _preset_max_seq_len(preset: str) -> int:
 
 
 def check_request(preset: str, arch: str, lengths: list[int], yarn: bool) -> None:
-    from emotion_summary.training.presets import PRESETS
+    from emotion_summary.training.presets import PRESETS, unknown_preset
 
     problems = []
     if preset not in PRESETS:
-        problems.append(f"--preset: unknown preset {preset!r}; choose one of {', '.join(p for p in PRESETS)}")
+        problems.append(unknown_preset(preset, tuple(PRESETS)))
     if arch not in PLANNER_ARCHS:
         problems.append(f"--arch: unknown arch {arch!r}; choose one of {', '.join(PLANNER_ARCHS)}")
     elif lengths:
