@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from emotion_summary.core.errors import ModelError
 from emotion_summary.data.records import Record
 from emotion_summary.modeling.adapters import adapters_in_compute_dtype, lora_config
 from emotion_summary.modeling.device import device, uses_flash_attention
@@ -33,7 +32,7 @@ from emotion_summary.modeling.levers import (
 from emotion_summary.modeling.loading import load_base_model
 from emotion_summary.modeling.loss import answer_only_loss
 from emotion_summary.modeling.merge import check_adapter_base
-from emotion_summary.prompting.encode import prompt_budget, prompt_token_ids
+from emotion_summary.prompting.encode import FittedPrompt, fit_report
 from emotion_summary.prompting.prompt import PromptSpec, parse_answer
 from emotion_summary.training.config import TrainConfig
 
@@ -43,7 +42,6 @@ class Qwen2EmotionSummaryModel:
 
     def __init__(self, model, tokenizer, prompt: PromptSpec, config: TrainConfig):
         self.model, self.tokenizer, self.prompt, self.config = model, tokenizer, prompt, config
-        self.trimmed: dict[int, int] = {}  # report id -> prompt tokens trimmed at generation
 
     # ---- building -----------------------------------------------------------------------------
     @classmethod
@@ -147,27 +145,13 @@ class Qwen2EmotionSummaryModel:
         return out
 
     # ---- inference ----------------------------------------------------------------------------
-    def max_prompt_tokens(self, max_new_tokens: int) -> int:
-        return prompt_budget(self.config.max_seq_len, max_new_tokens)
-
     @torch.no_grad()
-    def generate(self, records: list[Record], max_new_tokens: int = 512, batch_size: int | None = None) -> list[str]:
-        """Greedy replies, in the order given (callers sort by length so batches pad little).
-        `batch_size` caps the records per `generate` call; on a GPU the free memory may cap it lower."""
-        if self.max_prompt_tokens(max_new_tokens) < 256:
-            raise ModelError(f"max_new_tokens={max_new_tokens} leaves under 256 prompt tokens in this "
-                             f"model's max_seq_len={self.config.max_seq_len}; lower --max_new_tokens")
-        prompts = [self._prompt_ids(r, max_new_tokens) for r in records]
-        new_ids = self.generate_ids(prompts, max_new_tokens, batch_size=batch_size)
+    def generate(self, prompts: list[FittedPrompt], max_new_tokens: int = 512, batch_size: int | None = None) -> list[str]:
+        """Greedy replies to prompts fitted into this model's window by `encode.fit_report`, in the order
+        given (callers sort by length so batches pad little). `batch_size` caps the prompts per
+        `generate` call; on a GPU the free memory may cap it lower."""
+        new_ids = self.generate_ids([p.ids for p in prompts], max_new_tokens, batch_size=batch_size)
         return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-
-    def _prompt_ids(self, record: Record, max_new_tokens: int) -> list[int]:
-        ids, trimmed = prompt_token_ids(self.tokenizer, self.prompt, record, self.max_prompt_tokens(max_new_tokens))
-        if trimmed:
-            self.trimmed[record.id] = trimmed
-            print(f"report {record.id}: {trimmed} tokens trimmed from the middle to fit max_seq_len="
-                  f"{self.config.max_seq_len} with max_new_tokens={max_new_tokens}", file=sys.stderr)
-        return ids
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, min_new_tokens: int = 0,
@@ -215,4 +199,5 @@ class Qwen2EmotionSummaryModel:
         return (6 * c.hidden_size + 3 * c.intermediate_size) * dtype_bytes(self.model)
 
     def summarise(self, record: Record, max_new_tokens: int = 512) -> dict[str, str]:
-        return parse_answer(self.generate([record], max_new_tokens, 1)[0]).fields
+        prompt = fit_report(self.tokenizer, self.prompt, record, self.config.max_seq_len, max_new_tokens)
+        return parse_answer(self.generate([prompt], max_new_tokens, 1)[0]).fields

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-from emotion_summary.predicting.backends import BACKENDS, Backend, extractive_backend, hf_backend, openai_backend
+from emotion_summary.predicting.backends import (
+    BACKENDS,
+    Backend,
+    FittedPrompts,
+    extractive_backend,
+    hf_backend,
+    openai_backend,
+)
 from emotion_summary.core.cli import EndpointOptions, number_problem, option_group
 from emotion_summary.teacher.client import ChatClient, EndpointError, is_refusal, run_pool
 from emotion_summary.core.errors import NotReady, UserError
@@ -65,6 +72,7 @@ def predict(records: Sequence[Record], backend: Backend, side_file: str | Path) 
               + (f"; {stale} saved for another request (model, prompt, max_new_tokens or report) are not"
                  " reused" if stale else ""))
     todo = sorted((r for r in records if r.id not in done), key=report_chars)
+    trimmed = backend.prompts.trimmed() if backend.prompts else {}
     sent, refusals = 0, []
 
     def finish(batch: list[Record], raws: list[str], error: str | None) -> None:
@@ -76,7 +84,7 @@ def predict(records: Sequence[Record], backend: Backend, side_file: str | Path) 
             if error:
                 refusals.append((record.id, error))
             else:
-                store.append(record.id, keys[record.id], backend.name, raw)
+                store.append(record.id, keys[record.id], backend.name, raw, trimmed_tokens=trimmed.get(record.id, 0))
                 done.add(record.id, raw)
         bar.update(len(batch))
         if sent >= min(REFUSALS_JUDGED_AFTER, len(todo)) and 2 * len(refusals) > sent:
@@ -95,7 +103,7 @@ def predict(records: Sequence[Record], backend: Backend, side_file: str | Path) 
             raise EndpointError(f"{e}. {len(done)}/{len(records)} reports are saved in {store.path}; "
                                 "run the same command again to resume", e.status) from None
     for rid, error in refusals:  # final: asking again would get the same 4xx
-        store.append(rid, keys[rid], backend.name, "", error)
+        store.append(rid, keys[rid], backend.name, "", error, trimmed.get(rid, 0))
         done.add(rid, "", error)
     return done
 
@@ -214,6 +222,8 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
     print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
           f"(backend {backend}; raw replies in {side})")
     _print_warnings(result, side)
+    if chosen.prompts and (trimmed := chosen.prompts.trimmed()):
+        print(trimmed_summary(trimmed, len(records), chosen.prompts, side))
     # an endpoint that answers everything with garbage is broken; a random cpu-smoke model is expected to
     if backend == "openai" and records and not result.usable():
         raise NotReady(f"no usable reply: every one of the {len(records)} replies was refused or held none of "
@@ -223,6 +233,14 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
     print(report.render())
     if not report.ok:
         raise NotReady(f"{output} failed the submission check ({len(report.errors)} errors above)")
+
+
+def trimmed_summary(trimmed: dict[int, int], n_reports: int, prompts: FittedPrompts, side: Path) -> str:
+    """One line for every report trimmed to fit the model's window; the per-report counts are in the
+    raw-reply file."""
+    return (f"trimmed {len(trimmed)} of {n_reports} reports in the middle to fit max_seq_len={prompts.max_seq_len} "
+            f"beside max_new_tokens={prompts.max_new_tokens} (up to {max(trimmed.values()):,} tokens from one "
+            f"report); tokens trimmed per report: \"trimmed_tokens\" in {side}")
 
 
 def _print_warnings(result: Assembled, side: Path) -> None:
