@@ -94,13 +94,13 @@ def train_step(
     import torch  # no CUDA context here: torch.cuda.is_available() creates none
 
     from emotion_summary.training.config import resolve_config
-    from emotion_summary.training.presets import PRESETS
+    from emotion_summary.training.presets import PRESETS, unknown_preset
 
     if arch not in ("qwen2-7b", "tiny"):
         raise UserError(f"--arch: qwen2-7b or tiny, got {arch!r}")
     preset = preset or ("cpu-smoke" if arch == "tiny" else "24gb")
     if preset not in PRESETS:
-        raise UserError(f"--preset: one of {', '.join(PRESETS)}, got {preset!r}")
+        raise UserError(unknown_preset(preset, tuple(PRESETS)))
     chosen = comma_list(variants, "variants")
     if not chosen or any(v not in VARIANTS for v in chosen):
         raise UserError(f"--variants: comma-separated from {', '.join(VARIANTS)}, got {variants!r}")

@@ -134,7 +134,7 @@ def test_config_file_problems_name_the_option(tmp_path):
 # defaults: the restructuring changed no value.
 GPU_CARDS = dict(model_name_or_path="Qwen/Qwen2-7B-Instruct", learning_rate=2e-4, epochs=3, max_new_tokens=512,
                  optimizer="paged_adamw_8bit", max_steps=0, folds=0, eval_every=50, save_every=50,
-                 offload_activations=True)
+                 offload_activations=True, max_records=0)
 PINNED = {
     "8gb": dict(GPU_CARDS, max_seq_len=8192, batch_size=1, grad_accum=16, mlp_tile_tokens=2048,
                 embedding_on_cpu=True, lm_head_4bit=True),
@@ -145,7 +145,7 @@ PINNED = {
     "cpu-smoke": dict(max_seq_len=1024, batch_size=2, grad_accum=1, offload_activations=False, mlp_tile_tokens=0,
                       embedding_on_cpu=False, lm_head_4bit=False, model_name_or_path="tiny", learning_rate=5e-3,
                       epochs=1, max_new_tokens=96, optimizer="adamw", max_steps=6, folds=3, eval_every=3,
-                      save_every=3),
+                      save_every=3, max_records=24),
 }
 COMMON = dict(quantization="nf4", lora_r=16, lora_alpha=32, lora_target="all-linear", gradient_checkpointing=True,
               warmup_ratio=0.05, weight_decay=0.0, attn_implementation="auto", liger_kernels="auto", seed=42,
@@ -180,6 +180,20 @@ def test_resume_needs_an_existing_unfinished_run(tmp_path):
     assert cfg.lora_r == 8 and cfg.max_steps == 9 and cfg.preset == "cpu-smoke"
     with pytest.raises(RunDirError, match="another config: lora_r: 8 != 4"):
         RunDir(tmp_path / "r").resume_config({"lora_r": 4})
+
+
+def test_a_new_run_reports_the_run_directory_with_every_other_problem_at_once(tmp_path, capsys):
+    """A finished run in --output_dir used to hide a missing --train_data: both come in one go."""
+    run = tmp_path / "run"
+    resolve_config("cpu-smoke", output_dir=str(run)).save(run)
+    (run / "COMPLETE").write_text("done\n")
+    missing = tmp_path / "train.jsonl"
+    lines = refused(commands.train, ["--preset", "auto", "--train_data", str(missing), "--output_dir", str(run),
+                                     "--lora_r", "0"], capsys)
+    assert lines[0] == "error: the config has problems:"
+    assert f"  - data file {missing}: no such file" in lines
+    assert f"  - {run} holds a finished run; choose another --output_dir" in lines
+    assert "  - lora_r: expected an integer >= 1, got 0" in lines and len(lines) == 4
 
 
 def _labelled(rid, report, gold, language=None):

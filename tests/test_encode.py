@@ -2,7 +2,7 @@
 
 import pytest
 
-from emotion_summary.prompting.encode import IGNORE_INDEX, encode_example, prompt_token_ids
+from emotion_summary.prompting.encode import IGNORE_INDEX, encode_example, fit_report
 from emotion_summary.prompting.prompt import PromptSpec
 from emotion_summary.data.records import GOLD_FIELDS, record_from_dict
 
@@ -29,7 +29,7 @@ def record(n_words: int):
 def test_example_masks_the_whole_prompt_and_ends_the_answer_with_im_end(tokenizer):
     ex = encode_example(tokenizer, PromptSpec(), record(50), max_seq_len=2048)
     n_prompt = sum(1 for x in ex["labels"] if x == IGNORE_INDEX)
-    prompt, _ = prompt_token_ids(tokenizer, PromptSpec(), record(50))
+    prompt = fit_report(tokenizer, PromptSpec(), record(50)).ids
     assert ex["input_ids"][:n_prompt] == prompt  # every prompt token masked, nothing else
     assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
     assert ex["input_ids"][-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -60,3 +60,18 @@ def test_encoding_is_cached_with_datasets_and_equal_to_direct_encoding(tokenizer
     assert again == direct and list(tmp_path.glob("encoded-*.arrow")) == files
     encode_records(tokenizer, PromptSpec(language="zh"), recs, 1024, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("encoded-*.arrow"))) == 2  # another prompt, another cache
+
+
+def test_fit_report_is_the_one_window_fit_for_training_and_inference(tokenizer):
+    from emotion_summary.core.errors import UserError
+
+    long = record(3000)
+    fitted = fit_report(tokenizer, PromptSpec(), long, max_seq_len=1024, reserved=96)
+    assert fitted.trimmed_tokens > 0 and 1024 - 96 - 40 < len(fitted.ids) <= 1024 - 96
+    ex = encode_example(tokenizer, PromptSpec(), long, max_seq_len=1024)
+    n_answer = sum(1 for x in ex["labels"] if x != IGNORE_INDEX)
+    assert ex["input_ids"][:-n_answer] == fit_report(tokenizer, PromptSpec(), long, 1024, reserved=n_answer).ids
+    untrimmed = fit_report(None, PromptSpec(), long, 1024, 96)  # a hosted model without its tokenizer
+    assert untrimmed.ids is None and untrimmed.trimmed_tokens == 0
+    with pytest.raises(UserError, match="lower max_new_tokens"):
+        fit_report(tokenizer, PromptSpec(), long, 1024, reserved=900)

@@ -163,19 +163,30 @@ def test_infer_writes_a_valid_submission_in_input_order_and_reports_fills(tmp_pa
 
 
 def fake_model_module(generate_log: list):
-    """A stand-in for emotion_summary.modeling.summary_model with the wrapper's contract (load, prompt, generate)."""
+    """A stand-in for emotion_summary.modeling.summary_model with the wrapper's contract (load, and generate
+    of prompts fitted by encode.fit_report); it reads the report and answer language off each prompt."""
+    from pathlib import Path
+
+    from emotion_summary.data.records import read_records
+    from emotion_summary.prompting.prompt import LANGUAGE_RULES
+
+    reports = read_records(Path(__file__).parent / "fixtures" / "es_eval_gold.jsonl")
+
+    def report_id(prompt) -> int:
+        return next(r.id for r in reports if r.case_description[0] in prompt.messages[-1]["content"])
+
+    def language(prompt) -> str:
+        return "zh" if any(LANGUAGE_RULES["zh"] in m["content"] for m in prompt.messages) else "en"
 
     class FakeWrapper:
-        def __init__(self):
-            self.prompt = PromptSpec()
-
         @classmethod
         def load(cls, model_path, quantization=None):
             return cls()
 
-        def generate(self, records, max_new_tokens, batch_size):
-            generate_log.append((self.prompt.language, max_new_tokens, [r.id for r in records]))
-            return [answer_text(fields_for(r.id)) if r.id != 12 else '{"causes": "x"' for r in records]
+        def generate(self, prompts, max_new_tokens, batch_size):
+            ids = [report_id(p) for p in prompts]
+            generate_log.append((language(prompts[0]), max_new_tokens, ids))
+            return [answer_text(fields_for(rid)) if rid != 12 else '{"causes": "x"' for rid in ids]
 
     return types.SimpleNamespace(Qwen2EmotionSummaryModel=FakeWrapper)
 

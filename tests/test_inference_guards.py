@@ -211,7 +211,7 @@ def test_ctrl_c_in_openai_inference_keeps_finished_work_one_line_exit_130(tmp_pa
 
 def test_openai_prompts_fit_the_checkpoint_budget_even_when_the_template_costs_more(tmp_path, monkeypatch):
     """The openai backend used to subtract a fixed template margin and never check the result; with
-    the margin too small, its prompts ran over max_seq_len - max_new_tokens. fit_prompt retries."""
+    the margin too small, its prompts ran over max_seq_len - max_new_tokens. fit_report retries."""
     from tests.test_inference import make_checkpoint
     from emotion_summary.modeling.tokenizer import qwen2_tokenizer
 

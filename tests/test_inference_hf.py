@@ -79,6 +79,27 @@ def test_openai_backend_trims_prompts_as_the_checkpoint_was_trained(tmp_path, ti
     assert "tokens trimmed" in user and len(user) < 6000
 
 
+def test_trimmed_reports_are_one_line_with_the_count_and_the_detail_in_the_raw_replies(tmp_path, tiny_adapter,
+                                                                                        capsys):
+    from emotion_summary.data.records import record_from_dict, write_records
+
+    long = [record_from_dict({"id": i, "case_description": [f"Client {i}."],
+                              "consultation_process": [f"The client talked about work, week {i}. " * (150 + 50 * i)],
+                              "experience_and_reflection": "Reflection."}) for i in range(1, 6)]
+    inputs = write_records(tmp_path / "in.jsonl", [*long, record_from_dict(
+        {"id": 9, "case_description": ["Short."], "consultation_process": ["Short."], "experience_and_reflection": "."})])
+    out = tmp_path / "out.jsonl"
+    infer(input=str(inputs), output=str(out), model_path=str(tiny_adapter), backend="hf", batch_size=6,
+          max_new_tokens=4)
+    printed = capsys.readouterr()
+    trimmed = {r["id"]: r.get("trimmed_tokens", 0) for r in read_jsonl_tolerant(side_file_for(out))}
+    assert sorted(rid for rid, n in trimmed.items() if n) == [1, 2, 3, 4, 5] and trimmed[9] == 0
+    said = [line for line in (printed.out + printed.err).splitlines() if "trimmed" in line.replace(str(tmp_path), "")]
+    assert said == [f"trimmed 5 of 6 reports in the middle to fit max_seq_len=1024 beside max_new_tokens=4 (up to "
+                    f"{max(trimmed.values()):,} tokens from one report); tokens trimmed per report: "
+                    f"\"trimmed_tokens\" in {side_file_for(out)}"]
+
+
 def test_hf_backend_runs_a_plain_base_model_with_the_default_prompt(tmp_path, fixtures, tiny_adapter, capsys):
     """Base vs fine-tuned is one command each on the same inputs: the plain model directory (no
     prompt.json, no train_config.json) is asked with the project's default prompt."""

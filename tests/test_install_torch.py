@@ -328,3 +328,17 @@ def test_help_of_both_launchers_installs_nothing_and_shows_the_pipelines_options
     assert code == 0 and lines == [f"{ROOT}/scripts/pipeline.py --help"]
     code, lines = run_bat(tmp_path / "bat", wineprefix, args=("--help",))
     assert code == 0 and lines == [f'"{windows_path(ROOT)}\\scripts\\pipeline.py" --help']
+
+
+def test_an_index_url_beside_an_installed_torch_is_named_in_one_line(monkeypatch, capsys):
+    """The launchers run the installer only when torch is missing; the check says the index was not read."""
+    monkeypatch.setattr(it, "installed_torch_version", lambda: "2.13.0+cpu")
+    monkeypatch.setenv("TORCH_INDEX_URL", MIRROR)
+    no_gpu = ["--check", "--platform", "linux", "--nvidia_smi_output", str(SMI / "no_gpu_linux.txt")]
+    main(no_gpu)
+    script = ROOT / "scripts" / "install_torch.py"
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"TORCH_INDEX_URL={MIRROR} is read only when torch is missing, and torch 2.13.0+cpu is installed; to "
+        f"reinstall it from that index run: {PY} {script} --index_url {MIRROR}")
+    main([*no_gpu, "--index_url", "https://download.pytorch.org/whl/cpu"])  # the installed build's own index
+    assert "is read only when torch is missing" not in capsys.readouterr().err

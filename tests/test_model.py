@@ -7,6 +7,7 @@ from emotion_summary.training.config import resolve_config
 from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
 from emotion_summary.modeling.loading import disable_cpu_weight_repacking
 from emotion_summary.modeling.levers import tile_mlp
+from emotion_summary.prompting.encode import fit_report
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +80,7 @@ def test_train_evaluate_train_again_with_4bit_weights_on_an_avx512_bf16_cpu(avx5
     wrapper.model.eval()
     with torch.no_grad():
         wrapper.loss(batch)
-        wrapper.generate([rec], max_new_tokens=2)
+        wrapper.generate([fit_report(wrapper.tokenizer, wrapper.prompt, rec, wrapper.config.max_seq_len, 2)], max_new_tokens=2)
     wrapper.model.train()
     wrapper.loss(batch).backward()  # raised RuntimeError before the fix
     assert _packed_layers(wrapper.model) == 0
@@ -191,7 +192,8 @@ def test_generate_ids_prefills_long_prompts_in_chunks_with_the_same_tokens(wrapp
     from emotion_summary.data.sample_data import SMOKE_DATA
 
     records = read_records(SMOKE_DATA[0])[:3]
-    prompts = [wrapper._prompt_ids(r, 8) for r in records]
+    fitted = [fit_report(wrapper.tokenizer, wrapper.prompt, r, wrapper.config.max_seq_len, 8) for r in records]
+    prompts = [f.ids for f in fitted]
     whole = wrapper.generate_ids(prompts, 8, batch_size=3)
     chunks = []
     hook = wrapper.model.get_base_model().register_forward_pre_hook(
@@ -203,5 +205,5 @@ def test_generate_ids_prefills_long_prompts_in_chunks_with_the_same_tokens(wrapp
     width = max(len(p) for p in prompts)
     assert width > 256 and chunks[0] == (3, 256)
     assert len(chunks) == -(-width // 256) + 7  # prefill passes, then 7 decode steps
-    texts = wrapper.generate(records, max_new_tokens=8, batch_size=2)
+    texts = wrapper.generate(fitted, max_new_tokens=8, batch_size=2)
     assert texts[0] == wrapper.tokenizer.decode(wrapper.generate_ids(prompts[:1], 8)[0], skip_special_tokens=True)

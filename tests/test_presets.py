@@ -72,3 +72,19 @@ def test_es_train_preset_reads_the_file(capsys):
     with pytest.raises(SystemExit) as stop:
         commands.main(["train", "--help"])
     assert stop.value.code == 0 and "configs/NAME.yaml" in capsys.readouterr().out
+
+
+def test_the_planner_and_the_training_bench_name_an_unknown_preset_with_the_one_message(monkeypatch):
+    from emotion_summary.core.errors import UserError
+    from emotion_summary.gpusim.planner import check_request
+    from emotion_summary.training.presets import unknown_preset
+
+    with pytest.raises(ConfigError) as planner:
+        check_request("9gb", "qwen2-7b", [1024], False)
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # how Python runs the script: its folder first
+    import train_step
+
+    with pytest.raises(UserError) as bench:
+        train_step.train_step(arch="tiny", preset="9gb")
+    assert str(planner.value) == str(bench.value) == unknown_preset("9gb", tuple(PRESETS))
+    assert "cpu-smoke (or --config FILE" in str(planner.value)  # the planner and the bench take no 'auto'

@@ -326,7 +326,25 @@ def install_torch(dry_run: bool = False, check: bool = False, nvidia_smi_output:
     refuse_unreadable({"--nvidia_smi_output": nvidia_smi_output, "--requirements": requirements})
     platform = normalise_platform(platform or sys.platform)
     smi = read_nvidia_smi(nvidia_smi_output)
+    given = ("--index_url", index_url) if index_url else ("TORCH_INDEX_URL", os.environ.get("TORCH_INDEX_URL"))
     if check:
+        if note := index_url_note(*given, installed_torch_version(), platform):
+            print(note, file=sys.stderr)
         print(post_install_check(smi, platform, Path(requirements)), file=sys.stderr)
     else:
-        install(smi, platform, index_url or os.environ.get("TORCH_INDEX_URL") or None, Path(requirements), dry_run)
+        install(smi, platform, given[1] or None, Path(requirements), dry_run)
+
+
+def index_url_note(name: str, index_url: str | None, installed: str | None, platform: str) -> str | None:
+    """The launchers install torch only when it is missing, so an index given beside an installed torch
+    is not read: one line saying so (None when the installed build is the index's own, e.g. +cu126
+    from .../cu126, or when either is absent)."""
+    if not index_url or not installed:
+        return None
+    build = installed.partition("+")[2]
+    if build and index_url.rstrip("/").rsplit("/", 1)[-1] == build:
+        return None
+    script = REQUIREMENTS.parent / "scripts" / "install_torch.py"
+    return (f"{name}={index_url} is read only when torch is missing, and torch {installed} is installed; to "
+            f"reinstall it from that index run: "
+            f"{format_command([sys.executable, str(script), '--index_url', index_url], platform)}")

@@ -11,16 +11,17 @@ from pathlib import Path
 
 from emotion_summary.training.config import TrainConfig
 from emotion_summary.core.errors import RunDirError, UserError
-from emotion_summary.data.records import write_records
+from emotion_summary.data.records import Record, write_records
 from emotion_summary.training.run_dir import RunDir
 from emotion_summary.predicting.submission import SUBMISSION_FILE
 
 HELDOUT_FILE = "heldout_fold.jsonl"  # the fold the pipeline predicts when no --predict_input is given
 
 
-def _train_or_reuse(preset: str, output_dir: str | None, train_options: dict) -> Path:
-    """Train; or resume the unfinished run; or reuse the finished one when it has the same config."""
-    from emotion_summary.training.command import resolve, train
+def _train_or_reuse(preset: str, output_dir: str | None, train_options: dict) -> tuple[Path, list[Record] | None]:
+    """Train; or resume the unfinished run; or reuse the finished one when it has the same config.
+    Returns the run directory and, when this call read the data, its validation records."""
+    from emotion_summary.training.command import prepare_run, resolve
 
     cfg, _ = resolve(preset, output_dir=output_dir, **train_options)
     run = RunDir(cfg.output_dir)
@@ -31,21 +32,23 @@ def _train_or_reuse(preset: str, output_dir: str | None, train_options: dict) ->
             raise RunDirError(f"{run} holds a finished run with another config ({'; '.join(diffs)}); "
                               "choose another --output_dir")
         print(f"reusing the finished run in {run} (same config; choose another --output_dir to train again)")
-        return run.path
+        return run.path, None
     if run.is_started:
         print(f"resuming the unfinished run in {run}")
-    return Path(train(preset=preset, output_dir=str(run.path), resume=run.is_started, **train_options))
+    trainer = prepare_run(preset=preset, output_dir=str(run.path), resume=run.is_started, **train_options)
+    return Path(trainer.run()), trainer.eval_records
 
 
-def _heldout_inputs(run_dir: Path, out_dir: Path) -> Path:
+def _heldout_inputs(run_dir: Path, out_dir: Path, heldout: list[Record] | None) -> Path:
     """The run's validation records (its held-out fold, plus any --eval_data), written as an
-    inputs+gold file to predict and score."""
+    inputs+gold file to predict and score; read again only when training did not just read them."""
     from emotion_summary.training.train_data import load_data
 
     cfg = TrainConfig.load(run_dir)
     if not cfg.folds:
         raise UserError("give --predict_input FILE (the run held out no fold to predict)")
-    _, heldout = load_data(cfg)
+    if heldout is None:
+        _, heldout = load_data(cfg)
     return write_records(out_dir / HELDOUT_FILE, heldout)
 
 
@@ -70,10 +73,10 @@ def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str |
     from emotion_summary.predicting.predict import infer
 
     _refuse_bad_paths(predict_input, gold, submission_dir)  # before training, which may take hours
-    run_dir = _train_or_reuse(preset, output_dir, train_options)
+    run_dir, heldout = _train_or_reuse(preset, output_dir, train_options)
     cfg = TrainConfig.load(run_dir)
     out_dir = Path(submission_dir or f"submissions/{cfg.preset}")
-    inputs = Path(predict_input) if predict_input else _heldout_inputs(run_dir, out_dir)
+    inputs = Path(predict_input) if predict_input else _heldout_inputs(run_dir, out_dir, heldout)
     submission = out_dir / SUBMISSION_FILE
     infer(input=str(inputs), output=str(submission), model_path=str(run_dir), backend="hf",
           allow_leakage=allow_leakage)  # max_new_tokens and batch size: the checkpoint's

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from emotion_summary.core.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from emotion_summary.training.config import resolve_config
 from emotion_summary.training.presets import PRESETS
-from emotion_summary.prompting.encode import answer_token_ids, prompt_token_ids
+from emotion_summary.prompting.encode import answer_token_ids, fit_report
 from emotion_summary.core.paths import refuse_overwrite
 from emotion_summary.prompting.prompt import Language, PromptSpec
 from emotion_summary.data.records import Record, read_records
@@ -37,7 +37,7 @@ COUNTED = (
 
 
 def prompt_tokens(tokenizer, spec: PromptSpec, record: Record) -> int:
-    return len(prompt_token_ids(tokenizer, spec, record)[0])
+    return len(fit_report(tokenizer, spec, record).ids)
 
 
 def answer_tokens(tokenizer, record: Record) -> int | None:

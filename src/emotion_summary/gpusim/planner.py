@@ -46,11 +46,11 @@ def preset_values(preset: str) -> dict:
 
 
 def check_request(preset: str, arch: str, lengths: list[int], yarn: bool) -> None:
-    from emotion_summary.training.presets import PRESETS
+    from emotion_summary.training.presets import PRESETS, unknown_preset
 
     problems = []
     if preset not in PRESETS:
-        problems.append(f"--preset: unknown preset {preset!r}; choose one of {', '.join(p for p in PRESETS)}")
+        problems.append(unknown_preset(preset, tuple(PRESETS)))
     if arch not in PLANNER_ARCHS:
         problems.append(f"--arch: unknown arch {arch!r}; choose one of {', '.join(PLANNER_ARCHS)}")
     elif lengths:

@@ -14,8 +14,6 @@ from pathlib import Path
 import torch
 
 from emotion_summary.core.atomic_io import follow_umask
-from emotion_summary.core.errors import ModelError
-from emotion_summary.data.records import Record
 from emotion_summary.modeling.adapters import adapters_in_compute_dtype, lora_config
 from emotion_summary.modeling.device import device, uses_flash_attention
 from emotion_summary.modeling.generation import (
@@ -36,7 +34,7 @@ from emotion_summary.modeling.levers import (
 from emotion_summary.modeling.loading import load_base_model
 from emotion_summary.modeling.loss import answer_only_loss
 from emotion_summary.modeling.merge import check_adapter_base
-from emotion_summary.prompting.encode import prompt_budget, prompt_token_ids
+from emotion_summary.prompting.encode import FittedPrompt
 from emotion_summary.prompting.prompt import PromptSpec
 from emotion_summary.training.config import TrainConfig
 
@@ -46,7 +44,6 @@ class Qwen2EmotionSummaryModel:
 
     def __init__(self, model, tokenizer, prompt: PromptSpec, config: TrainConfig):
         self.model, self.tokenizer, self.prompt, self.config = model, tokenizer, prompt, config
-        self.trimmed: dict[int, int] = {}  # report id -> prompt tokens trimmed at generation
 
     # ---- building -----------------------------------------------------------------------------
     @classmethod
@@ -159,30 +156,16 @@ class Qwen2EmotionSummaryModel:
         return out
 
     # ---- inference ----------------------------------------------------------------------------
-    def max_prompt_tokens(self, max_new_tokens: int) -> int:
-        return prompt_budget(self.config.max_seq_len, max_new_tokens)
-
     @torch.no_grad()
-    def generate(self, records: list[Record], max_new_tokens: int = 512, batch_size: int | None = None,
+    def generate(self, prompts: list[FittedPrompt], max_new_tokens: int = 512, batch_size: int | None = None,
                  temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
-        """Replies in the order given (callers sort by length so batches pad little): greedy, or sampled
-        when `temperature` > 0 (with nucleus `top_p`). `batch_size` caps the records per `generate` call;
-        on a GPU the free memory may cap it lower."""
-        if self.max_prompt_tokens(max_new_tokens) < 256:
-            raise ModelError(f"max_new_tokens={max_new_tokens} leaves under 256 prompt tokens in this "
-                             f"model's max_seq_len={self.config.max_seq_len}; lower --max_new_tokens")
-        prompts = [self._prompt_ids(r, max_new_tokens) for r in records]
-        new_ids = self.generate_ids(prompts, max_new_tokens, batch_size=batch_size, temperature=temperature,
-                                    top_p=top_p)
+        """Replies to prompts fitted into this model's window by `encode.fit_report`, in the order given
+        (callers sort by length so batches pad little): greedy, or sampled when `temperature` > 0 (with
+        nucleus `top_p`). `batch_size` caps the prompts per `generate` call; on a GPU the free memory may
+        cap it lower."""
+        new_ids = self.generate_ids([p.ids for p in prompts], max_new_tokens, batch_size=batch_size,
+                                    temperature=temperature, top_p=top_p)
         return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-
-    def _prompt_ids(self, record: Record, max_new_tokens: int) -> list[int]:
-        ids, trimmed = prompt_token_ids(self.tokenizer, self.prompt, record, self.max_prompt_tokens(max_new_tokens))
-        if trimmed:
-            self.trimmed[record.id] = trimmed
-            print(f"report {record.id}: {trimmed} tokens trimmed from the middle to fit max_seq_len="
-                  f"{self.config.max_seq_len} with max_new_tokens={max_new_tokens}", file=sys.stderr)
-        return ids
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int | None = None,

@@ -1,8 +1,9 @@
 """The three inference backends, each a `Backend`: `generate(records) -> raw texts` plus `request(record)`,
 the exact request it will make for a report (the key under which its reply is saved and reused).
 
-They share the prompt (prompt.json of --model_path, else the project's default) and the prompt budget
-(`encode.fit_prompt`): the openai backend given a checkpoint trims reports exactly as the hf backend does.
+They share the prompt (prompt.json of --model_path, else the project's default) and receive each report
+fitted into the checkpoint's window by `encode.fit_report` (once, through `FittedPrompts`): the openai
+backend given a checkpoint trims reports exactly as the hf backend does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from emotion_summary.teacher.client import ChatClient
-from emotion_summary.prompting.encode import fit_prompt, prompt_budget
+from emotion_summary.prompting.encode import FittedPrompt, fit_report
 from emotion_summary.core.errors import UserError
 from emotion_summary.predicting.extractive import extractive_generate
 from emotion_summary.modeling.identity import ModelInfo
@@ -23,6 +24,25 @@ GenerateFn = Callable[[list[Record]], list[str]]
 BACKENDS = ("hf", "openai", "extractive")
 
 
+class FittedPrompts:
+    """Each report fitted once into a model's window (`encode.fit_report`), for its request and its
+    generation alike; `trimmed` tells which reports lost tokens."""
+
+    def __init__(self, tokenizer, spec: PromptSpec, max_seq_len: int | None, max_new_tokens: int):
+        self.tokenizer, self.spec, self.max_seq_len, self.max_new_tokens = tokenizer, spec, max_seq_len, max_new_tokens
+        self.fitted: dict[int, FittedPrompt] = {}
+
+    def __call__(self, record: Record) -> FittedPrompt:
+        if record.id not in self.fitted:
+            self.fitted[record.id] = fit_report(self.tokenizer, self.spec, record, self.max_seq_len,
+                                                self.max_new_tokens)
+        return self.fitted[record.id]
+
+    def trimmed(self) -> dict[int, int]:
+        """Report id -> tokens trimmed from its middle, for the reports that did not fit whole."""
+        return {rid: f.trimmed_tokens for rid, f in self.fitted.items() if f.trimmed_tokens}
+
+
 @dataclass
 class Backend:
     name: str
@@ -30,6 +50,7 @@ class Backend:
     request: Callable[[Record], dict]
     batch_size: int = 1  # reports per generate call
     concurrency: int = 1  # generate calls in flight at once
+    prompts: FittedPrompts | None = None  # the reports as fitted into the model's window (None: not fitted)
 
 
 def lazy(factory: Callable[[], GenerateFn]) -> GenerateFn:
@@ -63,14 +84,13 @@ def decoding(temperature: float, top_p: float) -> str | dict:
 
 def hf_backend(info: ModelInfo, max_new_tokens: int, batch_size: int, quantization: str | None = None,
                temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> Backend:
-    budget = prompt_budget(info.config.max_seq_len, max_new_tokens)
-    tokenizer = load_tokenizer(info.path)
+    prompts = FittedPrompts(load_tokenizer(info.path), info.spec, info.config.max_seq_len, max_new_tokens)
     model_id = info.identity()
 
     def request(record: Record) -> dict:
         return {"backend": "hf", "model": model_id, "quantization": info.quantization(quantization),
-                "messages": fit_prompt(tokenizer, info.spec, record, budget).messages,
-                "max_new_tokens": max_new_tokens, "decoding": decoding(temperature, top_p)}
+                "messages": prompts(record).messages, "max_new_tokens": max_new_tokens,
+                "decoding": decoding(temperature, top_p)}
 
     def load() -> GenerateFn:
         try:  # torch is imported only here: the other backends and the checker stay light
@@ -81,17 +101,18 @@ def hf_backend(info: ModelInfo, max_new_tokens: int, batch_size: int, quantizati
         model.prompt = info.spec
 
         def generate(batch: list[Record]) -> list[str]:
+            fitted = [prompts(r) for r in batch]
             if temperature <= 0:
-                return model.generate(batch, max_new_tokens=max_new_tokens, batch_size=len(batch))
+                return model.generate(fitted, max_new_tokens=max_new_tokens, batch_size=len(batch))
             import torch
 
             torch.manual_seed(seed)  # every batch from the same seed: its draws do not depend on what ran before
-            return model.generate(batch, max_new_tokens=max_new_tokens, batch_size=len(batch),
+            return model.generate(fitted, max_new_tokens=max_new_tokens, batch_size=len(batch),
                                   temperature=temperature, top_p=top_p)
 
         return generate
 
-    return Backend("hf", lazy(load), request, batch_size=batch_size)
+    return Backend("hf", lazy(load), request, batch_size=batch_size, prompts=prompts)
 
 
 def openai_backend(client: ChatClient, spec: PromptSpec, max_new_tokens: int, concurrency: int = 1,
@@ -99,27 +120,22 @@ def openai_backend(client: ChatClient, spec: PromptSpec, max_new_tokens: int, co
     """With a checkpoint (`info`) that has its tokenizer, reports are trimmed to its max_seq_len as the
     model was trained to see them; without one they are sent whole (a 4xx for a too-long report is
     recorded as a refusal)."""
-    tokenizer, budget, served = None, None, ""
+    tokenizer, max_seq_len, served = None, None, ""
     if info is not None:
         served = info.identity()
         if (info.path / "tokenizer.json").is_file():
-            tokenizer = load_tokenizer(info.path)
-            budget = prompt_budget(info.config.max_seq_len, max_new_tokens)
-    messages: dict[int, list[dict]] = {}
-
-    def messages_for(record: Record) -> list[dict]:
-        if record.id not in messages:
-            messages[record.id] = fit_prompt(tokenizer, spec, record, budget).messages
-        return messages[record.id]
+            tokenizer, max_seq_len = load_tokenizer(info.path), info.config.max_seq_len
+    prompts = FittedPrompts(tokenizer, spec, max_seq_len, max_new_tokens)
 
     nucleus = {"top_p": top_p} if top_p < 1 else {}  # sent only when set: some servers refuse the key
 
     def request(record: Record) -> dict:
         return {"backend": "openai", "endpoint": client.public_url, "model": client.model, "served_from": served,
-                "messages": messages_for(record), "max_tokens": max_new_tokens, "temperature": temperature, **nucleus}
+                "messages": prompts(record).messages, "max_tokens": max_new_tokens, "temperature": temperature,
+                **nucleus}
 
     def generate(batch: list[Record]) -> list[str]:
-        return [client.chat(messages_for(r), max_tokens=max_new_tokens, temperature=temperature, **nucleus)
+        return [client.chat(prompts(r).messages, max_tokens=max_new_tokens, temperature=temperature, **nucleus)
                 for r in batch]
 
-    return Backend("openai", generate, request, batch_size=1, concurrency=concurrency)
+    return Backend("openai", generate, request, batch_size=1, concurrency=concurrency, prompts=prompts)

@@ -25,7 +25,14 @@ from emotion_summary.core.paths import refuse_overwrite
 from emotion_summary.data.folds import guard_leakage
 from emotion_summary.data.records import GOLD_FIELDS, Record, read_records
 from emotion_summary.modeling.identity import ModelInfo, describe_model
-from emotion_summary.predicting.backends import BACKENDS, Backend, extractive_backend, hf_backend, openai_backend
+from emotion_summary.predicting.backends import (
+    BACKENDS,
+    Backend,
+    FittedPrompts,
+    extractive_backend,
+    hf_backend,
+    openai_backend,
+)
 from emotion_summary.predicting.extractive import extract_fields
 from emotion_summary.predicting.submission import (
     SUBMISSION_FILE,
@@ -88,6 +95,7 @@ def predict(records: Sequence[Record], backend: Backend, side_file: str | Path) 
               + (f"; {stale} saved for another request (model, prompt, max_new_tokens or report) are not"
                  " reused" if stale else ""))
     todo = sorted((r for r in records if r.id not in done), key=report_chars)
+    trimmed = backend.prompts.trimmed() if backend.prompts else {}
     sent, refusals = 0, []
 
     def finish(batch: list[Record], raws: list[str], error: str | None) -> None:
@@ -99,7 +107,7 @@ def predict(records: Sequence[Record], backend: Backend, side_file: str | Path) 
             if error:
                 refusals.append((record.id, error))
             else:
-                store.append(record.id, keys[record.id], backend.name, raw)
+                store.append(record.id, keys[record.id], backend.name, raw, trimmed_tokens=trimmed.get(record.id, 0))
                 done.add(record.id, raw)
         bar.update(len(batch))
         if sent >= min(REFUSALS_JUDGED_AFTER, len(todo)) and 2 * len(refusals) > sent:
@@ -118,7 +126,7 @@ def predict(records: Sequence[Record], backend: Backend, side_file: str | Path) 
             raise EndpointError(f"{e}. {len(done)}/{len(records)} reports are saved in {store.path}; "
                                 "run the same command again to resume", e.status) from None
     for rid, error in refusals:  # final: asking again would get the same 4xx
-        store.append(rid, keys[rid], backend.name, "", error)
+        store.append(rid, keys[rid], backend.name, "", error, trimmed.get(rid, 0))
         done.add(rid, "", error)
     return done
 
@@ -278,6 +286,8 @@ def infer(input: str, output: str | None = None, model_path: str | None = None,
         print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
               f"(backend {backend}; raw replies in {side})")
         _print_warnings(result, side)
+        if chosen.prompts and (trimmed := chosen.prompts.trimmed()):
+            print(trimmed_summary(trimmed, len(records), chosen.prompts, side))
         # an endpoint that answers everything with garbage is broken; a random cpu-smoke model is expected to
         if backend == "openai" and records and not result.usable():
             raise NotReady(f"no usable reply: every one of the {len(records)} replies was refused or held none of "
@@ -297,6 +307,14 @@ def write_filled(output: str | Path, result: Assembled, backend: str) -> Path:
     return atomic_write_json(filled_file_for(output), {
         "backend": backend, "filled": {str(rid): names for rid, names in filled.items() if names},
         "not_json": result.not_json, "refused": sorted(result.refused)})
+
+
+def trimmed_summary(trimmed: dict[int, int], n_reports: int, prompts: FittedPrompts, side: Path) -> str:
+    """One line for every report trimmed to fit the model's window; the per-report counts are in the
+    raw-reply file."""
+    return (f"trimmed {len(trimmed)} of {n_reports} reports in the middle to fit max_seq_len={prompts.max_seq_len} "
+            f"beside max_new_tokens={prompts.max_new_tokens} (up to {max(trimmed.values()):,} tokens from one "
+            f"report); tokens trimmed per report: \"trimmed_tokens\" in {side}")
 
 
 def _print_warnings(result: Assembled, side: Path) -> None:

@@ -47,12 +47,20 @@ class FittedPrompt:
     trimmed_tokens: int  # tokens cut from the report (0 when it fitted)
 
 
-def fit_prompt(tokenizer, spec: PromptSpec, record: Record, max_prompt_tokens: int | None = None) -> FittedPrompt:
-    """The prompt for `record` in at most `max_prompt_tokens` chat-templated tokens (see prompt_budget).
+def fit_report(tokenizer, spec: PromptSpec, record: Record, max_seq_len: int | None = None,
+               reserved: int = 0) -> FittedPrompt:
+    """The one place a report is fitted into a model's window: the prompt for `record` in the
+    `max_seq_len - reserved` tokens left beside the answer (`reserved`: max_new_tokens at inference, the
+    gold answer's length in training), the report trimmed in the middle when it does not fit. With no
+    `max_seq_len` the report is kept whole; with no tokenizer (a hosted model whose tokenizer we do not
+    have) the messages are built untrimmed and ids is None."""
+    budget = None if max_seq_len is None or tokenizer is None else prompt_budget(max_seq_len, reserved)
+    return _fit_prompt(tokenizer, spec, record, budget)
 
-    The report text gets the budget minus TEMPLATE_MARGIN; when the template costs more than that, the
-    report is trimmed again by the excess. With no budget the report is kept whole; with no tokenizer
-    (a hosted model whose tokenizer we do not have) the messages are built untrimmed and ids is None."""
+
+def _fit_prompt(tokenizer, spec: PromptSpec, record: Record, max_prompt_tokens: int | None) -> FittedPrompt:
+    """The report text gets the budget minus TEMPLATE_MARGIN; when the template costs more than that, the
+    report is trimmed again by the excess."""
     if tokenizer is None:
         return FittedPrompt(build_prompt(spec, record).messages, None, 0)
     budget = None if max_prompt_tokens is None else max_prompt_tokens - TEMPLATE_MARGIN
@@ -63,13 +71,6 @@ def fit_prompt(tokenizer, spec: PromptSpec, record: Record, max_prompt_tokens: i
         if max_prompt_tokens is None or len(ids) <= max_prompt_tokens:
             return FittedPrompt(prompt.messages, ids, prompt.trimmed_tokens)
         budget -= len(ids) - max_prompt_tokens  # the template cost more than the margin; rare
-
-
-def prompt_token_ids(tokenizer, spec: PromptSpec, record: Record,
-                     max_prompt_tokens: int | None = None) -> tuple[list[int], int]:
-    """(ids, tokens trimmed) of fit_prompt, for the model's generate loop."""
-    fitted = fit_prompt(tokenizer, spec, record, max_prompt_tokens)
-    return fitted.ids, fitted.trimmed_tokens
 
 
 def answer_token_ids(tokenizer, fields: dict[str, str]) -> list[int]:
@@ -84,7 +85,7 @@ def encode_example(tokenizer, spec: PromptSpec, record: Record, max_seq_len: int
 
         raise UserError(f"record {record.id} ({record.source}): the gold answer alone is {len(answer)} "
                         f"tokens; max_seq_len={max_seq_len} is too small for it")
-    prompt = fit_prompt(tokenizer, spec, record, prompt_budget(max_seq_len, len(answer)))
+    prompt = fit_report(tokenizer, spec, record, max_seq_len, reserved=len(answer))
     input_ids, labels = build_labels(prompt.ids, answer)
     return {"id": record.id, "input_ids": input_ids, "labels": labels, "trimmed_tokens": prompt.trimmed_tokens}
 

@@ -61,8 +61,11 @@ class ReplyStore:
                 stale.add(rid)
         return done, len(stale - set(done))
 
-    def append(self, rid: int, key: str, backend: str, raw: str, error: str | None = None) -> None:
+    def append(self, rid: int, key: str, backend: str, raw: str, error: str | None = None,
+               trimmed_tokens: int = 0) -> None:
+        """One reply; `trimmed_tokens`: how many tokens its report lost to fit the model's window."""
         row = {"id": rid, "key": key, "backend": backend, "raw": raw}
+        row |= {"trimmed_tokens": trimmed_tokens} if trimmed_tokens else {}
         append_jsonl(self.path, {**row, "error": error} if error else row)
 
     def repair(self) -> None:

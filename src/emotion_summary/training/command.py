@@ -47,19 +47,26 @@ def build_config(preset: str = "auto", resume: bool = False, **options) -> tuple
             raise ConfigError("--resume: give --output_dir, the run directory to continue")
         cfg = RunDir(options["output_dir"]).resume_config({"preset": preset, **options})
         vram = detect_vram_gb()
+        problems = validate(cfg, vram)
     else:
         cfg, vram = resolve(preset, **options)
-        RunDir(cfg.output_dir).check_new()
-    problems = validate(cfg, vram)
+        problems = validate(cfg, vram) + [p for p in [RunDir(cfg.output_dir).new_run_problem()] if p]
     if not problems:  # the model and its LoRA targets, before the run directory exists
         problems = model_problems(cfg.model_name_or_path, cfg.lora_target)
-    if problems:
-        raise ConfigError("the config has problems:\n  - " + "\n  - ".join(problems))
+    raise_problems(problems)
     records = load_data(cfg)
     if not resume:
         cfg.language = training_language(cfg.language, records[0])
     print_choices(cfg, preset, vram, options)
     return cfg, records
+
+
+def raise_problems(problems: list[str]) -> None:
+    """Every problem at once (config, data files, run directory): one line for one, else a list."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError("the config has problems:\n  - " + "\n  - ".join(problems))
 
 
 def resolve(preset: str = "auto", **options) -> tuple[TrainConfig, float | None]:

@@ -50,6 +50,8 @@ class TrainConfig:
         [], "labelled ES file(s), comma-separated (JSONL or JSON array; all five gold fields); "
         "cpu-smoke defaults to the project's own sample reports")
     eval_data: list[str] = option([], "labelled file(s) for the validation loss, comma-separated")
+    max_records: int = option(0, "use only the first N records of train_data, all read and checked "
+                              "(0: all; cpu-smoke: a smoke test on a few)")
     output_dir: str = option("", "run directory (default model/qwen2-es-PRESET); never overwritten")
     folds: int = option(0, "hold out one of this many folds (by id) of train_data for validation (0: none)")
     fold: int = option(0, "which fold to hold out (0-based)")
@@ -206,7 +208,7 @@ def _value_problems(cfg: TrainConfig, vram_gb: float | None, check_files: bool) 
     problems = []
     ranges = {**dict.fromkeys(("lora_r", "lora_alpha", "batch_size", "grad_accum", "epochs", "max_new_tokens",
                                "eval_every", "save_every"), (int, 1)),
-              **dict.fromkeys(("max_steps", "mlp_tile_tokens", "folds"), (int, 0)),  # 0: off
+              **dict.fromkeys(("max_steps", "mlp_tile_tokens", "folds", "max_records"), (int, 0)),  # 0: off
               "learning_rate": (float, 0, True), "weight_decay": (float, 0)}
     problems += [problem.removeprefix("--") for name, spec in ranges.items()
                  if (problem := number_problem(name, getattr(cfg, name), *spec))]

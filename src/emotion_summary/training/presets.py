@@ -59,9 +59,10 @@ PRESETS: dict[str, dict] = _load_all()
 PRESET_NAMES = (*PRESETS, "auto")
 
 
-def unknown_preset(name: str) -> str:
-    """The one message for a preset name that has no file."""
-    return (f"--preset: unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)} "
+def unknown_preset(name: str, choices: tuple[str, ...] = PRESET_NAMES) -> str:
+    """The one message for a preset name that has no file; `choices`: the names the command takes
+    (the planner and the benchmarks take no 'auto')."""
+    return (f"--preset: unknown preset {name!r}; choose one of {', '.join(choices)} "
             f"(or --config FILE, a copy of one of {PRESET_DIR})")
 
 

@@ -73,16 +73,18 @@ class RunDir:
         return done[-1] if done else None
 
     # ---- the checks before training -------------------------------------------------------------
-    def check_new(self) -> None:
-        """Never overwrite: a finished run stays finished; an unfinished one is resumed, not restarted."""
+    def new_run_problem(self) -> str | None:
+        """Why a new run cannot start here, else None. Never overwrite: a finished run stays finished;
+        an unfinished one is resumed, not restarted; a folder of other files is left alone."""
         if self.is_complete:
-            raise RunDirError(f"{self.path} holds a finished run; choose another --output_dir")
+            return f"{self.path} holds a finished run; choose another --output_dir"
         if self.is_started:
-            raise RunDirError(f"{self.path} holds an unfinished run; continue it with: "
-                              f"{resume_command(self.path)}  (or choose another --output_dir)")
+            return (f"{self.path} holds an unfinished run; continue it with: "
+                    f"{resume_command(self.path)}  (or choose another --output_dir)")
         if self.path.is_dir() and any(self.path.iterdir()):  # a run writes README.md, prompt.json ... here
-            raise RunDirError(f"{self.path} is not empty and holds no run; its files (README.md, "
-                              "tokenizer files ...) would be overwritten: choose a new or empty --output_dir")
+            return (f"{self.path} is not empty and holds no run; its files (README.md, "
+                    "tokenizer files ...) would be overwritten: choose a new or empty --output_dir")
+        return None
 
     def resume_config(self, options: dict) -> TrainConfig:
         """The saved config; options given again may change only what a resume allows to change."""

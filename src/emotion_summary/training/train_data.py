@@ -11,7 +11,7 @@ from emotion_summary.training.config import TrainConfig
 def load_data(cfg: TrainConfig) -> tuple[list[Record], list[Record]]:
     """Training and validation records; every training record must carry the five gold fields."""
     paths = cfg.train_data or [str(p) for p in SMOKE_DATA]
-    train = _read_labelled(paths)
+    train = _capped(_read_labelled(paths), cfg)
     evals = _read_labelled(cfg.eval_data)
     if cfg.folds:
         from emotion_summary.data.folds import split_folds
@@ -21,6 +21,15 @@ def load_data(cfg: TrainConfig) -> tuple[list[Record], list[Record]]:
     if not train:
         raise UserError("no training records left after the fold split")
     return train, evals
+
+
+def _capped(records: list[Record], cfg: TrainConfig) -> list[Record]:
+    """The first `max_records` training records (before any fold split), said in one line."""
+    if not cfg.max_records or len(records) <= cfg.max_records:
+        return records
+    print(f"max_records={cfg.max_records} (preset {cfg.preset}): using the first {cfg.max_records} of the "
+          f"{len(records)} training records, all {len(records)} read and checked; --max_records 0 uses them all")
+    return records[: cfg.max_records]
 
 
 def _read_labelled(paths: list[str]) -> list[Record]:
