@@ -102,8 +102,11 @@ def test_hf_backend_samples_with_the_runners_settings(tmp_path, gold_file):
     from emotion_summary.modeling.summary_model import Qwen2EmotionSummaryModel
 
     adapter = Qwen2EmotionSummaryModel.for_training(resolve_config("cpu-smoke")).save(tmp_path / "adapter")
-    records = read_records(gold_file)[:1]
+    from emotion_summary.prompting.encode import fit_report
+
     model = Qwen2EmotionSummaryModel.load(adapter)
+    records = [fit_report(model.tokenizer, model.prompt, r, model.config.max_seq_len, 12)
+               for r in read_records(gold_file)[:1]]
     greedy = [model.generate(records, max_new_tokens=12) for _ in range(2)]
     assert greedy[0] == greedy[1]
     import torch
