@@ -134,6 +134,16 @@ def test_plan_memory_refuses_bad_numbers_before_simulating(args, message, capsys
     assert [message in line for line in out.err.splitlines()] == [True] and "simulated" not in out.out
 
 
+def test_plan_memory_without_a_batch_size_checks_the_presets_own_batch():
+    """No --batch_size means the preset's: the size check uses it instead of failing on None."""
+    from emotion_summary.gpusim.plan_options import plan_problems
+
+    base = {"preset": "24gb", "arch": "qwen2-7b", "seq_len": None, "batch_size": None, "find_max": False}
+    assert plan_problems(base) == []  # 24gb trains 2 x 32,768 tokens on 24 GB
+    too_long = plan_problems({**base, "seq_len": 64_000_000})
+    assert len(too_long) == 1 and "128,000,000 tokens in one micro-batch" in too_long[0]  # x the preset's batch 2
+
+
 def test_plan_memory_checks_json_before_simulating(tmp_path, capsys):
     from emotion_summary.commands import plan_memory
 

@@ -39,21 +39,24 @@ def _hidden_size(arch: str) -> int | None:
     return ARCHS[arch][1]["hidden_size"] if arch in ARCHS else None
 
 
-def _preset_length(preset: str) -> int:
-    """The preset's max_seq_len (TrainConfig's default when it sets none; the shortest for an unknown name,
-    which the planner refuses)."""
+def _preset_value(preset: str, key: str, unknown: int) -> int:
+    """The preset's value of `key` (TrainConfig's default when it sets none; `unknown` for an unknown
+    preset name, which the planner refuses)."""
     from emotion_summary.training.config import TrainConfig
     from emotion_summary.training.presets import PRESETS
 
     if preset not in PRESETS:
-        return MIN_SEQ_LEN
-    return PRESETS[preset].get("config", {}).get("max_seq_len", TrainConfig.max_seq_len)
+        return unknown
+    return PRESETS[preset].get("config", {}).get(key, getattr(TrainConfig, key))
 
 
 def too_big_problem(values: dict) -> str | None:
     """Why the micro-batch cannot fit whatever the levers do, or None."""
-    length = MIN_SEQ_LEN if values.get("find_max") else values.get("seq_len") or _preset_length(values["preset"])
-    lengths = values.get("seq_lens") or [max(length, MIN_SEQ_LEN)] * values["batch_size"]
+    preset = values["preset"]
+    length = MIN_SEQ_LEN if values.get("find_max") else values.get("seq_len") or _preset_value(preset, "max_seq_len",
+                                                                                               MIN_SEQ_LEN)
+    batch = values.get("batch_size") or _preset_value(preset, "batch_size", 1)  # None: the preset's own
+    lengths = values.get("seq_lens") or [max(length, MIN_SEQ_LEN)] * batch
     tokens = sum(lengths)
     hidden, card = _hidden_size(values["arch"]), _card_bytes(values)
     if hidden is None or card is None:
