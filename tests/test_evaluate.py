@@ -91,3 +91,11 @@ def test_gold_examples_against_themselves_score_one(tmp_path, shared_data):
     assert rouge["mean"] == pytest.approx({"rouge-1": 1.0, "rouge-2": 1.0, "rouge-l": 1.0})
     for field_scores in rouge["per_field"].values():
         assert field_scores == pytest.approx({"rouge-1": 1.0, "rouge-2": 1.0, "rouge-l": 1.0})
+
+
+def test_evaluate_takes_no_max_tokens_each_judge_fixes_its_reply_length(capsys):
+    from emotion_summary.commands import evaluate as evaluate_command
+
+    with pytest.raises(SystemExit) as stop:
+        evaluate_command(["--pred", "p.jsonl", "--gold", "g.jsonl", "--max_tokens", "50"])
+    assert stop.value.code == 2 and "--max_tokens" in capsys.readouterr().err

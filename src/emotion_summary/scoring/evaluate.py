@@ -227,7 +227,7 @@ def _judge_systems(systems, gold, client: ChatClient, cache, concurrency, protoc
         s["judge"] = {**judge_totals(items, client.model), "per_id": per_id_judge(items)}
 
 
-@option_group("judge_server")
+@option_group("judge_server", without=("max_tokens",))  # each judge protocol fixes its reply length
 def evaluate(pred: str, gold: str, compare: str | None = None, out_dir: str = "eval/results",
              name: str | None = None, bertscore: bool = True, bertscore_model: str | None = None,
              bertscore_num_layers: int | None = None, judge: bool = False,
