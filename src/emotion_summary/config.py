@@ -16,7 +16,7 @@ from typing import Literal
 
 from emotion_summary.cli import number_problem
 from emotion_summary.errors import ConfigError
-from emotion_summary.presets import PRESET_NAMES, PRESETS, pick_preset, preset_overrides
+from emotion_summary.presets import CPU_PRESETS, PRESET_NAMES, PRESETS, pick_preset, preset_overrides
 from emotion_summary.prompt import Language
 
 CONFIG_FILE = "train_config.json"
@@ -44,11 +44,11 @@ def option(default, help: str, **metadata):
 @dataclass
 class TrainConfig:
     preset: Literal[PRESET_NAMES] = option(  # type: ignore[valid-type]
-        "auto", "card preset: 8gb, 12gb, 24gb, cpu-smoke, or auto (by the GPU's memory; cpu-smoke "
+        "auto", "card preset: 8gb, 12gb, 24gb, cpu, cpu-smoke, or auto (by the GPU's memory; cpu "
         "without a GPU); options you set override it")
     train_data: list[str] = option(
         [], "labelled ES file(s), comma-separated (JSONL or JSON array; all five gold fields); "
-        "cpu-smoke defaults to the project's own sample reports")
+        "cpu and cpu-smoke default to the project's own sample reports")
     eval_data: list[str] = option([], "labelled file(s) for the validation loss, comma-separated")
     output_dir: str = option("", "run directory (default model/qwen2-es-PRESET); never overwritten")
     folds: int = option(0, "hold out one of this many folds (by id) of train_data for validation (0: none)")
@@ -57,7 +57,8 @@ class TrainConfig:
         "auto", "summary language in the prompt: en, zh, or auto (the language the training labels "
         "were written in: the labeller's --language, else the report's)")
     model_name_or_path: str = option(BASE_MODEL, "base model (hub name or local directory); 'tiny' builds "
-                                     "a random tiny Qwen2")
+                                     "a random tiny Qwen2; smollm2-135m or a .gguf file is dequantised "
+                                     "once into the cache")
     quantization: Literal["nf4", "none"] = option("nf4", "nf4 (4-bit QLoRA) or none (16-bit LoRA)")
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = option(
         "auto", "auto (bf16 where supported, fp16 on older GPUs, fp32 on CPU), bf16, fp16 or fp32")
@@ -229,9 +230,9 @@ def _value_problems(cfg: TrainConfig, vram_gb: float | None, check_files: bool) 
     if check_files:
         problems += _data_problems(cfg)
     min_vram = PRESETS[cfg.preset]["min_vram_gb"]
-    if vram_gb is None and cfg.preset != "cpu-smoke":
+    if vram_gb is None and cfg.preset not in CPU_PRESETS:
         problems.append(f"preset {cfg.preset}: needs a CUDA GPU and none was found "
-                        "(use --preset cpu-smoke to try the pipeline on CPU)")
+                        "(use --preset cpu or cpu-smoke to try the pipeline on CPU)")
     elif vram_gb is not None and vram_gb < min_vram:
         problems.append(f"preset {cfg.preset}: needs {min_vram} GB of GPU memory, this GPU has "
                         f"{vram_gb:.1f} GB free; pick a smaller preset or --preset auto")
@@ -242,7 +243,7 @@ def _data_problems(cfg: TrainConfig) -> list[str]:
     from emotion_summary.paths import missing_file, output_dir_problems
 
     problems = [p.replace("--output_dir ", "output_dir: ", 1) for p in output_dir_problems("--output_dir", cfg.output_dir)]
-    if not cfg.train_data and cfg.preset != "cpu-smoke":
+    if not cfg.train_data and cfg.preset not in CPU_PRESETS:
         problems.append("train_data: give one or more labelled ES files (JSONL or JSON)")
     for path in cfg.train_data + cfg.eval_data:
         if missing_file(path):

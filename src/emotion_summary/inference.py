@@ -119,6 +119,21 @@ class Assembled:
     not_json: list[int] = field(default_factory=list)  # ids whose reply had no parseable JSON object
     refused: dict[int, str] = field(default_factory=dict)  # id -> the endpoint's error
 
+    @property
+    def fields_from_model(self) -> int:
+        return sum(len(f) for f in self.fields.values()) - self.fields_from_fallback
+
+    @property
+    def fields_from_fallback(self) -> int:
+        return sum(len(names) for names in self.filled.values())
+
+    def provenance(self) -> str:
+        """One line: where the submission's fields came from."""
+        total = sum(len(f) for f in self.fields.values())
+        replies = len(self.fields) - len(self.refused)
+        return (f"fields: {self.fields_from_model} of {total} from the model, {self.fields_from_fallback} from "
+                f"the extractive fallback; {replies - len(self.not_json)} of {replies} replies parsed as JSON")
+
 
 def assemble(records: Sequence[Record], raws: dict[int, str], refused: dict[int, str] | None = None) -> Assembled:
     """Parse every raw text; fill missing fields from the extractive baseline."""
@@ -178,7 +193,8 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         input: ES records file (JSONL or JSON array), e.g. Emotion_Summary.jsonl.
         output: submission file to write; raw replies go to <output>.raw.jsonl (resume state).
         model_path: an adapter or merged model written by this project (its prompt.json and config are
-            used), or a plain model directory such as Qwen2-7B-Instruct (the default prompt); needed for hf.
+            used), a plain model directory such as Qwen2-7B-Instruct (the default prompt), smollm2-135m or
+            a .gguf file (dequantised once into the cache); needed for hf.
         backend: hf (local model), openai (an OpenAI-compatible server) or extractive (no model).
         batch_size: reports per generate call (hf); default: from the checkpoint's max_seq_len.
         max_new_tokens: generation budget per report; default: the checkpoint's (512 without one).
@@ -191,6 +207,10 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
         timeout_s: per-request timeout in seconds (openai).
         max_retries: retries per request on connection errors, timeouts, 429 and 5xx (openai).
     """
+    if model_path and backend != "extractive":
+        from emotion_summary.gguf_models import resolve_base_model
+
+        model_path = resolve_base_model(model_path)  # smollm2-135m or a .gguf file: its cached HF directory
     _check_options(backend, model_path, endpoint, model,
                    {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "concurrency": concurrency,
                     "timeout_s": timeout_s, "max_retries": max_retries})
@@ -219,6 +239,7 @@ def infer(input: str, output: str = DEFAULT_OUTPUT, model_path: str | None = Non
     write_submission(output, result.fields, [r.id for r in records])
     print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
           f"(backend {backend}; raw replies in {side})")
+    print(result.provenance())
     _print_warnings(result, side)
     report = check_submission(output, input)
     print(report.render())

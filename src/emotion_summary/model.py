@@ -111,12 +111,15 @@ def uses_flash_attention(model) -> bool:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """'tiny' is the locally built random tiny Qwen2 (cpu-smoke); anything else goes to the hub loader."""
+    """'tiny' is the locally built random tiny Qwen2 (cpu-smoke); 'smollm2-135m' or a .gguf path is
+    dequantised once into a cached HF directory (gguf_models); anything else goes to the hub loader."""
     if name_or_path == "tiny":
         from emotion_summary.architectures import build_tiny_qwen2
 
         return str(build_tiny_qwen2())
-    return name_or_path
+    from emotion_summary.gguf_models import resolve_base_model
+
+    return resolve_base_model(name_or_path)
 
 
 def quantization_config(quantization: str, dtype: torch.dtype, lm_head_4bit: bool = False):
@@ -526,6 +529,10 @@ def _base_name(name_or_path: str) -> str:
         from emotion_summary.architectures import default_tiny_dir
 
         return default_tiny_dir().name
+    from emotion_summary.gguf_models import is_gguf_name
+
+    if is_gguf_name(name_or_path):
+        return Path(resolve_model_path(name_or_path)).name
     return Path(name_or_path.rstrip("/")).name
 
 

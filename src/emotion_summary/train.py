@@ -22,14 +22,14 @@ from emotion_summary.errors import ConfigError, UserError
 from emotion_summary.folds import save_fingerprints
 from emotion_summary.records import Record, read_records
 from emotion_summary.run_dir import RunDir, resume_command
-from emotion_summary.sample_data import SMOKE_DATA
+from emotion_summary.presets import default_train_data
 
 KEEP_CHECKPOINTS = 2
 
 
 def load_data(cfg: TrainConfig) -> tuple[list[Record], list[Record]]:
     """Training and validation records; every training record must carry the five gold fields."""
-    paths = cfg.train_data or [str(p) for p in SMOKE_DATA]
+    paths = cfg.train_data or default_train_data(cfg.preset)
     train = _read_labelled(paths)
     evals = _read_labelled(cfg.eval_data)
     if cfg.folds:
