@@ -213,8 +213,8 @@ def test_preset_auto_prints_what_it_chose_before_anything_loads(tmp_path, capsys
     monkeypatch.setattr(train_module, "detect_vram_gb", lambda: None)
     train_module.build_config("auto", output_dir=str(tmp_path / "r"))
     out = capsys.readouterr().out
-    assert "preset cpu-smoke (--preset auto: no CUDA GPU); model tiny, quantization nf4, compute dtype float32" in out
-    assert "from the preset: " in out and "folds=3" in out and "max_steps=6" in out
+    assert "preset cpu (--preset auto: no CUDA GPU); model smollm2-135m, quantization none, compute dtype float32" in out
+    assert "from the preset: " in out and "folds=3" in out and "max_steps=12" in out
     assert not (tmp_path / "r").exists()
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from emotion_summary.encode import IGNORE_INDEX, encode_example, prompt_token_ids
-from emotion_summary.prompt import PromptSpec
+from emotion_summary.prompt import JSON_ANSWER_PREFIX, PromptSpec, answer_text, parse_answer
 from emotion_summary.records import GOLD_FIELDS, record_from_dict
 
 
@@ -60,3 +60,23 @@ def test_encoding_is_cached_with_datasets_and_equal_to_direct_encoding(tokenizer
     assert again == direct and list(tmp_path.glob("encoded-*.arrow")) == files
     encode_records(tokenizer, PromptSpec(language="zh"), recs, 1024, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("encoded-*.arrow"))) == 2  # another prompt, another cache
+
+
+def test_answer_prefix_ends_the_prompt_and_only_its_continuation_is_supervised(tokenizer):
+    plain, prefixed = PromptSpec(), PromptSpec(answer_prefix=JSON_ANSWER_PREFIX)
+    rec = record(50)
+    ids, _ = prompt_token_ids(tokenizer, prefixed, rec)
+    prefix_ids = tokenizer.encode(JSON_ANSWER_PREFIX, add_special_tokens=False)
+    assert ids == prompt_token_ids(tokenizer, plain, rec)[0] + prefix_ids
+    ex = encode_example(tokenizer, prefixed, rec, max_seq_len=2048)
+    answer = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE_INDEX]
+    assert ex["input_ids"][: len(ids)] == ids  # the prefix is prompt, never a training target
+    # prefix + supervised text is the whole JSON answer, which parses back to the gold fields
+    text = JSON_ANSWER_PREFIX + tokenizer.decode(answer, skip_special_tokens=True)
+    assert text == answer_text(rec.gold()) and parse_answer(text).fields == rec.gold()
+
+
+def test_prompt_json_without_answer_prefix_reads_as_none():
+    saved = PromptSpec().to_dict()
+    del saved["answer_prefix"]  # a checkpoint written before the field existed
+    assert PromptSpec.from_dict(saved).answer_prefix == ""

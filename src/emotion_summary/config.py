@@ -78,6 +78,9 @@ class TrainConfig:
     lora_target: str | list[str] = option(
         "all-linear", "modules that get LoRA: all-linear, or a comma-separated list (q_proj,v_proj)",
         parse=parse_lora_target)
+    answer_prefix: Literal["none", "json"] = option(
+        "none", "json: the prompt ends with the answer's opening {\"causes\": \" (written into prompt.json), "
+        "so a small model answers in JSON from its first token; none: the model writes all of it")
     max_new_tokens: int = option(512, "generation budget the trained model is used with (reserved in "
                                  "max_seq_len)")
     gradient_checkpointing: bool = option(True, "recompute activations in the backward pass (non-reentrant)")

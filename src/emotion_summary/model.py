@@ -122,6 +122,13 @@ def resolve_model_path(name_or_path: str) -> str:
     return resolve_base_model(name_or_path)
 
 
+def answer_prefix(cfg: TrainConfig) -> str:
+    """The PromptSpec.answer_prefix of a run's --answer_prefix choice."""
+    from emotion_summary.prompt import JSON_ANSWER_PREFIX
+
+    return JSON_ANSWER_PREFIX if cfg.answer_prefix == "json" else ""
+
+
 def quantization_config(quantization: str, dtype: torch.dtype, lm_head_4bit: bool = False):
     if quantization == "none":
         return None
@@ -374,7 +381,7 @@ class Qwen2EmotionSummaryModel:
               f"{base.config._attn_implementation}, LoRA weights "
               f"{str(next(p.dtype for p in model.parameters() if p.requires_grad)).removeprefix('torch.')}"
               f", embedding on {base.get_input_embeddings().weight.device.type}", file=sys.stderr)
-        return cls(model, tokenizer, PromptSpec(language=cfg.language), cfg)
+        return cls(model, tokenizer, PromptSpec(language=cfg.language, answer_prefix=answer_prefix(cfg)), cfg)
 
     @classmethod
     def load(cls, model_path: str | Path, quantization: str | None = None) -> "Qwen2EmotionSummaryModel":
@@ -464,7 +471,8 @@ class Qwen2EmotionSummaryModel:
                              f"model's max_seq_len={self.config.max_seq_len}; lower --max_new_tokens")
         prompts = [self._prompt_ids(r, max_new_tokens) for r in records]
         new_ids = self.generate_ids(prompts, max_new_tokens, batch_size=batch_size)
-        return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        # The prompt ends with the answer prefix (if any): the reply is the prefix and its continuation.
+        return [self.prompt.answer_prefix + text for text in self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
 
     def _prompt_ids(self, record: Record, max_new_tokens: int) -> list[int]:
         ids, trimmed = prompt_token_ids(self.tokenizer, self.prompt, record, self.max_prompt_tokens(max_new_tokens))

@@ -57,13 +57,17 @@ class PromptSpec:
     instruction: str = DEFAULT_INSTRUCTION
     language: Language = "auto"
     version: str = "es-v1"
+    # Text the assistant turn starts with, written into the prompt rather than generated (e.g.
+    # '{\n "causes": "'): a small model then answers in the JSON shape from its first token. Training
+    # supervises the rest of the answer; replies are returned with the prefix put back in front.
+    answer_prefix: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PromptSpec":
-        return cls(**{k: d[k] for k in ("system", "instruction", "language", "version") if k in d})
+        return cls(**{k: d[k] for k in ("system", "instruction", "language", "version", "answer_prefix") if k in d})
 
     def save(self, directory: str | Path) -> Path:
         from emotion_summary.atomic_io import atomic_write_json
@@ -183,6 +187,9 @@ def _messages(spec: PromptSpec, record: Record, sections) -> list[dict]:
 def answer_text(fields: dict[str, str]) -> str:
     """The assistant turn a model is trained to write: the five fields as one JSON object."""
     return json.dumps({k: fields[k] for k in GOLD_FIELDS}, ensure_ascii=False, indent=1)
+
+
+JSON_ANSWER_PREFIX = answer_text(dict.fromkeys(GOLD_FIELDS, "")).split('""')[0] + '"'  # '{\n "causes": "'
 
 
 @dataclass

