@@ -76,21 +76,25 @@ def model_rows(name: str, wrapper, held, max_new_tokens: int, raw_dir: Path, **e
     return score(name, held, result.fields, seconds, assembled=result, **extra)
 
 
-def zero_shot(model: str, held, max_seq_len: int, max_new_tokens: int, raw_dir: Path, prefix: bool) -> dict:
+def zero_shot(model: str, held, max_seq_len: int, max_new_tokens: int, raw_dir: Path, prefix: bool,
+              repetition_penalty: float) -> dict:
     from emotion_summary.gguf_models import resolve_base_model
     from emotion_summary.model import Qwen2EmotionSummaryModel
     from emotion_summary.prompt import JSON_ANSWER_PREFIX
 
     wrapper = Qwen2EmotionSummaryModel.load(resolve_base_model(model))
-    wrapper.config = replace(wrapper.config, max_seq_len=max_seq_len)
+    wrapper.config = replace(wrapper.config, max_seq_len=max_seq_len, repetition_penalty=repetition_penalty)
     wrapper.prompt = replace(wrapper.prompt, answer_prefix=JSON_ANSWER_PREFIX if prefix else "")
-    return model_rows("zero-shot-prefix" if prefix else "zero-shot", wrapper, held, max_new_tokens, raw_dir)
+    name = ("zero-shot-prefix" if prefix else "zero-shot") + (f"-rp{repetition_penalty:g}" if repetition_penalty != 1 else "")
+    return model_rows(name, wrapper, held, max_new_tokens, raw_dir,
+                      repetition_penalty=repetition_penalty)
 
 
 def fine_tuned(model: str, train_file: Path, held_file: Path, held, work: Path, steps: int, curve: list[int],
-               max_seq_len: int, max_new_tokens: int, learning_rate: float, answer_prefix: str) -> list[dict]:
+               max_seq_len: int, max_new_tokens: int, learning_rate: float, answer_prefix: str,
+               repetition_penalty: float) -> list[dict]:
     """Train on the training folds (validation loss on the held-out reports), then predict the held-out
-    reports with the checkpoint of each curve step."""
+    reports with the checkpoint of each curve step. A finished run in `work` is reused (no training)."""
     from math import gcd
 
     from emotion_summary.folds import guard_leakage
@@ -101,14 +105,18 @@ def fine_tuned(model: str, train_file: Path, held_file: Path, held, work: Path, 
     for step in curve:
         every = gcd(every, step)
     run_dir = work / "run"
-    trainer = prepare_run(preset="cpu", model_name_or_path=model, train_data=[str(train_file)],
-                          eval_data=[str(held_file)], folds=0, max_steps=steps, max_seq_len=max_seq_len,
-                          max_new_tokens=max_new_tokens, learning_rate=learning_rate, save_every=every,
-                          eval_every=every, answer_prefix=answer_prefix, output_dir=str(run_dir))
-    loss_before = trainer.validation_loss()  # LoRA starts as the identity: the base model's loss
-    started = time.monotonic()
-    trainer.run()
-    train_seconds = time.monotonic() - started
+    summary = work / "training.json"
+    if not summary.is_file():
+        trainer = prepare_run(preset="cpu", model_name_or_path=model, train_data=[str(train_file)],
+                              eval_data=[str(held_file)], folds=0, max_steps=steps, max_seq_len=max_seq_len,
+                              max_new_tokens=max_new_tokens, learning_rate=learning_rate, save_every=every,
+                              eval_every=every, answer_prefix=answer_prefix, output_dir=str(run_dir))
+        loss_before = trainer.validation_loss()  # LoRA starts as the identity: the base model's loss
+        started = time.monotonic()
+        trainer.run()
+        summary.write_text(json.dumps({"loss_before": loss_before, "train_seconds": time.monotonic() - started}))
+    trained = json.loads(summary.read_text())
+    loss_before, train_seconds = trained["loss_before"], trained["train_seconds"]
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     val = {row["step"]: row["val_loss"] for row in log if "val_loss" in row}
     rows = []
@@ -119,8 +127,10 @@ def fine_tuned(model: str, train_file: Path, held_file: Path, held, work: Path, 
             continue
         guard_leakage(held, path)  # never predict a report the run trained on
         wrapper = Qwen2EmotionSummaryModel.load(path)
-        rows.append(model_rows(f"fine-tuned@{step}", wrapper, held, max_new_tokens, work,
-                               steps=step, answer_prefix=answer_prefix, train_seconds=round(train_seconds, 1),
+        wrapper.config = replace(wrapper.config, repetition_penalty=repetition_penalty)
+        name = f"fine-tuned@{step}" + (f"-rp{repetition_penalty:g}" if repetition_penalty != 1 else "")
+        rows.append(model_rows(name, wrapper, held, max_new_tokens, work,
+                               steps=step, answer_prefix=answer_prefix, repetition_penalty=repetition_penalty, train_seconds=round(train_seconds, 1),
                                answer_loss_before=round(loss_before, 4), answer_loss_after=round(val.get(step, float("nan")), 4),
                                train_loss_last=round(next(r["loss"] for r in log if r["step"] == step), 4)))
     return rows
@@ -138,6 +148,7 @@ def quality(
     curve: str = "8,16",
     learning_rate: float = 1e-3,
     answer_prefix: str = "json",
+    repetition_penalty: float = 1.0,
     systems: str = ",".join(SYSTEMS),
     work_dir: str = "bench/results/quality-work",
     out: str = "bench/results/quality.jsonl",
@@ -156,8 +167,10 @@ def quality(
         curve: comma-separated steps at which the held-out reports are predicted (the last one = steps).
         learning_rate: peak learning rate.
         answer_prefix: none or json: the fine-tuned run's --answer_prefix.
+        repetition_penalty: generation's penalty on the reply's own tokens (1: off), every model row.
         systems: comma-separated subset of lead, extractive, zero-shot, zero-shot-prefix, fine-tuned.
-        work_dir: run directory, fold files and raw replies (must not hold an earlier run).
+        work_dir: run directory, fold files and raw replies; a finished run there is reused (same
+            settings), so other decoding settings can be scored without training again.
         out: append one JSON line per system here.
     """
     from emotion_summary.extractive import extract_fields
@@ -194,10 +207,10 @@ def quality(
         emit(score("extractive", held, {r.id: extract_fields(r) for r in held}, time.monotonic() - started))
     for prefix, name in ((False, "zero-shot"), (True, "zero-shot-prefix")):
         if name in chosen:
-            emit(zero_shot(model, held, max_seq_len, max_new_tokens, work, prefix))
+            emit(zero_shot(model, held, max_seq_len, max_new_tokens, work, prefix, repetition_penalty))
     if "fine-tuned" in chosen:
         for row in fine_tuned(model, train_file, held_file, held, work, steps, points, max_seq_len,
-                              max_new_tokens, learning_rate, answer_prefix):
+                              max_new_tokens, learning_rate, answer_prefix, repetition_penalty):
             emit(row)
     print(report(rows))
 

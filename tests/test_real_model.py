@@ -60,3 +60,19 @@ def test_one_training_step_then_the_adapter_and_its_merged_model_generate(smollm
 
     merged = Qwen2EmotionSummaryModel.load(merge_adapter(run, str(tmp_path / "merged")))
     assert merged.generate(report, max_new_tokens=6)[0].strip()
+
+
+def test_the_repetition_penalty_touches_the_reply_s_tokens_only():
+    import torch
+
+    from emotion_summary.config import resolve_config, validate
+    from emotion_summary.decoding import reply_repetition_penalty
+
+    ids = torch.tensor([[7, 8, 3, 3]])  # a 2-token prompt, then a reply that said token 3 twice
+    scores = torch.tensor([[0.0, 0.0, 0.0, 2.0, -2.0, 0.0, 0.0, 2.0, 2.0]])
+    out = reply_repetition_penalty(2, 2.0)(ids, scores.clone())
+    assert out[0, 3] == 1.0  # the reply's token, once per position (scatter, not compounding)
+    assert out[0, 7] == 2.0 and out[0, 8] == 2.0  # the prompt's tokens are the report's words: untouched
+    assert torch.equal(reply_repetition_penalty(4, 2.0)(ids, scores.clone()), scores)  # nothing generated yet
+    assert any("repetition_penalty: must be at least 1" in p for p in
+               validate(resolve_config("cpu", repetition_penalty=0.5), check_files=False))

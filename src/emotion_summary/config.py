@@ -23,7 +23,7 @@ CONFIG_FILE = "train_config.json"
 BASE_MODEL = "Qwen/Qwen2-7B-Instruct"
 # Fields that may differ between an interrupted run and its resume.
 # The memory levers that leave the training maths alone are free too: pull one after an out-of-memory stop.
-RESUME_FREE_FIELDS = {"output_dir", "max_steps", "eval_every", "save_every",
+RESUME_FREE_FIELDS = {"output_dir", "max_steps", "eval_every", "save_every", "repetition_penalty",
                       "offload_activations", "mlp_tile_tokens", "embedding_on_cpu"}
 
 
@@ -83,6 +83,8 @@ class TrainConfig:
         "so a small model answers in JSON from its first token; none: the model writes all of it")
     max_new_tokens: int = option(512, "generation budget the trained model is used with (reserved in "
                                  "max_seq_len)")
+    repetition_penalty: float = option(1.0, "generation: divide the logits of tokens the reply already holds "
+                                       "by this (1: off; the report's tokens are not penalised)")
     gradient_checkpointing: bool = option(True, "recompute activations in the backward pass (non-reentrant)")
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = option(
         "auto", "auto (flash_attention_2 when installed, else sdpa), flash_attention_2, sdpa or eager")
@@ -219,6 +221,8 @@ def _value_problems(cfg: TrainConfig, vram_gb: float | None, check_files: bool) 
     if not (cfg.lora_target == "all-linear" or (isinstance(cfg.lora_target, list) and cfg.lora_target)):
         problems.append(f"lora_target: 'all-linear' or a list of module names (q_proj,v_proj), "
                         f"got {cfg.lora_target!r}")
+    if cfg.repetition_penalty < 1:
+        problems.append(f"repetition_penalty: must be at least 1 (1: off), got {cfg.repetition_penalty}")
     if not 0 <= cfg.lora_dropout < 1:
         problems.append(f"lora_dropout: must be in [0, 1), got {cfg.lora_dropout}")
     if cfg.max_seq_len < cfg.max_new_tokens + 256:

@@ -18,6 +18,7 @@ import torch
 
 from emotion_summary.errors import ModelError
 from emotion_summary.config import TrainConfig
+from emotion_summary.decoding import reply_repetition_penalty
 from emotion_summary.encode import prompt_budget, prompt_token_ids
 from emotion_summary.loss import answer_only_loss
 from emotion_summary.prompt import PromptSpec, parse_answer
@@ -514,9 +515,11 @@ class Qwen2EmotionSummaryModel:
         attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device())
         stop = self._stop_ids()
         chunk = prefill_chunk_tokens(len(prompts))
+        penalty = self.config.repetition_penalty
+        processors = [reply_repetition_penalty(width, penalty)] if penalty != 1 else []
         gen = self.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
                                   min_new_tokens=min_new_tokens, do_sample=False, pad_token_id=pad,
-                                  eos_token_id=stop, use_cache=True,
+                                  eos_token_id=stop, use_cache=True, logits_processor=processors or None,
                                   prefill_chunk_size=chunk if width > chunk else None)
         return gen[:, width:]
 
