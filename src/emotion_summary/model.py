@@ -18,7 +18,7 @@ import torch
 
 from emotion_summary.errors import ModelError
 from emotion_summary.config import TrainConfig
-from emotion_summary.decoding import reply_repetition_penalty
+from emotion_summary.decoding import reply_repetition_penalty, stop_when_answer_complete
 from emotion_summary.encode import prompt_budget, prompt_token_ids
 from emotion_summary.loss import answer_only_loss
 from emotion_summary.prompt import PromptSpec, parse_answer
@@ -520,6 +520,8 @@ class Qwen2EmotionSummaryModel:
         gen = self.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
                                   min_new_tokens=min_new_tokens, do_sample=False, pad_token_id=pad,
                                   eos_token_id=stop, use_cache=True, logits_processor=processors or None,
+                                  stopping_criteria=[stop_when_answer_complete(self.tokenizer, width,
+                                                                               self.prompt.answer_prefix)],
                                   prefill_chunk_size=chunk if width > chunk else None)
         return gen[:, width:]
 

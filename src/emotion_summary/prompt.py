@@ -237,6 +237,15 @@ def _key_by_key(text: str) -> dict[str, str]:
     return out
 
 
+_CLOSED_VALUE = {key: re.compile(rf'"{key}"\s*:\s*"(?:[^"\\]|\\.)*"', re.S) for key in GOLD_FIELDS}
+
+
+def answer_complete(text: str) -> bool:
+    """Whether every one of the five keys has a closed string value in `text`: the answer is whole, and
+    what a small model writes after it (repeated keys, more prose) only costs time."""
+    return all(pattern.search(text) for pattern in _CLOSED_VALUE.values())
+
+
 def _as_text(value) -> str:
     if isinstance(value, str):
         return value.strip()
