@@ -190,7 +190,8 @@ def quality(
     common = {"bench": "quality", "data": data, "folds": folds, "fold": fold, "n_train": len(train),
               "n_heldout": len(held), "heldout_ids": [r.id for r in held], "model": model,
               "max_seq_len": max_seq_len, "max_new_tokens": max_new_tokens, "learning_rate": learning_rate,
-              "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"), **host_info()}
+              "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+              "decoding": "greedy; stops once all five fields have a closed value", **host_info()}
     rows = []
 
     def emit(row: dict) -> None:
