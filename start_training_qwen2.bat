@@ -44,7 +44,7 @@ exit /b %errorlevel%
 
 :help
 REM Like the .sh: the pipeline's options, without creating or installing anything.
-echo Main job: creates .venv when missing, installs, then runs scripts\pipeline.py (PRESET=auto^|8gb^|12gb^|24gb^|cpu-smoke).
+echo Main job: creates .venv when missing, installs, then runs scripts\pipeline.py (PRESET=auto^|8gb^|12gb^|24gb^|cpu^|cpu-smoke).
 set PYTHONPATH=%HERE%src;%PYTHONPATH%
 set HPY=python
 if exist "%VENV%\Scripts\python.exe" set HPY=%VENV%\Scripts\python.exe

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Main job. Creates .venv when missing, installs the pinned requirements, then runs the pipeline:
-# train (PRESET=auto|8gb|12gb|24gb|cpu-smoke; auto = by GPU memory, cpu-smoke without a GPU),
+# train (PRESET=auto|8gb|12gb|24gb|cpu|cpu-smoke; auto = by GPU memory, cpu without a GPU),
 # predict, check the submission and score it. Further arguments go to scripts/pipeline.py, e.g.
 #   PRESET=24gb bash start_training_qwen2.sh --train_data data/train.jsonl --predict_input data/longemotion/Emotion_Summary.jsonl
 # Set VENV=none to use the Python already active.

@@ -47,7 +47,8 @@ def generate(
     Args:
         arch: tiny or qwen2-7b (GPU only): an untrained LoRA adapter on the random-weight model of
             that shape, built once (ignored with --model_path).
-        model_path: adapter or merged model directory written by the trainer / merge_adapter.
+        model_path: adapter or merged model directory written by the trainer / merge_adapter, a plain
+            model directory, smollm2-135m or a .gguf file.
         data: ES records to summarise (default: the project's 6 English sample reports).
         n_records: how many records (the file is cycled when it has fewer).
         batch_size: records per generate call in the batched mode.
@@ -78,6 +79,10 @@ def generate(
     records = list(itertools.islice(itertools.cycle(pool), n_records))
 
     host = host_info()
+    if model_path:
+        from emotion_summary.modeling.gguf_models import resolve_base_model
+
+        model_path = resolve_base_model(model_path)  # smollm2-135m or a .gguf file: its cached HF directory
     wrapper = Qwen2EmotionSummaryModel.load(model_path or untrained_adapter(arch))
     cuda = device().type == "cuda"
     base = {"bench": "generate", **host, **(gpu_info() if cuda else {}),

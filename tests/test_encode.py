@@ -3,7 +3,7 @@
 import pytest
 
 from emotion_summary.prompting.encode import IGNORE_INDEX, encode_example, fit_report
-from emotion_summary.prompting.prompt import PromptSpec
+from emotion_summary.prompting.prompt import JSON_ANSWER_PREFIX, PromptSpec, answer_text, parse_answer
 from emotion_summary.data.records import GOLD_FIELDS, record_from_dict
 
 
@@ -75,3 +75,23 @@ def test_fit_report_is_the_one_window_fit_for_training_and_inference(tokenizer):
     assert untrimmed.ids is None and untrimmed.trimmed_tokens == 0
     with pytest.raises(UserError, match="lower max_new_tokens"):
         fit_report(tokenizer, PromptSpec(), long, 1024, reserved=900)
+
+
+def test_answer_prefix_ends_the_prompt_and_only_its_continuation_is_supervised(tokenizer):
+    plain, prefixed = PromptSpec(), PromptSpec(answer_prefix=JSON_ANSWER_PREFIX)
+    rec = record(50)
+    ids = fit_report(tokenizer, prefixed, rec, max_seq_len=2048, reserved=0).ids
+    prefix_ids = tokenizer.encode(JSON_ANSWER_PREFIX, add_special_tokens=False)
+    assert ids == fit_report(tokenizer, plain, rec, max_seq_len=2048, reserved=0).ids + prefix_ids
+    ex = encode_example(tokenizer, prefixed, rec, max_seq_len=2048)
+    answer = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE_INDEX]
+    assert ex["input_ids"][: len(ids)] == ids  # the prefix is prompt, never a training target
+    # prefix + supervised text is the whole JSON answer, which parses back to the gold fields
+    text = JSON_ANSWER_PREFIX + tokenizer.decode(answer, skip_special_tokens=True)
+    assert text == answer_text(rec.gold()) and parse_answer(text).fields == rec.gold()
+
+
+def test_prompt_json_without_answer_prefix_reads_as_none():
+    saved = PromptSpec().to_dict()
+    del saved["answer_prefix"]  # a checkpoint written before the field existed
+    assert PromptSpec.from_dict(saved).answer_prefix == ""

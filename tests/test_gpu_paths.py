@@ -147,6 +147,19 @@ def test_cpu_embedding_is_outside_the_parameters_so_generate_keeps_the_gpu_as_mo
     assert torch.equal(model(input_ids=ids).logits, want)
 
 
+def test_a_tied_embedding_stays_where_the_lm_head_is():
+    """SmolLM2 ties its LM head to the input embedding: moving one would move the other."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from emotion_summary.modeling.levers import keep_embedding_on_cpu
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+    embedding = model.get_input_embeddings()
+    assert keep_embedding_on_cpu(model) is False
+    assert model.get_input_embeddings() is embedding and model.lm_head.weight is embedding.weight
+
+
 def test_merging_goes_to_the_cpu_when_the_16_bit_model_does_not_fit_the_free_memory(monkeypatch):
     from emotion_summary.modeling.loading import sixteen_bit_fits_gpu
 

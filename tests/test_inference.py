@@ -149,6 +149,9 @@ def test_missing_fields_are_filled_from_the_baseline_and_counted(records):
                                "treatment_effect"], 13: list(GOLD_FIELDS)}
     assert out.not_json == [13]
     assert all(v.strip() for fields in out.fields.values() for v in fields.values())  # no id dropped
+    assert (out.fields_from_model, out.fields_from_fallback) == (6, 9)
+    assert out.provenance() == ("fields: 6 of 15 from the model, 9 from the extractive fallback; "
+                                "2 of 3 replies parsed as JSON")
 
 
 def test_infer_writes_a_valid_submission_in_input_order_and_reports_fills(tmp_path, gold_file, capsys):

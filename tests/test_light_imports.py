@@ -18,13 +18,13 @@ LIGHT = ["core.atomic_io", "core.cli", "core.distributed", "core.errors", "core.
          # `--help` of train_qwen2.py imports the train command; the model wrapper loads only when a run starts
          "training.config", "training.presets", "training.run_dir", "training.command", "training.trainer",
          "training.train_data", "training.checkpoints", "training.oom", "training.step",
-         "modeling.identity", "modeling.architectures", "modeling.tokenizer",
+         "modeling.identity", "modeling.architectures", "modeling.tokenizer", "modeling.gguf_models",
          "core.json_input", "core.output_lock", "core.text_escape", "gpusim.plan_options", "modeling.model_check",
          "commands", "pipeline", "stats", "install_torch",
          # the GPU simulator's entry points (plan_memory's --help); its runtime and worker load torch
          "gpusim", "gpusim.planner", "gpusim.api", "gpusim.job", "gpusim.cards", "gpusim.archs"]
 # torch at import, by design: the model wrapper and what it is built from, the simulator's runtime
-HEAVY = ["modeling.summary_model", "modeling.loss", "modeling.device", "modeling.loading", "modeling.levers",
+HEAVY = ["modeling.summary_model", "modeling.decoding", "modeling.loss", "modeling.device", "modeling.loading", "modeling.levers",
          "modeling.adapters", "modeling.generation", "modeling.merge"]
 
 

@@ -16,7 +16,7 @@ def test_the_repository_configs_are_the_packaged_presets():
     packaged = {p.name: p.read_bytes() for p in PRESET_DIR.glob("*.yaml")}
     top = {p.name: p.read_bytes() for p in (ROOT / "configs").glob("*.yaml")}
     assert packaged == top, "copy src/emotion_summary/configs/*.yaml to configs/ (or back)"
-    assert {"8gb.yaml", "12gb.yaml", "24gb.yaml", "cpu-smoke.yaml"} <= set(packaged)
+    assert {"8gb.yaml", "12gb.yaml", "24gb.yaml", "cpu.yaml", "cpu-smoke.yaml"} <= set(packaged)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -59,13 +59,13 @@ def test_adding_a_preset_is_one_file(tmp_path):
 
 
 def test_auto_picks_by_the_files_memory_needs_and_unknown_names_get_one_message():
-    assert pick_preset(None) == "cpu-smoke"
+    assert pick_preset(None) == "cpu"  # the real small model without a GPU
     assert pick_preset(8.0) == "8gb" and pick_preset(12.0) == "12gb" and pick_preset(80.0) == "24gb"
     with pytest.raises(ConfigError) as a:
         resolve_config("9gb")
     with pytest.raises(ConfigError) as b:
         preset_overrides("9gb")
-    assert str(a.value) == str(b.value) and "choose one of 8gb, 12gb, 24gb, cpu-smoke, auto" in str(a.value)
+    assert str(a.value) == str(b.value) and "choose one of 8gb, 12gb, 24gb, cpu, cpu-smoke, auto" in str(a.value)
 
 
 def test_es_train_preset_reads_the_file(capsys):

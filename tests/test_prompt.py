@@ -79,3 +79,14 @@ def test_reports_of_many_short_paragraphs_lose_whole_paragraphs_from_the_middle(
     assert words(prompt.messages[0]["content"]) + words(text) <= 300
     assert "Paragraph 0 is short." in text and "Closing reflection." in text
     assert "Paragraph 75 is short." not in text and "paragraphs)" in text
+
+
+def test_an_answer_is_complete_once_every_field_has_a_closed_value():
+    from emotion_summary.prompting.prompt import answer_complete
+
+    whole = answer_text({k: f'{k} "quoted" text' for k in GOLD_FIELDS})
+    assert answer_complete(whole) and answer_complete(whole[:-1])  # the closing brace is not needed
+    cut = whole[: whole.rindex('"')]  # the last value still open
+    assert not answer_complete(cut)
+    repeated = whole[:-1] + ',\n "treatment_process": "again'  # a small model going on after the fifth field
+    assert answer_complete(repeated)

@@ -47,7 +47,8 @@ def losses(run_dir):
 
 
 @pytest.mark.parametrize("name, fits, too_small", [("8gb", 8.0, 7.0), ("12gb", 12.0, 11.0),
-                                                    ("24gb", 24.0, 20.0), ("cpu-smoke", None, None)])
+                                                    ("24gb", 24.0, 20.0), ("cpu-smoke", None, None),
+                                                    ("cpu", None, None)])
 def test_every_preset_validates_on_its_card_and_not_on_a_smaller_one(name, fits, too_small, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("{}")
@@ -58,7 +59,7 @@ def test_every_preset_validates_on_its_card_and_not_on_a_smaller_one(name, fits,
 
 
 def test_auto_preset_follows_gpu_memory():
-    assert resolve_config("auto", None).preset == "cpu-smoke"
+    assert resolve_config("auto", None).preset == "cpu"  # the real small model without a GPU
     assert resolve_config("auto", 8.0).preset == "8gb"
     assert resolve_config("auto", 16.0).preset == "12gb"
     assert resolve_config("auto", 80.0).preset == "24gb"

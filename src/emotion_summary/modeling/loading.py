@@ -8,12 +8,15 @@ from emotion_summary.modeling.device import attn_implementation, compute_dtype, 
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """'tiny' is the locally built random tiny Qwen2 (cpu-smoke); anything else goes to the hub loader."""
+    """'tiny' is the locally built random tiny Qwen2 (cpu-smoke); 'smollm2-135m' or a .gguf path is
+    dequantised once into a cached HF directory (gguf_models); anything else goes to the hub loader."""
     if name_or_path == "tiny":
         from emotion_summary.modeling.architectures import build_tiny_qwen2
 
         return str(build_tiny_qwen2())
-    return name_or_path
+    from emotion_summary.modeling.gguf_models import resolve_base_model
+
+    return resolve_base_model(name_or_path)
 
 
 def quantization_config(quantization: str, dtype: torch.dtype, lm_head_4bit: bool = False):

@@ -20,6 +20,11 @@ def _base_name(name_or_path: str) -> str:
         from emotion_summary.modeling.architectures import default_tiny_dir
 
         return default_tiny_dir().name
+    from emotion_summary.modeling.gguf_models import is_gguf_name
+    from emotion_summary.modeling.loading import resolve_model_path
+
+    if is_gguf_name(name_or_path):
+        return Path(resolve_model_path(name_or_path)).name
     return Path(name_or_path.rstrip("/")).name
 
 

@@ -15,6 +15,7 @@ import torch
 
 from emotion_summary.core.atomic_io import follow_umask
 from emotion_summary.modeling.adapters import adapters_in_compute_dtype, lora_config
+from emotion_summary.modeling.decoding import reply_repetition_penalty, stop_when_answer_complete
 from emotion_summary.modeling.device import device, uses_flash_attention
 from emotion_summary.modeling.generation import (
     dtype_bytes,
@@ -37,6 +38,13 @@ from emotion_summary.modeling.merge import check_adapter_base
 from emotion_summary.prompting.encode import FittedPrompt
 from emotion_summary.prompting.prompt import PromptSpec
 from emotion_summary.training.config import TrainConfig
+
+
+def answer_prefix(cfg: TrainConfig) -> str:
+    """The PromptSpec.answer_prefix of a run's --answer_prefix choice."""
+    from emotion_summary.prompting.prompt import JSON_ANSWER_PREFIX
+
+    return JSON_ANSWER_PREFIX if cfg.answer_prefix == "json" else ""
 
 
 class Qwen2EmotionSummaryModel:
@@ -72,7 +80,7 @@ class Qwen2EmotionSummaryModel:
               f"{base.config._attn_implementation}, LoRA weights "
               f"{str(next(p.dtype for p in model.parameters() if p.requires_grad)).removeprefix('torch.')}"
               f", embedding on {base.get_input_embeddings().weight.device.type}", file=sys.stderr)
-        return cls(model, tokenizer, PromptSpec(language=cfg.language), cfg)
+        return cls(model, tokenizer, PromptSpec(language=cfg.language, answer_prefix=answer_prefix(cfg)), cfg)
 
     @classmethod
     def load(cls, model_path: str | Path, quantization: str | None = None) -> "Qwen2EmotionSummaryModel":
@@ -165,7 +173,9 @@ class Qwen2EmotionSummaryModel:
         cap it lower."""
         new_ids = self.generate_ids([p.ids for p in prompts], max_new_tokens, batch_size=batch_size,
                                     temperature=temperature, top_p=top_p)
-        return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        # The prompt ends with the answer prefix (if any): the reply is the prefix and its continuation.
+        return [self.prompt.answer_prefix + text
+                for text in self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int | None = None,
@@ -197,9 +207,13 @@ class Qwen2EmotionSummaryModel:
         attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device())
         stop = self._stop_ids()
         chunk = prefill_chunk_tokens(len(prompts))
+        penalty = self.config.repetition_penalty
+        processors = [reply_repetition_penalty(width, penalty)] if penalty != 1 else []
         gen = self.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                  pad_token_id=pad,
-                                  eos_token_id=stop, use_cache=True, **(decoding or sampling()),
+                                  pad_token_id=pad, eos_token_id=stop, use_cache=True, **(decoding or sampling()),
+                                  logits_processor=processors or None,
+                                  stopping_criteria=[stop_when_answer_complete(self.tokenizer, width,
+                                                                               self.prompt.answer_prefix)],
                                   prefill_chunk_size=chunk if width > chunk else None)
         return gen[:, width:]
 

@@ -90,7 +90,9 @@ def hf_backend(info: ModelInfo, max_new_tokens: int, batch_size: int, quantizati
     def request(record: Record) -> dict:
         return {"backend": "hf", "model": model_id, "quantization": info.quantization(quantization),
                 "messages": prompts(record).messages, "max_new_tokens": max_new_tokens,
-                "decoding": decoding(temperature, top_p)}
+                "decoding": decoding(temperature, top_p),
+                # only when set: replies saved before the option existed keep their keys
+                **({"repetition_penalty": penalty} if (penalty := info.config.repetition_penalty) != 1 else {})}
 
     def load() -> GenerateFn:
         try:  # torch is imported only here: the other backends and the checker stay light

@@ -154,6 +154,21 @@ class Assembled:
         return sum(rid not in self.refused and len(self.filled.get(rid, ())) < len(GOLD_FIELDS)
                    for rid in self.fields)
 
+    @property
+    def fields_from_model(self) -> int:
+        return sum(len(f) for f in self.fields.values()) - self.fields_from_fallback
+
+    @property
+    def fields_from_fallback(self) -> int:
+        return sum(len(names) for names in self.filled.values())
+
+    def provenance(self) -> str:
+        """One line: where the submission's fields came from."""
+        total = sum(len(f) for f in self.fields.values())
+        replies = len(self.fields) - len(self.refused)
+        return (f"fields: {self.fields_from_model} of {total} from the model, {self.fields_from_fallback} from "
+                f"the extractive fallback; {replies - len(self.not_json)} of {replies} replies parsed as JSON")
+
 
 def assemble(records: Sequence[Record], raws: dict[int, str], refused: dict[int, str] | None = None) -> Assembled:
     """Parse every raw text; fill missing fields from the extractive baseline."""
@@ -238,7 +253,8 @@ def infer(input: str, output: str | None = None, model_path: str | None = None,
             --model_path folder, the served --model, or extractive). Raw replies go to <output>.raw.jsonl (resume
             state); which fields came from the extractive fallback to <output>.filled.json.
         model_path: an adapter or merged model written by this project (its prompt.json and config are
-            used), or a plain model directory such as Qwen2-7B-Instruct (the default prompt); needed for hf.
+            used), a plain model directory such as Qwen2-7B-Instruct (the default prompt), smollm2-135m or
+            a .gguf file (dequantised once into the cache); needed for hf.
         backend: hf (local model), openai (an OpenAI-compatible server) or extractive (no model).
         batch_size: reports per generate call (hf); default: from the checkpoint's max_seq_len.
         max_new_tokens: generation budget per report; default: the checkpoint's (512 without one).
@@ -252,6 +268,10 @@ def infer(input: str, output: str | None = None, model_path: str | None = None,
         top_p: nucleus sampling mass when --temperature > 0 (the benchmark's runner: 0.9).
         seed: random seed of sampling (hf).
     """
+    if model_path and backend != "extractive":
+        from emotion_summary.modeling.gguf_models import resolve_base_model
+
+        model_path = resolve_base_model(model_path)  # smollm2-135m or a .gguf file: its cached HF directory
     _check_options(backend, model_path, server.endpoint, server.model,
                    {"batch_size": batch_size, "max_new_tokens": max_new_tokens})
     check_numbers({"temperature": (temperature, float, 0), "top_p": (top_p, float, 0, True)})
@@ -285,6 +305,7 @@ def infer(input: str, output: str | None = None, model_path: str | None = None,
         write_filled(output, result, backend)
         print(f"wrote {len(records)} rows to {output} in {time.monotonic() - started:.1f} s "
               f"(backend {backend}; raw replies in {side})")
+        print(result.provenance())
         _print_warnings(result, side)
         if chosen.prompts and (trimmed := chosen.prompts.trimmed()):
             print(trimmed_summary(trimmed, len(records), chosen.prompts, side))

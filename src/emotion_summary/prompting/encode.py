@@ -68,18 +68,23 @@ def _fit_prompt(tokenizer, spec: PromptSpec, record: Record, max_prompt_tokens: 
         prompt = build_prompt(spec, record, budget, token_counter(tokenizer))
         ids = list(tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True,
                                                  tokenize=True, return_dict=False))
+        ids += tokenizer.encode(spec.answer_prefix, add_special_tokens=False) if spec.answer_prefix else []
         if max_prompt_tokens is None or len(ids) <= max_prompt_tokens:
             return FittedPrompt(prompt.messages, ids, prompt.trimmed_tokens)
         budget -= len(ids) - max_prompt_tokens  # the template cost more than the margin; rare
 
 
-def answer_token_ids(tokenizer, fields: dict[str, str]) -> list[int]:
-    """The assistant turn's content and its end-of-turn token, as the chat template renders it."""
-    return tokenizer.encode(answer_text(fields), add_special_tokens=False) + [tokenizer.eos_token_id]
+def answer_token_ids(tokenizer, fields: dict[str, str], prefix: str = "") -> list[int]:
+    """The assistant turn's content and its end-of-turn token, as the chat template renders it; with a
+    `prefix` (PromptSpec.answer_prefix, already in the prompt) only what follows it."""
+    text = answer_text(fields)
+    if not text.startswith(prefix):
+        raise ValueError(f"answer_prefix {prefix!r} is not how the answer starts ({text[:40]!r})")
+    return tokenizer.encode(text[len(prefix):], add_special_tokens=False) + [tokenizer.eos_token_id]
 
 
 def encode_example(tokenizer, spec: PromptSpec, record: Record, max_seq_len: int) -> dict:
-    answer = answer_token_ids(tokenizer, record.gold())
+    answer = answer_token_ids(tokenizer, record.gold(), spec.answer_prefix)
     if len(answer) >= max_seq_len // 2:
         from emotion_summary.core.errors import UserError
 

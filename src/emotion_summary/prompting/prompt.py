@@ -56,13 +56,17 @@ class PromptSpec:
     instruction: str = DEFAULT_INSTRUCTION
     language: Language = "auto"
     version: str = "es-v1"
+    # Text the assistant turn starts with, written into the prompt rather than generated (e.g.
+    # '{\n "causes": "'): a small model then answers in the JSON shape from its first token. Training
+    # supervises the rest of the answer; replies are returned with the prefix put back in front.
+    answer_prefix: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PromptSpec":
-        return cls(**{k: d[k] for k in ("system", "instruction", "language", "version") if k in d})
+        return cls(**{k: d[k] for k in ("system", "instruction", "language", "version", "answer_prefix") if k in d})
 
     def save(self, directory: str | Path) -> Path:
         from emotion_summary.core.atomic_io import atomic_write_json
@@ -184,6 +188,9 @@ def answer_text(fields: dict[str, str]) -> str:
     return json.dumps({k: fields[k] for k in GOLD_FIELDS}, ensure_ascii=False, indent=1)
 
 
+JSON_ANSWER_PREFIX = answer_text(dict.fromkeys(GOLD_FIELDS, "")).split('""')[0] + '"'  # '{\n "causes": "'
+
+
 @dataclass
 class ParsedAnswer:
     fields: dict[str, str]
@@ -227,6 +234,15 @@ def _key_by_key(text: str) -> dict[str, str]:
             except json.JSONDecodeError:
                 out[key] = m.group(1)
     return out
+
+
+_CLOSED_VALUE = {key: re.compile(rf'"{key}"\s*:\s*"(?:[^"\\]|\\.)*"', re.S) for key in GOLD_FIELDS}
+
+
+def answer_complete(text: str) -> bool:
+    """Whether every one of the five keys has a closed string value in `text`: the answer is whole, and
+    what a small model writes after it (repeated keys, more prose) only costs time."""
+    return all(pattern.search(text) for pattern in _CLOSED_VALUE.values())
 
 
 def _as_text(value) -> str:

@@ -16,14 +16,14 @@ from typing import Literal
 
 from emotion_summary.core.cli import number_problem
 from emotion_summary.core.errors import ConfigError
-from emotion_summary.training.presets import PRESET_NAMES, PRESETS, pick_preset, preset_overrides, unknown_preset
+from emotion_summary.training.presets import CPU_PRESETS, PRESET_NAMES, PRESETS, pick_preset, preset_overrides, unknown_preset
 from emotion_summary.prompting.prompt import Language
 
 CONFIG_FILE = "train_config.json"
 BASE_MODEL = "Qwen/Qwen2-7B-Instruct"
 # Fields that may differ between an interrupted run and its resume.
 # The memory levers that leave the training maths alone are free too: pull one after an out-of-memory stop.
-RESUME_FREE_FIELDS = {"output_dir", "max_steps", "eval_every", "save_every",
+RESUME_FREE_FIELDS = {"output_dir", "max_steps", "eval_every", "save_every", "repetition_penalty",
                       "offload_activations", "mlp_tile_tokens", "embedding_on_cpu"}
 
 
@@ -44,11 +44,11 @@ def option(default, help: str, **metadata):
 @dataclass
 class TrainConfig:
     preset: Literal[PRESET_NAMES] = option(  # type: ignore[valid-type]
-        "auto", f"card preset: {', '.join(PRESET_NAMES)} (by the GPU's memory; cpu-smoke without a GPU); "
+        "auto", f"card preset: {', '.join(PRESET_NAMES)} (by the GPU's memory; cpu without a GPU); "
         "reads configs/NAME.yaml; options you set override it")
     train_data: list[str] = option(
         [], "labelled ES file(s), comma-separated (JSONL or JSON array; all five gold fields); "
-        "cpu-smoke defaults to the project's own sample reports")
+        "cpu and cpu-smoke default to the project's own sample reports")
     eval_data: list[str] = option([], "labelled file(s) for the validation loss, comma-separated")
     max_records: int = option(0, "use only the first N records of train_data, all read and checked "
                               "(0: all; cpu-smoke: a smoke test on a few)")
@@ -59,7 +59,8 @@ class TrainConfig:
         "auto", "summary language in the prompt: en, zh, or auto (the language the training labels "
         "were written in: the labeller's --language, else the report's)")
     model_name_or_path: str = option(BASE_MODEL, "base model (hub name or local directory); 'tiny' builds "
-                                     "a random tiny Qwen2")
+                                     "a random tiny Qwen2; smollm2-135m or a .gguf file is dequantised "
+                                     "once into the cache")
     quantization: Literal["nf4", "none"] = option("nf4", "nf4 (4-bit QLoRA) or none (16-bit LoRA)")
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = option(
         "auto", "auto (bf16 where supported, fp16 on older GPUs, fp32 on CPU), bf16, fp16 or fp32")
@@ -79,8 +80,13 @@ class TrainConfig:
     lora_target: str | list[str] = option(
         "all-linear", "modules that get LoRA: all-linear, or a comma-separated list (q_proj,v_proj)",
         parse=parse_lora_target)
+    answer_prefix: Literal["none", "json"] = option(
+        "none", "json: the prompt ends with the answer's opening {\"causes\": \" (written into prompt.json), "
+        "so a small model answers in JSON from its first token; none: the model writes all of it")
     max_new_tokens: int = option(512, "generation budget the trained model is used with (reserved in "
                                  "max_seq_len)")
+    repetition_penalty: float = option(1.0, "generation: divide the logits of tokens the reply already holds "
+                                       "by this (1: off; the report's tokens are not penalised)")
     gradient_checkpointing: bool = option(True, "recompute activations in the backward pass (non-reentrant)")
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = option(
         "auto", "auto (flash_attention_2 when installed, else sdpa), flash_attention_2, sdpa or eager")
@@ -217,6 +223,8 @@ def _value_problems(cfg: TrainConfig, vram_gb: float | None, check_files: bool) 
     if not (cfg.lora_target == "all-linear" or (isinstance(cfg.lora_target, list) and cfg.lora_target)):
         problems.append(f"lora_target: 'all-linear' or a list of module names (q_proj,v_proj), "
                         f"got {cfg.lora_target!r}")
+    if cfg.repetition_penalty < 1:
+        problems.append(f"repetition_penalty: must be at least 1 (1: off), got {cfg.repetition_penalty}")
     if not 0 <= cfg.lora_dropout < 1:
         problems.append(f"lora_dropout: must be in [0, 1), got {cfg.lora_dropout}")
     if cfg.max_seq_len < cfg.max_new_tokens + 256:
@@ -231,9 +239,9 @@ def _value_problems(cfg: TrainConfig, vram_gb: float | None, check_files: bool) 
     if check_files:
         problems += _data_problems(cfg)
     min_vram = PRESETS[cfg.preset]["min_vram_gb"]
-    if vram_gb is None and cfg.preset != "cpu-smoke":
+    if vram_gb is None and cfg.preset not in CPU_PRESETS:
         problems.append(f"preset {cfg.preset}: needs a CUDA GPU and none was found "
-                        "(use --preset cpu-smoke to try the pipeline on CPU)")
+                        "(use --preset cpu or cpu-smoke to try the pipeline on CPU)")
     elif vram_gb is not None and vram_gb < min_vram:
         problems.append(f"preset {cfg.preset}: needs {min_vram} GB of GPU memory, this GPU has "
                         f"{vram_gb:.1f} GB free; pick a smaller preset or --preset auto")
@@ -244,7 +252,7 @@ def _data_problems(cfg: TrainConfig) -> list[str]:
     from emotion_summary.core.paths import missing_file, output_dir_problems
 
     problems = [p.replace("--output_dir ", "output_dir: ", 1) for p in output_dir_problems("--output_dir", cfg.output_dir)]
-    if not cfg.train_data and cfg.preset != "cpu-smoke":
+    if not cfg.train_data and cfg.preset not in CPU_PRESETS:
         problems.append("train_data: give one or more labelled ES files (JSONL or JSON)")
     for path in cfg.train_data + cfg.eval_data:
         if missing_file(path):

@@ -57,6 +57,15 @@ def _load_all() -> dict[str, dict]:
 
 PRESETS: dict[str, dict] = _load_all()
 PRESET_NAMES = (*PRESETS, "auto")
+CPU_PRESETS = tuple(n for n, p in PRESETS.items() if p["min_vram_gb"] == 0)  # run without a GPU
+
+
+def default_train_data(name: str) -> list[str]:
+    """A CPU preset's training data when none is given: the project's sample reports (English only for
+    the real model `cpu`: SmolLM2 was trained on English)."""
+    from emotion_summary.data.sample_data import SAMPLE_EN, SMOKE_DATA
+
+    return [str(SAMPLE_EN)] if name == "cpu" else [str(p) for p in SMOKE_DATA]
 
 
 def unknown_preset(name: str, choices: tuple[str, ...] = PRESET_NAMES) -> str:
@@ -73,11 +82,10 @@ def preset_path(name: str) -> Path:
 
 
 def pick_preset(vram_gb: float | None) -> str:
-    """'auto': the largest preset that fits the GPU's free memory (`vram_gb`); the first CPU preset
-    (cpu-smoke) without a GPU."""
-    cpu = [n for n, p in PRESETS.items() if p["min_vram_gb"] == 0]
+    """'auto': the largest preset that fits the GPU's free memory (`vram_gb`); without a GPU, `cpu` (the
+    real small model; cpu-smoke when that file is gone)."""
     if vram_gb is None:
-        return "cpu-smoke" if "cpu-smoke" in cpu else cpu[0]
+        return "cpu" if "cpu" in CPU_PRESETS else CPU_PRESETS[0]  # the train command says which it took
     gpu = [n for n, p in PRESETS.items() if p["min_vram_gb"] > 0]
     fitting = [n for n in reversed(gpu) if vram_gb >= PRESETS[n]["min_vram_gb"]]
     if not fitting:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from emotion_summary.core.errors import ConfigError, UserError
 from emotion_summary.data.records import Record, read_records
-from emotion_summary.data.sample_data import SMOKE_DATA
+from emotion_summary.training.presets import default_train_data
 from emotion_summary.training.config import TrainConfig
 
 
 def load_data(cfg: TrainConfig) -> tuple[list[Record], list[Record]]:
     """Training and validation records; every training record must carry the five gold fields."""
-    paths = cfg.train_data or [str(p) for p in SMOKE_DATA]
+    paths = cfg.train_data or default_train_data(cfg.preset)
     train = _capped(_read_labelled(paths), cfg)
     evals = _read_labelled(cfg.eval_data)
     if cfg.folds:
