@@ -177,8 +177,10 @@ def _common_patches(job, tracker):
 
     from emotion_summary.modeling import summary_model as project
     from emotion_summary.gpusim.attention import install
+    from emotion_summary.gpusim.work import WorkCounter, recompute_patches
 
-    return (install(job.flash_attn) + _bnb_patches() + _dispatch_extras(tracker)
+    tracker.work = tracker.work or WorkCounter()
+    return (install(job.flash_attn) + _bnb_patches() + _dispatch_extras(tracker) + recompute_patches(tracker.work)
             + [(project, "load_base_model", _fake_loader(job, tracker)),
                (peft, "get_peft_model", _categorised(tracker, "lora + optimizer", peft.get_peft_model)),
                (project, "answer_only_loss", _categorised(tracker, "logits", project.answer_only_loss))])
@@ -215,6 +217,8 @@ def simulate_training_step(job: Job) -> dict:
             tracker.reset_peak()
             batch = list(range(len(job.seq_lens)))
             _init_optimizer_state(trainer.optimizer, params)
+            tracker.work.reset()  # count the steady step only: two micro-batches and one optimizer step
+            tracker.work.micro_batches = 2
             with tracker.category("saved activations"), patch_all(
                     [(torch.Tensor, "backward", _categorised(tracker, "recomputed layer", backward))]):
                 trainer._optimizer_step([batch, batch], 2)
@@ -249,6 +253,7 @@ def simulate_generation(job: Job) -> dict:
                 model = get_peft_model(base, project.lora_config(cfg))
             model.eval()
             tracker.reset_peak()
+            tracker.work.reset()
             width, dev = max(job.seq_lens), project.device()
             ids = torch.zeros((len(job.seq_lens), width), dtype=torch.long, device=dev)
             attn = torch.ones((len(job.seq_lens), width), dtype=torch.long, device=dev)
@@ -304,6 +309,7 @@ def simulate_plain_training(job: Job) -> dict:
             for p in params:
                 p.register_post_accumulate_grad_hook(lambda p: tracker.recategorise(p.grad, "lora + optimizer"))
             _init_optimizer_state(optimizer, params)
+            tracker.work.reset()
             model.train()
             tracker.reset_peak()
             ids = torch.zeros((len(job.seq_lens), max(job.seq_lens)), dtype=torch.long, device="cuda")
@@ -350,6 +356,7 @@ def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
         "fits": need <= card.total_bytes, "headroom_gb": (card.total_bytes - need) / 1e9,
         "breakdown_gb": {k: v / 1e9 for k, v in sorted(tracker.peak_by_category.items())},
         "host_peak_gb": tracker.host_peak / 1e9, "events": len(tracker.events),
+        "work": tracker.work.summary() if tracker.work is not None else None,
         "sim_seconds": round(time.time() - started, 1),
         "config": {k: getattr(cfg, k) for k in ("max_seq_len", "batch_size", "offload_activations",
                                                  "mlp_tile_tokens", "embedding_on_cpu", "lm_head_4bit",

@@ -60,6 +60,7 @@ class MemoryTracker(TorchDispatchMode):
         self.category_name = "other"
         self.fake_mode = None
         self.by_category: Counter = Counter()  # live bytes by category
+        self.work = None  # a gpusim.work.WorkCounter: FLOPs and bytes of every op, for step_time
 
     def _fake(self, t: torch.Tensor) -> torch.Tensor:
         from torch._subclasses.fake_tensor import FakeTensor
@@ -173,4 +174,6 @@ class MemoryTracker(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.track(t)
         self.oracle.note(func, args, out)
+        if self.work is not None:
+            self.work.count(func, args, kwargs, out, self.category_name)
         return out
