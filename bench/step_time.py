@@ -8,7 +8,8 @@ simulation gives the same counts, at 14 times the cost on this machine.
 
   python bench/step_time.py --suite calibration --out bench/results/step_time.jsonl
   python bench/step_time.py --suite presets --out bench/results/step_time.jsonl
-  python bench/step_time.py --suite presets --rows 24gb-8192 --data FILE.jsonl   # epoch of a file
+  python bench/step_time.py --suite presets --reuse_rows bench/results/step_time.jsonl --data FILE.jsonl
+      # one epoch over FILE per simulated row, from the rows already simulated
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ CALIBRATION_ROWS = {f"qwen-qlora-{n}": n for n in (2048, 4096, 8192)}
 
 
 def step_time(suite: str = "presets", rows: str | None = None, out: str | None = None, data: str | None = None,
-              timeout_s: int = 7200) -> None:
+              timeout_s: int = 7200, reuse_rows: str | None = None) -> None:
     """Simulated step time per preset and length (or the published calibration rows).
 
     Args:
@@ -51,6 +52,8 @@ def step_time(suite: str = "presets", rows: str | None = None, out: str | None =
         out: append one JSON row per simulated row to this file.
         data: an ES JSONL file: also the simulated time of one epoch over it (presets suite).
         timeout_s: wall-clock limit of one simulation worker.
+        reuse_rows: a JSONL file of earlier rows of this script: a row named there is taken from it
+            instead of simulated again (e.g. to add --data's epoch time).
     """
     table = PRESET_ROWS if suite == "presets" else CALIBRATION_ROWS if suite == "calibration" else None
     if table is None:
@@ -60,14 +63,25 @@ def step_time(suite: str = "presets", rows: str | None = None, out: str | None =
     if unknown:
         raise UserError(f"--rows: from {', '.join(table)}, got {', '.join(unknown)}")
     host = host_info()
+    earlier = {}
+    for line in open(reuse_rows, encoding="utf-8") if reuse_rows else ():
+        r = json.loads(line)
+        if r.get("suite") == suite:
+            earlier[r["row"]] = r
     results = []
     for name in names:
-        started = time.time()
-        row = simulate_row(suite, name, table[name])
-        row.update(host, suite=suite, row=name, wall_s=round(time.time() - started))
+        if name in earlier:
+            row = {k: v for k, v in earlier[name].items() if k != "epoch"}
+        elif reuse_rows:
+            continue  # only the rows simulated before
+        else:
+            started = time.time()
+            row = simulate_row(suite, name, table[name])
+            row.update(host, suite=suite, row=name, wall_s=round(time.time() - started))
         if data and suite == "presets":
             row["epoch"] = epoch_row(row, data)
-        print(json.dumps({k: row[k] for k in ("row", "card", "step_s", "tokens_per_s", "shares")}), flush=True)
+        print(json.dumps({k: row.get(k) for k in ("row", "card", "step_s", "tokens_per_s", "shares", "epoch")}),
+              flush=True)
         append_rows(out, [row])
         results.append(row)
     print(report(results))
