@@ -14,6 +14,7 @@ simulation gives the same counts, at 14 times the cost on this machine.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -141,6 +142,7 @@ def epoch_row(row: dict, data: str) -> dict:
     return {"data": data, "examples": len(lengths), "tokens": sum(lengths), "seconds": seconds}
 
 
+@functools.cache
 def example_lengths(data: str, max_seq_len: int) -> list[int]:
     from emotion_summary.data.records import read_records
     from emotion_summary.modeling.tokenizer import qwen2_tokenizer
