@@ -108,10 +108,9 @@ def simulate_row(suite: str, name: str, spec) -> dict:
 
 def extrapolated(one: dict, two: dict, depth: int, card, preset: str, suite: str, lens: list[int]) -> dict:
     """The step at full depth from the 1- and 2-layer simulations (linear in the layer count)."""
-    from emotion_summary.gpusim.step_time import micro_and_optimizer_seconds
-    from emotion_summary.training.presets import PRESETS
+    from emotion_summary.gpusim.step_time import micro_and_optimizer_seconds, preset_grad_accum
 
-    accum = QWEN_ACCUM if suite == "calibration" else PRESETS[preset]["config"].get("grad_accum", 16)
+    accum = QWEN_ACCUM if suite == "calibration" else preset_grad_accum(preset)
     a, b = (micro_and_optimizer_seconds(r["work"], card) for r in (one, two))
     full = {k: a[k] + (depth - 1) * (b[k] - a[k]) for k in a}
     tokens = sum(lens)
