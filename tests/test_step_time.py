@@ -106,3 +106,20 @@ def test_counter_tells_recomputed_layers_from_recomputed_mlp_tiles():
     levers = {(r[2], r[3]) for r in counter.table()}
     assert ("backward", "MLP tiles") in levers and ("backward", "recompute") in levers
     assert not any(lever for phase, lever in levers if phase == "forward")
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="the fake-CUDA library needs g++")
+def test_simulated_step_counts_each_lever_on_one_layer():
+    """The project's step on the simulator (one layer, 24gb levers: offloaded checkpoint inputs,
+    MLP in tiles of 1,024 tokens): each lever shows up in the step time, and the PCIe bytes are the
+    offloaded layer input, out and back, for each of the two micro-batches."""
+    from emotion_summary.gpusim.api import resolve_card, simulate_training
+    from emotion_summary.gpusim.step_time import time_section
+
+    card = resolve_card(preset="24gb")
+    result = simulate_training("24gb", 2048, card, layers=1, overrides={"mlp_tile_tokens": 1024})
+    timing, text = time_section(result, card)
+    assert all(timing["shares"][k] > 0 for k in ("offload traffic", "recompute", "MLP tiles"))
+    layer_input = 2048 * 3584 * 2  # bf16 hidden states of one sequence
+    assert timing["pcie_gb_per_micro"] * 1e9 >= 2 * layer_input
+    assert "tokens/s" in text and "only 1 layers simulated" in text
