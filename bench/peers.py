@@ -47,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import statistics
 import subprocess
 import tempfile
@@ -107,6 +108,11 @@ def peers(
     lora_dropout: float | None = None,
     reuse_rows: str | None = None,
     longest: bool = True,
+    model: str | None = None,
+    data: str | None = None,
+    quantization: str = "nf4",
+    ours_overrides: str | None = None,
+    threads: int | None = None,
 ) -> None:
     """One QLoRA step of ours, plain transformers + peft and TRL's SFTTrainer, measured on the CPU
     (--device cpu) or simulated on fake CUDA for the real Qwen2-7B shape (--device sim).
@@ -134,6 +140,15 @@ def peers(
         reuse_rows: sim: a JSONL file of earlier rows: a fixed-length row of the same peer, length,
             depth and overrides is taken from it instead of simulated again.
         longest: sim: search each peer's longest context per card (not for --trl_options rows).
+        model: cpu: a model directory or a name the project resolves (smollm2-135m) instead of the
+            random tiny Qwen2 (--hidden_size and friends are then ignored).
+        data: cpu: an ES JSONL file with gold summaries: each batch is a real report and its gold
+            answer in the project's prompt, reports joined until the prompt reaches --seq_lens
+            (the supervised tokens are the gold answer, not --answer_tokens random ones).
+        quantization: cpu: the base weights of every peer: nf4 (bitsandbytes' CPU backend) or none.
+        ours_overrides: cpu: JSON of TrainConfig fields for ours only (CPU levers, e.g.
+            '{"gradient_checkpointing": false}').
+        threads: cpu: torch.set_num_threads in every peer's process (default: torch's choice).
     """
     from train_step import ensure_model_dir
 
@@ -159,15 +174,21 @@ def peers(
                                    "num_hidden_layers": num_hidden_layers}.items() if v}
     if hidden_size and not intermediate_size:
         overrides["intermediate_size"] = int(hidden_size * 2.75)
-    model_path = ensure_model_dir("tiny", overrides, timeout_s)  # the one model build
+    if model:
+        model_path, overrides = _resolved_model(model), {}
+    else:
+        model_path = ensure_model_dir("tiny", overrides, timeout_s)  # the one model build
     if model_path == "tiny":  # the project's own tiny model: a directory the peers can load too
         from emotion_summary.modeling.architectures import build_tiny_qwen2
 
         model_path = str(build_tiny_qwen2())
+    if quantization not in ("nf4", "none"):
+        raise UserError(f"--quantization: nf4 or none, got {quantization!r}")
     host = host_info()
-    base = {"bench": "peers", "device": "cpu", "arch": "tiny", "arch_overrides": overrides, "preset": preset,
-            "model_name_or_path": model_path, "steps": steps, "batch_size": 1, "answer_tokens": answer_tokens,
-            "seed": seed}
+    base = {"bench": "peers", "device": "cpu", "arch": model or "tiny", "arch_overrides": overrides,
+            "preset": preset, "model_name_or_path": model_path, "steps": steps, "batch_size": 1,
+            "answer_tokens": answer_tokens, "seed": seed, "data": data, "quantization": quantization,
+            "ours_overrides": json.loads(ours_overrides) if ours_overrides else {}, "threads": threads}
     variants = chosen + [f"trl:{o}" for o in options]
     rows = []
     for seq_len in lengths:
@@ -213,7 +234,9 @@ def check(rows: list[dict]) -> list[str]:
         for name, r in at.items():
             if name == "ours" or name in NOT_NLL or r["status"] != "ok":
                 continue
-            rtol = BF16_LOSS_RTOL if r.get("autocast_bf16") else LOSS_RTOL
+            sixteen_bit = r.get("autocast_bf16") or (ref.get("ours_overrides") or {}).get("compute_dtype") in (
+                "bf16", "fp16")  # ours in 16-bit: the fp32 peers agree to 16-bit precision
+            rtol = BF16_LOSS_RTOL if sixteen_bit else LOSS_RTOL
             got = r.get("loss_first")
             if got is None or not math.isclose(got, ref["loss_first"], rel_tol=rtol):
                 problems.append(f"{name} at {seq_len}: first-step loss {got} != ours {ref['loss_first']} "
@@ -404,7 +427,48 @@ def simulated_row(spec: dict, timeout_s: int) -> dict:
 
 
 # ---- the subprocess: one peer at one length -------------------------------------------------------
+def _resolved_model(name: str) -> str:
+    """A directory as given; a name through the project's resolver (e.g. smollm2-135m)."""
+    if Path(name).is_dir():
+        return str(Path(name).resolve())
+    from emotion_summary.modeling.loading import resolve_model_path
+
+    return resolve_model_path(name)
+
+
 def make_batch(spec: dict) -> dict:
+    return real_batch(spec) if spec.get("data") else random_batch(spec)
+
+
+def real_batch(spec: dict) -> dict:
+    """A real ES example as the trainer encodes it (the model's chat template, the project's prompt,
+    the gold answer supervised), its report lengthened by the next reports' consultation text until
+    the prompt fills `seq_len` (the trainer trims it to fit): the same ids for the same file and length."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from emotion_summary.data.records import read_records
+    from emotion_summary.prompting.encode import encode_example
+    from emotion_summary.prompting.prompt import PromptSpec
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_name_or_path"])
+    records = read_records(spec["data"], require_gold=True)
+    first, words, process = records[0], 0, []
+    for r in records:  # ~1.3 tokens per word: enough text for seq_len, then trimmed to it
+        process += list(r.consultation_process)
+        words += sum(len(p.split()) for p in r.consultation_process)
+        if words > spec["seq_len"]:
+            break
+    long_record = dataclasses.replace(first, consultation_process=tuple(process))
+    ex = encode_example(tokenizer, PromptSpec(language="en"), long_record, spec["seq_len"])
+    ids = torch.tensor([ex["input_ids"]] * spec["batch_size"])
+    labels = torch.tensor([ex["labels"]] * spec["batch_size"])
+    return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+
+
+def random_batch(spec: dict) -> dict:
     """train_step.py's synthetic batch: the same ids for the same seed and length."""
     import torch
 
@@ -428,7 +492,9 @@ def project_config(spec: dict):
     from emotion_summary.training.config import resolve_config
 
     return resolve_config(spec["preset"], model_name_or_path=spec["model_name_or_path"],
-                          batch_size=spec["batch_size"], max_seq_len=spec["seq_len"], seed=spec["seed"])
+                          batch_size=spec["batch_size"], max_seq_len=spec["seq_len"], seed=spec["seed"],
+                          quantization=spec.get("quantization", "nf4"),
+                          **(spec.get("ours_overrides") or {} if spec["variant"] == "ours" else {}))
 
 
 def build_ours(spec: dict, cfg):
@@ -459,18 +525,20 @@ def build_plain(spec: dict, cfg):
 
 
 def measure_steps(step_loss, optimizer, batch: dict, steps: int) -> dict:
-    """Warm-up + timed steps: forward, backward, optimizer step."""
-    losses, times = [], []
-    for i in range(1 + steps):
-        t0 = time.perf_counter()
+    """Warm-up + timed steps: forward, backward, optimizer step (steps=0: the first step is timed,
+    no warm-up). Wall-clock and process CPU seconds (all threads) per step."""
+    losses, times, cpu = [], [], []
+    for i in range(1 + steps if steps else 1):
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step_loss(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if i:
+        if i or not steps:
             times.append(time.perf_counter() - t0)
-    return {"losses": losses, "step_times_s": times}
+            cpu.append(time.process_time() - c0)
+    return {"losses": losses, "step_times_s": times, "step_cpu_s": cpu}
 
 
 def run_trl(spec: dict, cfg, batch: dict, option: str | None) -> tuple[dict, dict]:
@@ -488,9 +556,10 @@ def run_trl(spec: dict, cfg, batch: dict, option: str | None) -> tuple[dict, dic
     dtype = compute_dtype(cfg.compute_dtype)
     extra = dict(TRL_OPTIONS.get(option or "", {}))
     args = SFTConfig(
-        output_dir=str(Path(spec["workdir"]) / "trl"), max_steps=1 + spec["steps"],
+        output_dir=str(Path(spec["workdir"]) / "trl"),
         per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
         completion_only_loss=True, max_length=None, learning_rate=cfg.learning_rate, seed=spec["seed"],
+        max_steps=1 + spec["steps"] if spec["steps"] else 1,
         logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
         **{"use_cpu": not cuda, "bf16": cuda, **extra},
         model_init_kwargs={"dtype": dtype, "attn_implementation": attn_implementation(cfg.attn_implementation)})
@@ -505,16 +574,19 @@ def run_trl(spec: dict, cfg, batch: dict, option: str | None) -> tuple[dict, dic
             losses.append(float(loss.detach().float().item()))
             return loss
 
+    cpu: list[float] = []
+
     class Clock(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t0)
+            cpu.append(time.process_time() - self.c0)
 
     trainer = Measured(model=cfg.model_name_or_path, args=args, train_dataset=dataset,
                        processing_class=AutoTokenizer.from_pretrained(cfg.model_name_or_path),
-                       quantization_config=quantization_config("nf4", dtype), peft_config=lora_config(cfg),
+                       quantization_config=quantization_config(cfg.quantization, dtype), peft_config=lora_config(cfg),
                        callbacks=[Clock()])
     seen = trainer.train_dataset[0]
     if seen["input_ids"] != ids or seen["labels"] != labels:
@@ -526,7 +598,8 @@ def run_trl(spec: dict, cfg, batch: dict, option: str | None) -> tuple[dict, dic
 
     def train():
         trainer.train()
-        return {"losses": losses, "step_times_s": times[1:]}
+        timed = slice(1, None) if spec["steps"] else slice(None)
+        return {"losses": losses, "step_times_s": times[timed], "step_cpu_s": cpu[timed]}
 
     return train, info
 
@@ -539,6 +612,8 @@ def worker(spec: dict) -> dict:
 
     variant = spec["variant"]
     peer, _, option = variant.partition(":")
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     cfg = project_config(spec)
     torch.manual_seed(spec["seed"])
     batch = make_batch(spec)
@@ -564,10 +639,14 @@ def worker(spec: dict) -> dict:
     losses, times = result["losses"], result["step_times_s"]
     row["losses"] = losses
     row["loss_first"] = losses[0] if losses and math.isfinite(losses[0]) else None
+    row["tokens"] = int(batch["input_ids"].numel())  # a real report may end a little short of seq_len
     if times:
         row["step_times_s"] = [round(t, 4) for t in times]
         row["step_s"] = statistics.median(times)
-        row["tokens_per_s"] = spec["batch_size"] * spec["seq_len"] / row["step_s"]
+        row["tokens_per_s"] = row["tokens"] / row["step_s"]
+        row["step_cpu_s"] = statistics.median(result["step_cpu_s"])
+        row["tokens_per_cpu_s"] = row["tokens"] / row["step_cpu_s"]
+        row["loadavg_1m_after"] = os.getloadavg()[0]
     return row
 
 

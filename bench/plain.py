@@ -76,7 +76,7 @@ def load_plain(cfg):
 
     dtype = compute_dtype(cfg.compute_dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(cfg.model_name_or_path), dtype=dtype, quantization_config=quantization_config("nf4", dtype),
+        resolve_model_path(cfg.model_name_or_path), dtype=dtype, quantization_config=quantization_config(cfg.quantization, dtype),
         attn_implementation=attn_implementation(cfg.attn_implementation),
         device_map={"": 0} if torch.cuda.is_available() else "cpu")
     return with_lora(prepare(model), cfg)

@@ -86,3 +86,27 @@ def test_need_curve_solves_a_quadratic_need(peers_module):
     coef = peers_module.need_curve([8192, 16384, 32768], [need(n) for n in (8192, 16384, 32768)])
     longest = peers_module._solve(coef, 9e9)  # 1 + k + k^2/4 = 9 -> k = 4
     assert abs(longest - 4096) <= 1 and peers_module._solve(coef, 0.5e9) == 0
+
+
+def test_check_gives_fp32_peers_the_16_bit_tolerance_when_ours_ran_in_bf16(peers_module):
+    ours_bf16 = _row("ours", 3.2895, ours_overrides={"compute_dtype": "bf16"})
+    assert peers_module.check([ours_bf16, _row("trl", 3.2900), _row("plain", 3.2900)]) == []
+    assert peers_module.check([_row("ours", 3.2895), _row("trl", 3.2900)]) != []
+
+
+def test_real_batch_is_a_real_report_filled_to_the_length_with_its_gold_answer(peers_module, shared_data):
+    from transformers import AutoTokenizer
+
+    from emotion_summary.modeling.architectures import build_tiny_qwen2
+
+    model = str(build_tiny_qwen2())
+    spec = {"model_name_or_path": model, "data": str(shared_data / "longemotion" / "Emotion_Summary_example.jsonl"),
+            "seq_len": 2048, "batch_size": 1}
+    batch = peers_module.make_batch(spec)
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    assert 2048 - 64 <= len(ids) <= 2048  # the reports are joined, then trimmed to fit
+    answer = [t for t in labels if t != -100]
+    assert 50 < len(answer) < 600 and labels[-len(answer):] == ids[-len(answer):]
+    text = AutoTokenizer.from_pretrained(model).decode(answer)
+    assert '"causes"' in text  # the gold summary, as the trainer supervises it
+    assert peers_module.make_batch(spec)["input_ids"].tolist() == batch["input_ids"].tolist()

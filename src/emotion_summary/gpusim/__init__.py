@@ -59,4 +59,10 @@ allocation log through a model of the CUDA caching allocator. gemm_4bit's dequan
 CUDA path past 1,536 rows) is counted for the op's duration; paged optimizer state is GPU memory.
 Blind spots: Liger/Triton kernels (off in the simulation), Windows/desktop reservations,
 fragmentation over many steps, cuBLAS workspaces beyond the context figure.
+
+Time: work.py counts every op the tracker sees (FLOPs, device bytes, PCIe and host bytes, kernel
+launches, the phase, and the lever behind it: recompute, MLP tiles, offload traffic); a result's
+"work" holds those counts, and step_time.step_time(result, card, grad_accum) turns them into seconds
+with the card's roofline (cards.py: tensor TFLOPs, memory bandwidth, PCIe) -> micro_batch_s, step_s,
+tokens_per_s, shares. plan_memory prints it. Simulated time, calibrated in bench/RESULTS.md.
 """

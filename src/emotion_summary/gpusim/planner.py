@@ -269,6 +269,10 @@ def plan(**options) -> dict:
         if not out["fits"]:
             weights_only_check(out)
         print(describe(out))
+        from emotion_summary.gpusim.step_time import time_section
+
+        out["time"], text = time_section(out, chosen)
+        print(text)
     out["sources"] = sources["by_value"]
     if o.json:
         from emotion_summary.core.atomic_io import atomic_write_json

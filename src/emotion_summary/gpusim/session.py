@@ -58,7 +58,9 @@ class Simulation:
         return self.tracker.category(name)
 
     def reset_peak(self) -> None:
+        """Start the measured phase: peak memory and the op counter (FLOPs, bytes) from here."""
         self.tracker.reset_peak()
+        self.tracker.work.reset()
 
     def base_model(self, quantization: str | None = None, attn: str | None = None, lm_head_4bit: bool | None = None):
         """(model, tokenizer) as `load_base_model` places them on the GPU for this job's config
@@ -100,8 +102,10 @@ def simulation(job: Job):
     global _SESSION
     from emotion_summary.gpusim.attention import install
     from emotion_summary.gpusim.runtime import patch_all, simulated_gpu
+    from emotion_summary.gpusim.work import WorkCounter, recompute_patches
 
     with simulated_gpu(job_card(job), job.context_bytes) as gpu:
+        gpu.tracker.work = WorkCounter()
         sim = Simulation(job, gpu.tracker)
         padded = len(set(job.seq_lens)) > 1
         # "all(eq)": transformers' packed-sequence check on the position ids (`(... == 0).all()`):
@@ -110,7 +114,8 @@ def simulation(job: Job):
                                            "isfinite": True})
         _SESSION = sim
         try:
-            with patch_all(install(job.flash_attn) + _bnb_patches() + _dispatch_extras(gpu.tracker)):
+            with patch_all(install(job.flash_attn) + _bnb_patches() + _dispatch_extras(gpu.tracker)
+                           + recompute_patches(gpu.tracker.work)):
                 yield sim
         finally:
             _SESSION = None
@@ -161,6 +166,8 @@ def simulate_training_step(sim: Simulation) -> dict:
     wrapper.model.train()
     sim.reset_peak()
     _init_optimizer_state(step.optimizer, params)
+    tracker.work.reset()  # count the steady step only: two micro-batches and one optimizer step
+    tracker.work.micro_batches = 2
     backward = torch.Tensor.backward
     batch = list(range(len(job.seq_lens)))
     with patch_all([(torch.Tensor, "backward", _categorised(tracker, "recomputed layer", backward))]):
@@ -322,6 +329,7 @@ def _result(job: Job, cfg, card: Card, tracker, started: float) -> dict:
         "largest_new": _largest_new(tracker),
         "pool_set_by": _request(tracker, setter),
         "host_peak_gb": tracker.host_peak / 1e9, "events": len(tracker.events),
+        "work": tracker.work.summary() if tracker.work is not None else None,
         "sim_seconds": round(time.time() - started, 1),
         "config": {k: getattr(cfg, k) for k in ("max_seq_len", "batch_size", "offload_activations",
                                                  "mlp_tile_tokens", "embedding_on_cpu", "lm_head_4bit",

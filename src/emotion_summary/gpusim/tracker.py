@@ -63,6 +63,7 @@ class MemoryTracker(TorchDispatchMode):
         self.by_category: Counter = Counter()  # live bytes by category
         self.made_by: dict[int, str] = {}  # handle -> the op that created the storage
         self.category_of: dict[int, str] = {}  # handle -> its category (kept after release)
+        self.work = None  # a gpusim.work.WorkCounter: FLOPs and bytes of every op, for step_time
         self.peak_event = 0  # len(events) when the peak was reached
         self.reset_event = 0  # len(events) at the last reset_peak
 
@@ -197,5 +198,7 @@ class MemoryTracker(TorchDispatchMode):
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.track(t, made_by=func.__name__)
+        if self.work is not None:
+            self.work.count(func, args, kwargs, out, self.category_name)
         self.oracle.note(func, args, out)
         return out
