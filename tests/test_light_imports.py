@@ -9,12 +9,12 @@ import emotion_summary
 LIGHT = ["records", "atomic_io", "prompt", "submission", "check", "metrics", "evaluate", "extractive", "judge",
          "psyqa", "folds", "label", "client", "presets", "config", "inference", "download", "pipeline", "encode", "stats", "sample_data", "text",
          "report_html", "quiet", "cli", "commands", "run_dir", "paths", "plots", "errors", "overlap", "synthesize",
-         "install_torch", "replies", "backends", "model_identity",
+         "install_torch", "replies", "backends", "model_identity", "gguf_models",
          # `--help` of train_qwen2.py imports train; the rest are imported by light modules' callers
          "train", "architectures", "distributed", "qwen_tokenizer_offline",
          # the GPU simulator's entry points (plan_memory's --help); its runtime and worker load torch
          "gpusim", "gpusim.planner", "gpusim.api", "gpusim.job", "gpusim.cards", "gpusim.archs"]
-HEAVY = ["model", "loss"]  # the model wrapper and its loss: torch at import, by design
+HEAVY = ["model", "loss", "decoding"]  # the model wrapper, its loss and decoding aids: torch at import, by design
 
 
 def test_light_modules_import_no_heavy_library():
