@@ -19,7 +19,9 @@ from emotion_summary.gpusim.job import Job
 
 _SESSION = None
 FAKE_TOKENIZER = dict(pad_token_id=151643, eos_token_id=151645, pad_token="<|endoftext|>",
-                      convert_tokens_to_ids=lambda t: 151643)
+                      convert_tokens_to_ids=lambda t: 151643,
+                      # generation's stop rule reads the replies: fake ids decode to nothing, never complete
+                      batch_decode=lambda ids, **kwargs: [""] * len(ids))
 
 
 def current_session():
