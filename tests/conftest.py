@@ -42,3 +42,21 @@ def refused(command, argv, capsys) -> list[str]:
         command(argv)
     assert exit_info.value.code == 2
     return capsys.readouterr().err.splitlines()
+
+
+@pytest.fixture(scope="session")
+def smollm2_run(tmp_path_factory) -> Path:
+    """One training step of the `cpu` preset on the real SmolLM2-135M-Instruct: a real adapter, made once
+    per test session (skips where the model's GGUF cannot be had)."""
+    from emotion_summary.core.errors import ModelError
+    from emotion_summary.modeling.gguf_models import SMOLLM2, gguf_file
+    from emotion_summary.training.command import train
+
+    try:
+        gguf_file(SMOLLM2)
+    except ModelError as e:
+        pytest.skip(f"SmolLM2's GGUF is not available here: {e}")
+    run = tmp_path_factory.mktemp("smollm2") / "run"
+    train(preset="cpu", output_dir=str(run), max_steps=1, max_seq_len=512, max_new_tokens=64, folds=0,
+          save_every=1, eval_every=1)
+    return run

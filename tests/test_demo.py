@@ -120,3 +120,33 @@ def test_demo_page_summarises_with_checkpoint_endpoint_and_extractive(tmp_path, 
     finally:
         page.close()
     assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_demo_page_summarises_with_the_real_small_model(tmp_path, smollm2_run):
+    """The page on a checkpoint of the real SmolLM2-135M (one training step): it writes JSON from the
+    answer prefix, so fields come from the model; the page says which, if any, the baseline filled."""
+    pytest.importorskip("gradio")
+    if chromium_binary() is None:
+        pytest.skip("no chromium on PATH (.ci/run installs Debian's `chromium` with apt-get when it can)")
+    from emotion_summary.data.sample_data import SAMPLE_EN
+    from emotion_summary.demo import build_demo
+
+    examples = read_records(SAMPLE_EN)[:2]
+    port = free_port()
+    page = build_demo(examples, model_path=str(smollm2_run))
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with Browser(tmp_path / "profile") as browser:
+            browser.open(f"http://127.0.0.1:{port}/")
+            browser.wait_for("!!(document.querySelector('#report textarea') && document.querySelector('#run'))")
+            browser.js(f"{SET_TEXT}('#max_new_tokens input', '48')")
+            got = run_and_read(browser)
+            browser.screenshot(tmp_path / "demo-smollm2.png")
+    finally:
+        page.close()
+    assert got["line"]["id"] == examples[0].id and set(got["line"]) == {"id", *SUBMISSION_KEYS.values()}
+    assert all(got["fields"].values())
+    filled = [f for f in GOLD_FIELDS if f in got["note"]] if "Filled from" in got["note"] else []
+    assert len(filled) < len(GOLD_FIELDS)  # real weights after the JSON prefix: the model wrote some fields
+    assert got["fields"]["causes"] == got["line"]["predicted_cause"]

@@ -222,7 +222,7 @@ def test_auto_preset_refuses_a_gpu_torch_cannot_use(monkeypatch):
         resolve_config("auto", None)
     assert resolve_config("cpu-smoke", None).preset == "cpu-smoke"
     monkeypatch.setattr(it, "read_nvidia_smi", lambda path=None: it.NvidiaSmi(message="not found"))
-    assert resolve_config("auto", None).preset == "cpu-smoke"
+    assert resolve_config("auto", None).preset == "cpu"  # no GPU: the real small model
 
 
 # --- the launchers' argument flow, driven by a stub python that records its arguments ---------------
