@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from emotion_summary.core.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
-from emotion_summary.teacher.client import ChatClient, EndpointError, is_refusal, run_pool
+from emotion_summary.teacher.ask_loop import ask, reask_turns
+from emotion_summary.teacher.client import ChatClient, run_pool
 from emotion_summary.scoring.metrics import mean
 from emotion_summary.prompting.prompt import FIELD_DESCRIPTIONS, report_sections, trim_sections
 from emotion_summary.data.records import GOLD_FIELDS, Record
@@ -148,19 +149,11 @@ def request_key(model: str, messages: list[dict]) -> str:
 def judge_one(client: ChatClient, rid: int, field: str, messages: list[dict], attempts: int = 3) -> JudgeItem:
     """Ask; on a non-JSON reply, ask again with a reminder; after `attempts`, a recorded failure. So is
     a refusal of this one request; other endpoint errors propagate."""
-    convo, raw = list(messages), ""
-    for _ in range(attempts):
-        try:
-            raw = client.chat(convo, max_tokens=200, temperature=0.0)
-        except EndpointError as e:
-            if not is_refusal(e):
-                raise
-            return JudgeItem(rid, field, None, "", f"the endpoint refused the request: {e}", refused=True)
-        scores = parse_scores(raw)
-        if scores:
-            return JudgeItem(rid, field, scores, raw)
-        convo = [*messages, {"role": "assistant", "content": raw}, {"role": "user", "content": NOT_JSON_FOLLOW_UP}]
-    return JudgeItem(rid, field, None, raw, f"no JSON scores after {attempts} tries")
+    asked = ask(client, None, rid, messages, lambda raw: (parse_scores(raw), ""),
+                reask_turns(lambda problem: NOT_JSON_FOLLOW_UP), max_reasks=attempts - 1, max_tokens=200)
+    if asked.value is None and not asked.refused:
+        return JudgeItem(rid, field, None, asked.last_reply, f"no JSON scores after {attempts} tries")
+    return JudgeItem(rid, field, asked.value, asked.last_reply, asked.reason or None, refused=asked.refused)
 
 
 def _cached(cache_path: Path) -> dict[str, dict]:

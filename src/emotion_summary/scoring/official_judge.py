@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from emotion_summary.core.atomic_io import append_jsonl, read_jsonl_tolerant, repair_jsonl_tail
-from emotion_summary.teacher.client import ChatClient, EndpointError, is_refusal, run_pool
+from emotion_summary.teacher.ask_loop import ask
+from emotion_summary.teacher.client import ChatClient, run_pool
 from emotion_summary.scoring.metrics import mean
 from emotion_summary.data.records import GOLD_FIELDS, Record
 
@@ -159,14 +160,10 @@ def request_key(model: str, messages: list[dict], temperature: float) -> str:
 def judge_report(client: ChatClient, rid: int, messages: list[dict], temperature: float) -> ReportJudgement:
     """One request; an unreadable reply or a refused request is a judgement of 0 (other endpoint
     errors propagate: the endpoint, not the report, is wrong)."""
-    try:
-        raw = client.chat(messages, max_tokens=REPLY_TOKENS, temperature=temperature)
-    except EndpointError as e:
-        if not is_refusal(e):
-            raise
-        return ReportJudgement(rid, None, "", f"the endpoint refused the request: {e}", refused=True)
-    scores = parse_reply(raw)
-    return ReportJudgement(rid, scores, raw, None if scores else "the reply holds no 15 scores 1-5")
+    asked = ask(client, None, rid, messages, lambda raw: (parse_reply(raw), "the reply holds no 15 scores 1-5"),
+                reask=lambda reply, problem: [], max_reasks=0, max_tokens=REPLY_TOKENS,
+                temperature=temperature)  # the benchmark asks once: an unreadable reply scores 0
+    return ReportJudgement(rid, asked.value, asked.last_reply, asked.reason or None, refused=asked.refused)
 
 
 def judge_reports(gold: Sequence[Record], preds: Mapping[int, Mapping[str, str]], client: ChatClient,

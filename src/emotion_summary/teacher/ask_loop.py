@@ -69,7 +69,7 @@ def ask(client: ChatClient, item: Any, item_id: int, messages: list[dict], valid
         except (RecursionError, ValueError, OverflowError) as e:  # a parser beaten by hostile text
             value, problem = None, f"garbled reply ({type(e).__name__})"
         if value is not None:
-            return Outcome(item, item_id, value, attempts=attempt, key=key)
+            return Outcome(item, item_id, value, attempts=attempt, last_reply=reply, key=key)
         convo = messages + reask(reply, problem)
     return Outcome(item, item_id, None, problem, max_reasks + 1, reply, key=key)
 
