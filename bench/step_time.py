@@ -8,6 +8,8 @@ simulation gives the same counts, at 14 times the cost on this machine.
 
   python bench/step_time.py --suite calibration --out bench/results/step_time.jsonl
   python bench/step_time.py --suite presets --out bench/results/step_time.jsonl
+  python bench/step_time.py --suite trl --out bench/results/step_time.jsonl
+      # TRL's SFTTrainer (default options, the 24gb preset's LoRA) on the same card and lengths
   python bench/step_time.py --suite presets --reuse_rows bench/results/step_time.jsonl --data FILE.jsonl
       # one epoch over FILE per simulated row, from the rows already simulated
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from pathlib import Path
 
 from _common import append_rows, host_info, markdown_table
 
@@ -41,6 +44,10 @@ PRESET_ROWS = {
     "24gb-32768x2": ("24gb", [32768, 32768], "rtx4090", {}),
 }
 CALIBRATION_ROWS = {f"qwen-qlora-{n}": n for n in (2048, 4096, 8192)}
+# TRL's SFTTrainer with its defaults (gradient accumulation 1) and the 24gb preset's LoRA, beside the
+# 24gb rows above; bench/peers.py's simulate_trl runs it on the simulated card.
+TRL_ROWS = {f"trl-{n}": ("24gb", [n], "rtx4090", {}) for n in (8192, 16384, 32768)}
+SUITES = {"presets": PRESET_ROWS, "calibration": CALIBRATION_ROWS, "trl": TRL_ROWS}
 
 
 def step_time(suite: str = "presets", rows: str | None = None, out: str | None = None, data: str | None = None,
@@ -48,7 +55,8 @@ def step_time(suite: str = "presets", rows: str | None = None, out: str | None =
     """Simulated step time per preset and length (or the published calibration rows).
 
     Args:
-        suite: presets (the project's step) or calibration (Qwen's Q-LoRA speed table).
+        suite: presets (the project's step), trl (TRL's SFTTrainer at the 24gb rows' lengths) or
+            calibration (Qwen's Q-LoRA speed table).
         rows: comma-separated row names of the suite (default: all).
         out: append one JSON row per simulated row to this file.
         data: an ES JSONL file: also the simulated time of one epoch over it (presets suite).
@@ -56,9 +64,9 @@ def step_time(suite: str = "presets", rows: str | None = None, out: str | None =
         reuse_rows: a JSONL file of earlier rows of this script: a row named there is taken from it
             instead of simulated again (e.g. to add --data's epoch time).
     """
-    table = PRESET_ROWS if suite == "presets" else CALIBRATION_ROWS if suite == "calibration" else None
+    table = SUITES.get(suite)
     if table is None:
-        raise UserError(f"--suite: presets or calibration, got {suite!r}")
+        raise UserError(f"--suite: {', '.join(SUITES)}, got {suite!r}")
     names = comma_list(rows, "rows") if rows else list(table)
     unknown = [n for n in names if n not in table]
     if unknown:
@@ -92,14 +100,18 @@ def simulate_row(suite: str, name: str, spec) -> dict:
     from emotion_summary.gpusim.api import SimulationError, job, resolve_card, run_jobs
     from emotion_summary.gpusim.cards import CARDS, card_of_size
 
-    if suite == "presets":
+    paths = []
+    if suite in ("presets", "trl"):
         preset, lens, card_name, overrides = spec
         card, arch = resolve_card(card_name), "qwen2-7b"
-        jobs = [job("train", preset, lens, card, arch, layers, overrides) for layers in (1, 2)]
+        kind = {"kind": "train"} if suite == "presets" else {"kind": "run", "runner": "peers:simulate_trl"}
+        jobs = [job(preset=preset, seq_lens=lens, card=card, arch=arch, layers=layers, overrides=overrides, **kind)
+                for layers in (1, 2)]
+        paths = [str(Path(__file__).resolve().parent)] if suite == "trl" else []
     else:
         card, arch, lens, preset = card_of_size(80, CARDS["a100-80gb"]), "qwen-7b", [spec], "24gb"
         jobs = [job("plain", "24gb", lens, card, arch, layers, QWEN_RECIPE, flash_attn=True) for layers in (1, 2)]
-    one, two = run_jobs(jobs)
+    one, two = run_jobs(jobs, paths=paths)
     for r in (one, two):
         if "error" in r:
             raise SimulationError(r["error"] + "\n" + r.get("traceback", ""))
@@ -110,7 +122,8 @@ def extrapolated(one: dict, two: dict, depth: int, card, preset: str, suite: str
     """The step at full depth from the 1- and 2-layer simulations (linear in the layer count)."""
     from emotion_summary.gpusim.step_time import micro_and_optimizer_seconds, preset_grad_accum
 
-    accum = QWEN_ACCUM if suite == "calibration" else preset_grad_accum(preset)
+    # TRL's default gradient accumulation is 1
+    accum = {"calibration": QWEN_ACCUM, "trl": 1}.get(suite) or preset_grad_accum(preset)
     a, b = (micro_and_optimizer_seconds(r["work"], card) for r in (one, two))
     full = {k: a[k] + (depth - 1) * (b[k] - a[k]) for k in a}
     tokens = sum(lens)
