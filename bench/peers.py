@@ -657,8 +657,7 @@ SIM_STEPS = 2  # the first creates the optimizer state, the second is a steady s
 def simulate_trl(sim) -> dict:
     """gpusim runner: SFTTrainer.train() on the base model the project's loader would build (TRL's
     own device checks see the simulated CUDA card). What the simulator stands in for: the
-    from_pretrained attributes (_as_from_pretrained), Triton launches (_triton_as_noop), the FLOP count
-    of an addmm with out_dtype (_addmm_out_dtype_counted) and, for
+    from_pretrained attributes (_as_from_pretrained), Triton launches (_triton_as_noop) and, for
     activation offloading, CUDA streams (_streams_as_synchronous)."""
     import contextlib
     from unittest import mock
@@ -670,24 +669,12 @@ def simulate_trl(sim) -> dict:
     with contextlib.ExitStack() as stack:
         for target, name, value in _triton_as_noop() + streams:
             stack.enter_context(mock.patch.object(target, name, value))
-        stack.enter_context(mock.patch.dict(*_addmm_out_dtype_counted()))
         base, _ = sim.base_model(quantization="nf4", lm_head_4bit=False)
         _as_from_pretrained(base)
         weights_bytes = sim.tracker.now
         info = _sim_trl(base, sim.config, {"seq_len": n, "answer_tokens": sim.job.answer_tokens}, sim.tracker,
                         option)
     return {"weights_gb": weights_bytes / 1e9, **info}
-
-
-def _addmm_out_dtype_counted() -> tuple[dict, dict]:
-    """TRL's chunked log-prob calls torch.addmm(acc, a, b, out_dtype=float32, out=acc) on CUDA: that
-    overload passes out_dtype where torch's FLOP formula (read by the simulator's op counter) takes the
-    output shape. Counted as the plain addmm it is: (flop_registry, the entry to patch in)."""
-    import torch
-    from torch.utils.flop_counter import flop_registry
-
-    plain = flop_registry[torch.ops.aten.addmm]
-    return flop_registry, {torch.ops.aten.addmm: lambda *args, out_val=None, **kw: plain(*args[:3], out_val=out_val)}
 
 
 def _as_from_pretrained(model) -> None:

@@ -123,3 +123,17 @@ def test_simulated_step_counts_each_lever_on_one_layer():
     layer_input = 2048 * 3584 * 2  # bf16 hidden states of one sequence
     assert timing["pcie_gb_per_micro"] * 1e9 >= 2 * layer_input
     assert "tokens/s" in text and "only 1 layers simulated" in text
+
+
+def test_an_addmm_with_out_dtype_counts_as_the_plain_addmm():
+    """addmm.dtype (TRL's chunked log-probs: torch.addmm(acc, a, b, out_dtype=float32)) passes out_dtype
+    where torch's FLOP formula takes the output shape; it counts as the plain addmm."""
+    import torch
+
+    from emotion_summary.gpusim.work import WorkCounter
+
+    counter = WorkCounter()
+    acc, a, b = (torch.empty(*shape, device="meta") for shape in ((64, 16), (64, 32), (32, 16)))
+    counter.count(torch.ops.aten.addmm.dtype, (acc, a, b, torch.float32), {}, acc, "saved activations")
+    (row,) = counter.table()
+    assert row[:2] == ["matmul", "addmm"] and row[4] == 2 * 64 * 32 * 16

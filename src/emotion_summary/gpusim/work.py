@@ -113,6 +113,8 @@ def _flops(func, args, kwargs, out) -> int:
 
     packet = func.overloadpacket
     if packet in flop_registry:
+        if packet is torch.ops.aten.addmm:  # addmm.dtype (TRL's chunked log-probs) passes out_dtype 4th,
+            args, kwargs = args[:3], {}  # where torch's formula takes the output shape: a plain addmm
         flops = flop_registry[packet](*args, **kwargs, out_val=out)
         return flops // 2 if _causal(func, args, kwargs) else flops
     if func.namespace == "bitsandbytes" and "gemm" in func.__name__:  # A [.., K] x 4-bit B [N, K]
