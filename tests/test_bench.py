@@ -66,7 +66,7 @@ def test_train_step_ours_against_plain_at_1k_tokens(tmp_path):
 
 
 @pytest.mark.slow
-def test_generate_batched_against_single_with_forced_length(tmp_path):
+def test_generate_batched_against_single_at_full_length(tmp_path):
     rows, stdout = run_script("generate.py", "--n_records", "3", "--batch_size", "2", "--max_new_tokens", "4",
                               "--out", str(tmp_path / "gen.jsonl"))
     assert [r["mode"] for r in rows] == ["batched", "single"]
