@@ -78,6 +78,7 @@ TRL_OPTIONS = {
 BENCH = Path(__file__).resolve().parent  # the workers import this file (and plain.py) from here
 REQUIRED = ("ours", "plain", "trl")  # must run; an option may be unsupported on this machine
 NOT_NLL = {"trl:dft"}  # a different objective: its loss is not compared
+SDPA_BACKENDS = ("math", "flash_attention")  # the kernels torch's SDPA has on a CPU
 LOSS_RTOL = 1e-5
 BF16_LOSS_RTOL = 2e-2
 
@@ -113,6 +114,8 @@ def peers(
     quantization: str = "nf4",
     ours_overrides: str | None = None,
     threads: int | None = None,
+    sdpa_backend: str | None = None,
+    compile_layers: bool = False,
 ) -> None:
     """One QLoRA step of ours, plain transformers + peft and TRL's SFTTrainer, measured on the CPU
     (--device cpu) or simulated on fake CUDA for the real Qwen2-7B shape (--device sim).
@@ -149,6 +152,10 @@ def peers(
         ours_overrides: cpu: JSON of TrainConfig fields for ours only (CPU levers, e.g.
             '{"gradient_checkpointing": false}').
         threads: cpu: torch.set_num_threads in every peer's process (default: torch's choice).
+        sdpa_backend: cpu: force one SDPA kernel in every peer's step: math or flash_attention
+            (default: torch's choice; --ours_overrides '{"attn_implementation": "eager"}' skips SDPA).
+        compile_layers: cpu: torch.compile each of ours' decoder layers (inductor) before the steps;
+            the first step then includes the compilation.
     """
     from train_step import ensure_model_dir
 
@@ -182,13 +189,16 @@ def peers(
         from emotion_summary.modeling.architectures import build_tiny_qwen2
 
         model_path = str(build_tiny_qwen2())
+    if sdpa_backend not in (None, *SDPA_BACKENDS):
+        raise UserError(f"--sdpa_backend: {' or '.join(SDPA_BACKENDS)}, got {sdpa_backend!r}")
     if quantization not in ("nf4", "none"):
         raise UserError(f"--quantization: nf4 or none, got {quantization!r}")
     host = host_info()
     base = {"bench": "peers", "device": "cpu", "arch": model or "tiny", "arch_overrides": overrides,
             "preset": preset, "model_name_or_path": model_path, "steps": steps, "batch_size": 1,
             "answer_tokens": answer_tokens, "seed": seed, "data": data, "quantization": quantization,
-            "ours_overrides": json.loads(ours_overrides) if ours_overrides else {}, "threads": threads}
+            "ours_overrides": json.loads(ours_overrides) if ours_overrides else {}, "threads": threads,
+            "sdpa_backend": sdpa_backend, "compile_layers": compile_layers}
     variants = chosen + [f"trl:{o}" for o in options]
     rows = []
     for seq_len in lengths:
@@ -504,8 +514,14 @@ def build_ours(spec: dict, cfg):
 
     wrapper = Qwen2EmotionSummaryModel.for_training(cfg)
     wrapper.model.train()
+    info: dict = {"optimizer": "make_optimizer (preset)"}
+    if spec.get("compile_layers"):
+        compiled = [m for m in wrapper.model.modules() if type(m).__name__.endswith("DecoderLayer")]
+        for layer in compiled:
+            layer.compile()  # in place: the checkpointing wrapper around each layer stays as it is
+        info["compiled_layers"] = len(compiled)
     params = [p for p in wrapper.model.parameters() if p.requires_grad]
-    return wrapper.loss, make_optimizer(cfg, params), {"optimizer": "make_optimizer (preset)"}
+    return wrapper.loss, make_optimizer(cfg, params), info
 
 
 def build_plain(spec: dict, cfg):
@@ -629,7 +645,8 @@ def worker(spec: dict) -> dict:
         row.update(info)
         row["rss_after_load_bytes"] = read_status_kb("VmRSS")
         row["peak_rss_reset"] = reset_peak_rss()
-        result = train()
+        with _sdpa_kernel(spec.get("sdpa_backend")):
+            result = train()
     except Exception as e:  # reported in the row; the parent's check decides whether it fails the run
         if option and option in TRL_OPTIONS:
             return {**row, "status": "failed", "error": f"{type(e).__name__}: {str(e)[:400]}"}
@@ -648,6 +665,17 @@ def worker(spec: dict) -> dict:
         row["tokens_per_cpu_s"] = row["tokens"] / row["step_cpu_s"]
         row["loadavg_1m_after"] = os.getloadavg()[0]
     return row
+
+
+def _sdpa_kernel(name: str | None):
+    """A context that forces one SDPA backend (None: torch's own choice)."""
+    import contextlib
+
+    if not name:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, name.upper()))
 
 
 # ---- simulated GPU (emotion_summary.gpusim): TRL's own code on the fake base model ----------------
