@@ -140,7 +140,7 @@ PINNED = {
                 embedding_on_cpu=True, lm_head_4bit=True),
     "12gb": dict(GPU_CARDS, max_seq_len=32768, batch_size=1, grad_accum=16, mlp_tile_tokens=4096,
                  embedding_on_cpu=False, lm_head_4bit=False),
-    "24gb": dict(GPU_CARDS, max_seq_len=32768, batch_size=2, grad_accum=8, mlp_tile_tokens=8192,
+    "24gb": dict(GPU_CARDS, max_seq_len=32768, batch_size=2, grad_accum=8, mlp_tile_tokens=16384,
                  embedding_on_cpu=False, lm_head_4bit=False),
     "cpu-smoke": dict(max_seq_len=1024, batch_size=2, grad_accum=1, offload_activations=False, mlp_tile_tokens=0,
                       embedding_on_cpu=False, lm_head_4bit=False, model_name_or_path="tiny", learning_rate=5e-3,

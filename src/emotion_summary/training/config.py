@@ -93,7 +93,7 @@ class TrainConfig:
     liger_kernels: Literal["auto", "off"] = option("auto", "auto (on a GPU when liger-kernel is installed) "
                                                    "or off")
     offload_activations: bool = option(True, "keep checkpointed activations in CPU RAM (GPU only)")
-    mlp_tile_tokens: int = option(8192, "run the MLP in tiles of this many tokens (0: off)")
+    mlp_tile_tokens: int = option(16384, "run the MLP in tiles of this many tokens (0: off)")
     embedding_on_cpu: bool = option(False, "keep the input embedding in CPU RAM (GPU only)")
     lm_head_4bit: bool = option(False, "quantise the LM head to NF4 too")
     optimizer: Literal["paged_adamw_8bit", "adamw"] = option("paged_adamw_8bit", "paged_adamw_8bit (GPU) "
