@@ -77,7 +77,8 @@ def model_rows(name: str, wrapper, held, max_new_tokens: int, raw_dir: Path, **e
     raws = {r.id: text for r, text in zip(held, replies)}
     append_rows(raw_dir / f"{name}.raw.jsonl", [{"id": i, "raw": t} for i, t in raws.items()])
     result = assemble(held, raws)
-    return score(name, held, result.fields, seconds, assembled=result, **extra)
+    dtype = str(next(wrapper.model.parameters()).dtype).removeprefix("torch.")
+    return score(name, held, result.fields, seconds, assembled=result, compute_dtype=dtype, **extra)
 
 
 def zero_shot(model: str, held, max_seq_len: int, max_new_tokens: int, raw_dir: Path, prefix: bool,
@@ -96,7 +97,7 @@ def zero_shot(model: str, held, max_seq_len: int, max_new_tokens: int, raw_dir: 
 
 def fine_tuned(model: str, train_file: Path, held_file: Path, held, work: Path, steps: int, curve: list[int],
                max_seq_len: int, max_new_tokens: int, learning_rate: float, answer_prefix: str,
-               repetition_penalty: float) -> list[dict]:
+               repetition_penalty: float, compute_dtype: str = "auto") -> list[dict]:
     """Train on the training folds (validation loss on the held-out reports), then predict the held-out
     reports with the checkpoint of each curve step. A finished run in `work` is reused (no training)."""
     from math import gcd
@@ -114,7 +115,8 @@ def fine_tuned(model: str, train_file: Path, held_file: Path, held, work: Path, 
         trainer = prepare_run(preset="cpu", model_name_or_path=model, train_data=[str(train_file)],
                               eval_data=[str(held_file)], folds=0, max_steps=steps, max_seq_len=max_seq_len,
                               max_new_tokens=max_new_tokens, learning_rate=learning_rate, save_every=every,
-                              eval_every=every, answer_prefix=answer_prefix, output_dir=str(run_dir))
+                              eval_every=every, answer_prefix=answer_prefix, output_dir=str(run_dir),
+                              compute_dtype=compute_dtype)
         loss_before = trainer.validation_loss()  # LoRA starts as the identity: the base model's loss
         started = time.monotonic()
         trainer.run()
@@ -153,6 +155,7 @@ def quality(
     learning_rate: float = 1e-3,
     answer_prefix: str = "json",
     repetition_penalty: float = 1.0,
+    compute_dtype: str = "auto",
     systems: str = ",".join(SYSTEMS),
     work_dir: str = "bench/results/quality-work",
     out: str = "bench/results/quality.jsonl",
@@ -172,6 +175,7 @@ def quality(
         learning_rate: peak learning rate.
         answer_prefix: none or json: the fine-tuned run's --answer_prefix.
         repetition_penalty: generation's penalty on the reply's own tokens (1: off), every model row.
+        compute_dtype: the fine-tuned run's --compute_dtype (auto: bf16 on CPUs with AVX512-BF16 or AMX).
         systems: comma-separated subset of lead, extractive, zero-shot, zero-shot-prefix, fine-tuned.
         work_dir: run directory, fold files and raw replies; a finished run there is reused (same
             settings), so other decoding settings can be scored without training again.
@@ -215,7 +219,7 @@ def quality(
             emit(zero_shot(model, held, max_seq_len, max_new_tokens, work, prefix, repetition_penalty))
     if "fine-tuned" in chosen:
         for row in fine_tuned(model, train_file, held_file, held, work, steps, points, max_seq_len,
-                              max_new_tokens, learning_rate, answer_prefix, repetition_penalty):
+                              max_new_tokens, learning_rate, answer_prefix, repetition_penalty, compute_dtype):
             emit(row)
     print(report(rows))
 

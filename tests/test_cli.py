@@ -145,7 +145,7 @@ PINNED = {
     "cpu-smoke": dict(max_seq_len=1024, batch_size=2, grad_accum=1, offload_activations=False, mlp_tile_tokens=0,
                       embedding_on_cpu=False, lm_head_4bit=False, model_name_or_path="tiny", learning_rate=5e-3,
                       epochs=1, max_new_tokens=96, optimizer="adamw", max_steps=6, folds=3, eval_every=3,
-                      save_every=3, max_records=24),
+                      save_every=3, max_records=24, compute_dtype="fp32"),
 }
 COMMON = dict(quantization="nf4", lora_r=16, lora_alpha=32, lora_target="all-linear", gradient_checkpointing=True,
               warmup_ratio=0.05, weight_decay=0.0, attn_implementation="auto", liger_kernels="auto", seed=42,
@@ -155,7 +155,8 @@ COMMON = dict(quantization="nf4", lora_r=16, lora_alpha=32, lora_target="all-lin
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_presets_resolve_to_their_pinned_values_and_keep_card_metadata_out_of_the_run_config(name):
     saved = resolve_config(name).to_dict()
-    assert {k: saved[k] for k in {**PINNED[name], **COMMON}} == {**PINNED[name], **COMMON}
+    pinned = {**COMMON, **PINNED[name]}
+    assert {k: saved[k] for k in pinned} == pinned
     assert saved["preset"] == name and saved["output_dir"] == f"model/qwen2-es-{name}"
     assert "description" not in saved and "min_vram_gb" not in saved and "resume" not in saved
 
@@ -227,7 +228,14 @@ def test_preset_auto_prints_what_it_chose_before_anything_loads(tmp_path, capsys
     monkeypatch.setattr(train_module, "detect_vram_gb", lambda: None)
     train_module.build_config("auto", output_dir=str(tmp_path / "r"))
     out = capsys.readouterr().out
-    assert "preset cpu (--preset auto: no CUDA GPU); model smollm2-135m, quantization none, compute dtype float32" in out
+    import torch
+
+    from emotion_summary.modeling.device import cpu_has_native_bf16
+
+    native = cpu_has_native_bf16()
+    dtype = "bfloat16 (the CPU has bf16 instructions)" if native else "float32 (the CPU has no bf16 instructions)"
+    assert ("preset cpu (--preset auto: no CUDA GPU); model smollm2-135m, quantization none, "
+            f"compute dtype {dtype}, {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS)") in out
     assert "from the preset: " in out and "folds=3" in out and "max_steps=12" in out
     assert not (tmp_path / "r").exists()
 

@@ -34,10 +34,18 @@ def test_pre_ampere_cards_compute_in_fp16_not_emulated_bf16(monkeypatch):
     assert compute_dtype("fp32") == torch.float32
 
 
-def test_cpu_computes_in_fp32_with_sdpa(monkeypatch):
+def test_cpu_computes_in_bf16_only_where_it_has_bf16_instructions(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert compute_dtype("auto") == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert compute_dtype("auto") == torch.float32  # emulated bf16 is slower than fp32
     assert attn_implementation("auto", torch.float32) == "sdpa"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # e.g. AMD Zen 4, Intel Cooper Lake
+    assert compute_dtype("auto") == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # Intel Sapphire Rapids
+    assert compute_dtype("auto") == torch.bfloat16
+    assert compute_dtype("fp32") == torch.float32  # an explicit choice stays
 
 
 def test_flash_attention_2_only_on_ampere_or_newer_in_16_bit(monkeypatch):

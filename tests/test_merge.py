@@ -52,13 +52,13 @@ def test_merged_model_computes_what_the_16bit_base_plus_adapter_computes(run_dir
     from emotion_summary.modeling.loading import load_base_model
 
     ids = torch.tensor([[151644, 872, 198, 108386, 151645]])
-    base16, _ = load_base_model("tiny", quantization="none")
+    base16, _ = load_base_model("tiny", quantization="none", dtype_name="fp32")  # the run's (cpu-smoke) dtype
     reference = PeftModel.from_pretrained(base16, str(run_dir / "checkpoints" / "step-3")).eval()
     model = Qwen2EmotionSummaryModel.load(merged_dir)
     with torch.no_grad():
         want = reference(input_ids=ids).logits
         got = model.model(input_ids=ids).logits
-        plain = load_base_model("tiny", quantization="none")[0](input_ids=ids).logits
+        plain = load_base_model("tiny", quantization="none", dtype_name="fp32")[0](input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(got, plain, atol=1e-3)  # the adapter did change the model
 

@@ -207,3 +207,43 @@ def test_generate_ids_prefills_long_prompts_in_chunks_with_the_same_tokens(wrapp
     assert len(chunks) == -(-width // 256) + 7  # prefill passes, then 7 decode steps
     texts = wrapper.generate(fitted, max_new_tokens=8, batch_size=2)
     assert texts[0] == wrapper.tokenizer.decode(wrapper.generate_ids(prompts[:1], 8)[0], skip_special_tokens=True)
+
+
+def _attention_calls_and_grads(save_attention: bool, mlp_tile_tokens: int):
+    """Loss, attention kernels actually run (forward, recomputation) and LoRA gradients of one step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from emotion_summary.modeling.levers import attention_kernels
+
+    kernels = attention_kernels()
+
+    class Count(TorchDispatchMode):  # outermost: an output served from the checkpoint's store never gets here
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += func in kernels
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    wrapper = Qwen2EmotionSummaryModel.for_training(resolve_config(
+        "cpu-smoke", quantization="none", save_attention=save_attention, mlp_tile_tokens=mlp_tile_tokens))
+    wrapper.model.train()
+    with Count():
+        loss = wrapper.loss(smoke_batch(wrapper))
+        loss.backward()
+    grads = {n: p.grad.clone() for n, p in wrapper.model.named_parameters() if p.grad is not None}
+    return loss.item(), Count.calls, grads
+
+
+@pytest.mark.parametrize("mlp_tile_tokens", [0, 128])
+def test_save_attention_runs_the_attention_once_with_the_same_loss_and_gradients(mlp_tile_tokens):
+    """Checkpointing recomputes a layer in the backward, its attention too (on a CPU the attention is
+    most of a 4K step); with save_attention the forward's attention output is reused: one attention
+    kernel per layer instead of two, same numbers, also with the MLP tiles' own checkpoints inside."""
+    loss, calls, grads = _attention_calls_and_grads(False, mlp_tile_tokens)
+    saved_loss, saved_calls, saved_grads = _attention_calls_and_grads(True, mlp_tile_tokens)
+    layers = 2  # the tiny Qwen2
+    assert (calls, saved_calls) == (2 * layers, layers)
+    assert saved_loss == pytest.approx(loss, rel=1e-6)
+    assert grads.keys() == saved_grads.keys() and grads
+    assert all(torch.allclose(grads[n], saved_grads[n], atol=1e-6) for n in grads)

@@ -72,17 +72,37 @@ def apply_liger_kernels(setting: str) -> bool:
     return True
 
 
-def enable_checkpointing(model) -> None:
+def enable_checkpointing(model, save_attention: bool = False) -> None:
     """Non-reentrant checkpointing: gradients reach the LoRA weights inside a checkpointed layer even
     though the layer's input (the frozen embedding's output) does not require grad. transformers also
     hooks the embedding to make its output require grad (needed by the reentrant variant only); that
-    hook keeps the embedding output alive and computes its gradient (0.24 GB at 32K), so it is removed."""
-    kwargs = {"use_reentrant": False}
+    hook keeps the embedding output alive and computes its gradient (0.24 GB at 32K), so it is removed.
+
+    save_attention: the backward's recomputation takes each layer's attention from what the forward
+    kept (the SDPA kernel's output and log-sum-exp: L x hidden values a layer) instead of running the
+    attention again; everything else is still recomputed."""
+    kwargs: dict = {"use_reentrant": False}
+    if save_attention:
+        kwargs["context_fn"] = attention_saving_contexts
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.disable_input_require_grads()
+
+
+def attention_kernels() -> list:
+    """torch's SDPA kernels (whichever the device and dtype pick): the ops save_attention keeps."""
+    names = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
+    return [getattr(torch.ops.aten, name).default for name in names if hasattr(torch.ops.aten, name)]
+
+
+def attention_saving_contexts():
+    """Selective checkpointing: the attention kernels' outputs are saved, every other op recomputed."""
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(attention_kernels())
 
 
 @contextlib.contextmanager

@@ -68,7 +68,7 @@ class Qwen2EmotionSummaryModel:
         # embedding and LM head alone (2 x 152,064 x 3,584) would grow from 2.2 GB to 4.4 GB.
         base.requires_grad_(False)
         if cfg.gradient_checkpointing:
-            enable_checkpointing(base)
+            enable_checkpointing(base, cfg.save_attention)
         base.config.use_cache = False
         tile_mlp(base, cfg.mlp_tile_tokens)
         if cfg.embedding_on_cpu and torch.cuda.is_available():

@@ -79,10 +79,16 @@ def print_choices(cfg: TrainConfig, asked_preset: str, vram: float | None, optio
     why = ""
     if asked_preset == "auto":
         why = f" (--preset auto: {'no CUDA GPU' if vram is None else f'{vram:.1f} GB GPU'})"
-    from emotion_summary.modeling.device import attn_implementation, compute_dtype
+    from emotion_summary.modeling.device import attn_implementation, compute_dtype, cpu_has_native_bf16
 
     from_preset = [f"{k}={getattr(cfg, k)}" for k in _preset_keys(cfg.preset) if options.get(k) is None]
     dtype = str(compute_dtype(cfg.compute_dtype)).removeprefix("torch.")
+    if vram is None:  # the CPU: say why auto chose its dtype, and how many threads torch runs
+        import torch
+
+        native = "has" if cpu_has_native_bf16() else "has no"
+        dtype += f" (the CPU {native} bf16 instructions)" if cfg.compute_dtype == "auto" else ""
+        dtype += f", {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS)"
     print(f"preset {cfg.preset}{why}; model {cfg.model_name_or_path}, quantization {cfg.quantization}, "
           f"compute dtype {dtype}, attention {attn_implementation(cfg.attn_implementation)}; "
           f"output {cfg.output_dir}")

@@ -63,7 +63,8 @@ class TrainConfig:
                                      "once into the cache")
     quantization: Literal["nf4", "none"] = option("nf4", "nf4 (4-bit QLoRA) or none (16-bit LoRA)")
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = option(
-        "auto", "auto (bf16 where supported, fp16 on older GPUs, fp32 on CPU), bf16, fp16 or fp32")
+        "auto", "auto (bf16 where the GPU or CPU computes it natively, fp16 on older GPUs, else fp32), "
+        "bf16, fp16 or fp32")
     max_seq_len: int = option(32768, "tokens per example (prompt + answer); longer reports are trimmed "
                               "in the middle")
     batch_size: int = option(2, "examples per micro-batch")
@@ -88,6 +89,9 @@ class TrainConfig:
     repetition_penalty: float = option(1.0, "generation: divide the logits of tokens the reply already holds "
                                        "by this (1: off; the report's tokens are not penalised)")
     gradient_checkpointing: bool = option(True, "recompute activations in the backward pass (non-reentrant)")
+    save_attention: bool = option(False, "with gradient checkpointing, keep each layer's attention output "
+                                  "instead of recomputing it (L x hidden values a layer; attention is most "
+                                  "of a long step on a CPU)")
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = option(
         "auto", "auto (flash_attention_2 when installed, else sdpa), flash_attention_2, sdpa or eager")
     liger_kernels: Literal["auto", "off"] = option("auto", "auto (on a GPU when liger-kernel is installed) "
