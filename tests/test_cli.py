@@ -236,7 +236,7 @@ def test_preset_auto_prints_what_it_chose_before_anything_loads(tmp_path, capsys
     dtype = "bfloat16 (the CPU has bf16 instructions)" if native else "float32 (the CPU has no bf16 instructions)"
     assert ("preset cpu (--preset auto: no CUDA GPU); model smollm2-135m, quantization none, "
             f"compute dtype {dtype}, {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS)") in out
-    assert "from the preset: " in out and "folds=3" in out and "max_steps=12" in out
+    assert "from the preset: " in out and "folds=3" in out and "max_steps=48" in out
     assert not (tmp_path / "r").exists()
 
 
