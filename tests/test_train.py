@@ -314,3 +314,17 @@ def test_one_host_read_of_the_loss_per_optimizer_step(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "isfinite", lambda t: pytest.fail("isfinite per micro-batch"))
     loss = trainer.step([[0], [1], [2]], 3)
     assert reads == ["__call__"] and loss > 0
+
+
+def test_max_steps_and_epochs_stop_the_run_at_whichever_comes_first(tmp_path):
+    """cpu-smoke's sample data, one fold of 3 held out, batch 2: 3 steps an epoch. A step cap above the
+    epochs does not make the run loop over a small file again (the cpu preset's 48 steps on the 4
+    sample reports would be 12 passes)."""
+    def steps(name, **options):
+        return prepare_run(preset="cpu-smoke", output_dir=str(tmp_path / name), **options).total_steps
+
+    per_epoch = steps("one-epoch", max_steps=0, epochs=1)
+    assert per_epoch >= 2
+    assert steps("capped-by-epochs", max_steps=100, epochs=1) == per_epoch
+    assert steps("two-epochs", max_steps=100, epochs=2) == 2 * per_epoch
+    assert steps("capped-by-steps", max_steps=per_epoch + 1, epochs=2) == per_epoch + 1

@@ -23,7 +23,7 @@ CONFIG_FILE = "train_config.json"
 BASE_MODEL = "Qwen/Qwen2-7B-Instruct"
 # Fields that may differ between an interrupted run and its resume.
 # The memory levers that leave the training maths alone are free too: pull one after an out-of-memory stop.
-RESUME_FREE_FIELDS = {"output_dir", "max_steps", "eval_every", "save_every", "repetition_penalty",
+RESUME_FREE_FIELDS = {"output_dir", "max_steps", "epochs", "eval_every", "save_every", "repetition_penalty",
                       "offload_activations", "mlp_tile_tokens", "embedding_on_cpu"}
 
 
@@ -70,7 +70,8 @@ class TrainConfig:
     batch_size: int = option(2, "examples per micro-batch")
     grad_accum: int = option(8, "micro-batches per optimizer step")
     epochs: int = option(3, "passes over the training data")
-    max_steps: int = option(0, "stop after this many optimizer steps (0: all epochs)")
+    max_steps: int = option(0, "stop after this many optimizer steps or at the end of --epochs, whichever "
+                            "comes first (0: all epochs)")
     learning_rate: float = option(2e-4, "peak learning rate (cosine schedule with warm-up)")
     warmup_ratio: float = option(0.05, "share of the steps spent warming the learning rate up")
     weight_decay: float = option(0.0, "AdamW weight decay")

@@ -97,7 +97,10 @@ class Trainer:
                                      self.cfg.max_seq_len)
         self.eval_examples = self._encode(self.eval_records, "validation")
         per_epoch = math.ceil(math.ceil(len(self.train_examples) / self.cfg.batch_size) / self.micro_per_step)
-        self.total_steps = self.cfg.max_steps or per_epoch * self.cfg.epochs
+        # Whichever ends first, as in litgpt: --max_steps caps a large file, --epochs a small one (the
+        # cpu preset's 48 steps would be 12 passes over the 4 sample reports).
+        all_epochs = per_epoch * self.cfg.epochs
+        self.total_steps = min(self.cfg.max_steps, all_epochs) if self.cfg.max_steps else all_epochs
         # At least one checkpoint per epoch: with little data, save_every=50 would otherwise mean none
         # before the end of the run.
         self.save_interval = max(1, min(self.cfg.save_every, per_epoch))
