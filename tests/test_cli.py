@@ -394,3 +394,16 @@ def test_sigterm_is_handled_as_ctrl_c_in_the_one_place_that_maps_exit_codes(caps
     with pytest.raises(SystemExit) as stop:
         call(lambda: (_ for _ in ()).throw(NotReady("not ready: 3 errors")))
     assert stop.value.code == 1 and capsys.readouterr().err == "error: not ready: 3 errors\n"
+
+
+def test_option_has_a_signature_so_it_defines_on_every_python_311():
+    """Python 3.11.0-3.11.3's dataclass builds the class signature for its docstring and fails on a
+    default that inspect reads as "no default" (Debian 12's stock Python 3.11.2 could not import the
+    CLI); a valid signature is what it needs."""
+    import inspect
+
+    from emotion_summary.core.cli import REQUIRED, Option
+
+    assert inspect.signature(Option).parameters["default"].default is REQUIRED  # raised ValueError before
+    assert Option("x").required and not Option("x", default=None).required
+    assert REQUIRED is not inspect.Parameter.empty

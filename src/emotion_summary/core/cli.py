@@ -45,7 +45,16 @@ from emotion_summary.core.errors import ConfigError, NotReady, UserError
 from emotion_summary.core.json_input import load_json
 from emotion_summary.core.paths import missing_file, set_command_line_inputs
 
-REQUIRED = inspect.Parameter.empty
+class _Required:
+    """The default of an option that has none. Not inspect.Parameter.empty: Python 3.11.0-3.11.3's
+    dataclass reads the class signature for its docstring and takes that value for "no default" (so
+    `Option` would fail to define: non-default argument follows default argument)."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
 EXIT_OK, EXIT_NOT_READY, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 CONFIG_NOTES = ("card",)  # keys of a --config file that describe it (a preset's card) and are not options
 _TRUE = {"true", "yes", "y", "1", "on"}
@@ -103,7 +112,8 @@ def function_options(fn: Callable) -> list[Option]:
             out += dataclass_options(cls, exclude=without)
             continue
         variadic = p.kind is p.VAR_POSITIONAL
-        out.append(Option(p.name, hints.get(p.name, str), p.default, helps.get(p.name, ""), variadic=variadic))
+        default = REQUIRED if p.default is inspect.Parameter.empty else p.default
+        out.append(Option(p.name, hints.get(p.name, str), default, helps.get(p.name, ""), variadic=variadic))
     return out
 
 
