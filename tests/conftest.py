@@ -11,6 +11,18 @@ SHARED_DATA = Path(os.environ.get("EMOTION_SUMMARY_SHARED", ROOT.parent / "share
 
 
 @pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler for a test that presses Ctrl-C (`_thread.interrupt_main`). A shell
+    that starts the tests in the background ignores SIGINT, Python then installs no handler, and
+    interrupt_main does nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def fixtures() -> Path:
     return FIXTURES
 

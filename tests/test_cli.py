@@ -144,7 +144,7 @@ PINNED = {
                  embedding_on_cpu=False, lm_head_4bit=False),
     "cpu-smoke": dict(max_seq_len=1024, batch_size=2, grad_accum=1, offload_activations=False, mlp_tile_tokens=0,
                       embedding_on_cpu=False, lm_head_4bit=False, model_name_or_path="tiny", learning_rate=5e-3,
-                      epochs=1, max_new_tokens=96, optimizer="adamw", max_steps=6, folds=3, eval_every=3,
+                      epochs=2, max_new_tokens=96, optimizer="adamw", max_steps=6, folds=3, eval_every=3,
                       save_every=3, max_records=24, compute_dtype="fp32"),
 }
 COMMON = dict(quantization="nf4", lora_r=16, lora_alpha=32, lora_target="all-linear", gradient_checkpointing=True,

@@ -113,7 +113,7 @@ def test_run_pool_stops_sending_on_the_first_error_and_keeps_what_finished(stop)
     assert work.threads == {threading.get_ident()}  # results are handed over in the calling thread
 
 
-def test_ctrl_c_in_the_calling_thread_drains_the_requests_in_flight():
+def test_ctrl_c_in_the_calling_thread_drains_the_requests_in_flight(ctrl_c_raises):
     work = PoolWork(_thread.interrupt_main)  # as if Ctrl-C were pressed while item 2 is in flight
     with pytest.raises(KeyboardInterrupt):
         run_pool(range(10), work, work.on_result, concurrency=2)

@@ -180,7 +180,7 @@ def test_saved_replies_are_reused_only_for_the_same_request(tmp_path, inputs, ca
 # ---------------------------------------------------------------- Ctrl-C
 
 
-def test_ctrl_c_in_openai_inference_keeps_finished_work_one_line_exit_130(tmp_path, inputs, capsys):
+def test_ctrl_c_in_openai_inference_keeps_finished_work_one_line_exit_130(tmp_path, inputs, capsys, ctrl_c_raises):
     answered = []
 
     def reply(messages):
